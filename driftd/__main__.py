@@ -1,0 +1,5 @@
+import sys
+
+from driftd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,348 @@
+"""Load and lint a baselines directory (filesystem edge of the baseline set).
+
+Pipeline position: **load** → compile → scan.  Reads every ``*.yaml``/``*.yml`` below the
+directory in one go (dot-entries such as a ConfigMap's ``..data`` are skipped; the
+symlinks pointing into them are followed), validates each document against the pydantic
+schema, checks the set as a whole (duplicate names, duplicate or conflicting claims), and
+returns either a complete :class:`BaselineSet` or the problems, each as
+``FILE:LINE: field: reason``.  Never a partial set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from driftd.core.selectors import may_overlap
+from driftd.models.baseline import BASELINE_KINDS, HostBaseline
+
+DEFAULT_MAX_FILE_BYTES = 8 * 1024 * 1024
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One lint finding, printed as ``FILE:LINE: field: reason``."""
+
+    file: str
+    line: int
+    field: str
+    reason: str
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        prefix = "" if self.severity == "error" else f"{self.severity}: "
+        return f"{self.file}:{self.line}: {self.field}: {prefix}{self.reason}"
+
+
+@dataclass(frozen=True)
+class BaselineSet:
+    """A complete, valid set of baselines with the bytes of every ``source`` file."""
+
+    directory: str
+    baselines: tuple[HostBaseline, ...]
+    sources: dict[tuple[str, str], bytes]
+    files: dict[str, str]
+    hashes: dict[str, str]
+    version: str
+    warnings: tuple[Problem, ...] = ()
+
+    @classmethod
+    def empty(cls, directory: str = "") -> BaselineSet:
+        return cls(directory=directory, baselines=(), sources={}, files={}, hashes={},
+                   version="none")
+
+
+class BaselineLoadError(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+@dataclass
+class _Doc:
+    file: str
+    root: yaml.Node
+    data: Any
+    model: HostBaseline | None = None
+    base_dir: str = ""
+
+    def line_of(self, loc: tuple[str | int, ...]) -> int:
+        """1-based line of the deepest node reachable along ``loc``."""
+        node = self.root
+        line = node.start_mark.line
+        for part in loc:
+            if isinstance(node, yaml.MappingNode):
+                for k, v in node.value:
+                    if k.value == part:
+                        line, node = k.start_mark.line, v
+                        break
+                else:
+                    break
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line
+            else:
+                break
+        return line + 1
+
+
+def _dup_keys(node: yaml.Node, path: str = "") -> Iterator[tuple[int, str, str]]:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[object] = set()
+        for k, v in node.value:
+            key = k.value
+            sub = f"{path}.{key}" if path else str(key)
+            if key in seen:
+                yield k.start_mark.line + 1, sub, "duplicate key (YAML would silently keep the last one)"
+            seen.add(key)
+            yield from _dup_keys(v, sub)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            yield from _dup_keys(v, f"{path}[{i}]")
+
+
+def _fmt_loc(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(document)"
+
+
+def _read(path: Path, rel: str, max_bytes: int, problems: list[Problem]) -> bytes | None:
+    try:
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > max_bytes:
+                problems.append(Problem(rel, 1, "(file)", f"file is {size} bytes, over the {max_bytes}-byte limit"))
+                return None
+            return fh.read(max_bytes + 1)
+    except PermissionError:
+        problems.append(Problem(rel, 1, "(file)", "permission denied"))
+    except IsADirectoryError:
+        problems.append(Problem(rel, 1, "(file)", "is a directory"))
+    except OSError as e:
+        problems.append(Problem(rel, 1, "(file)", f"cannot read: {e.strerror or e}"))
+    return None
+
+
+def _parse(rel: str, raw: bytes, problems: list[Problem]) -> list[_Doc]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        problems.append(Problem(rel, line, "(file)", f"not valid UTF-8 (byte {e.start})"))
+        return []
+    docs: list[_Doc] = []
+    try:
+        for root in yaml.compose_all(text, Loader=_Loader):
+            if root is None:
+                continue
+            dups = list(_dup_keys(root))
+            for line, fld, reason in dups:
+                problems.append(Problem(rel, line, fld, reason))
+            data = yaml.SafeLoader("").construct_document(root)
+            docs.append(_Doc(file=rel, root=root, data=data))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problems.append(Problem(rel, line, "(yaml)", str(getattr(e, "problem", None) or e)))
+    return docs
+
+
+def _validate(doc: _Doc, problems: list[Problem]) -> None:
+    data = doc.data
+    if not isinstance(data, dict):
+        problems.append(Problem(doc.file, doc.line_of(()), "(document)", "expected a mapping with apiVersion, kind, metadata, spec"))
+        return
+    kind = data.get("kind")
+    model_cls = BASELINE_KINDS.get(kind) if isinstance(kind, str) else None
+    if model_cls is None:
+        known = ", ".join(sorted(BASELINE_KINDS))
+        problems.append(Problem(doc.file, doc.line_of(("kind",)), "kind", f"unknown kind {kind!r} (known: {known})"))
+        return
+    try:
+        doc.model = model_cls.model_validate(data)
+    except ValidationError as e:
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            problems.append(Problem(doc.file, doc.line_of(loc), _fmt_loc(loc), msg))
+
+
+# --------------------------------------------------------------------------- set checks
+
+
+def _claims(doc: _Doc) -> Iterator[tuple[str, tuple[str | int, ...], object]]:
+    assert doc.model is not None
+    spec = doc.model.spec
+    for i, f in enumerate(spec.files):
+        yield f"path {f.path}", ("spec", "files", i, "path"), ("file", f.model_dump())
+    for i, d in enumerate(spec.directories):
+        yield f"path {d.path}", ("spec", "directories", i, "path"), ("directory", d.model_dump())
+    for i, s in enumerate(spec.sysctls):
+        yield f"sysctl {s.key}", ("spec", "sysctls", i, "key"), ("sysctl", s.model_dump())
+
+
+def _check_set(docs: list[_Doc], problems: list[Problem]) -> None:
+    names: dict[str, _Doc] = {}
+    claims: dict[str, list[tuple[_Doc, tuple[str | int, ...], object]]] = {}
+    for doc in docs:
+        assert doc.model is not None
+        name = doc.model.metadata.name
+        if name in names:
+            other = names[name]
+            problems.append(Problem(doc.file, doc.line_of(("metadata", "name")), "metadata.name",
+                                    f"duplicate baseline name {name!r} (also in {other.file}:{other.line_of(('metadata', 'name'))})"))
+        names.setdefault(name, doc)
+        for what, loc, value in _claims(doc):
+            for other, oloc, ovalue in claims.get(what, []):
+                assert other.model is not None
+                if other is doc:
+                    problems.append(Problem(doc.file, doc.line_of(loc), _fmt_loc(loc),
+                                            f"{what} is listed twice in this baseline (first at line {doc.line_of(oloc)})"))
+                elif may_overlap(doc.model.spec.selector, other.model.spec.selector):
+                    kind = "duplicate" if value == ovalue else "conflicting"
+                    problems.append(Problem(doc.file, doc.line_of(loc), _fmt_loc(loc),
+                                            f"{kind} claim on {what}: also governed by baseline "
+                                            f"{other.model.metadata.name!r} ({other.file}:{other.line_of(oloc)})"))
+            claims.setdefault(what, []).append((doc, loc, value))
+
+
+def _load_sources(doc: _Doc, root: Path, max_bytes: int, problems: list[Problem],
+                  sources: dict[tuple[str, str], bytes], digest: Any) -> None:
+    assert doc.model is not None
+    root_real = root.resolve()
+    for i, f in enumerate(doc.model.spec.files):
+        if f.source is None:
+            continue
+        loc = ("spec", "files", i, "source")
+        p = (root / doc.base_dir / f.source)
+        try:
+            real = p.resolve()
+        except OSError as e:
+            problems.append(Problem(doc.file, doc.line_of(loc), _fmt_loc(loc), f"cannot resolve: {e}"))
+            continue
+        if not real.is_relative_to(root_real):
+            problems.append(Problem(doc.file, doc.line_of(loc), _fmt_loc(loc), "source resolves outside the baselines directory"))
+            continue
+        if not p.exists():
+            problems.append(Problem(doc.file, doc.line_of(loc), _fmt_loc(loc), f"source file {f.source!r} not found"))
+            continue
+        sub: list[Problem] = []
+        data = _read(p, doc.file, max_bytes, sub)
+        if data is None:
+            for s in sub:
+                problems.append(Problem(doc.file, doc.line_of(loc), _fmt_loc(loc), f"source {f.source!r}: {s.reason}"))
+            continue
+        sources[(doc.model.metadata.name, f.source)] = data
+        digest.update(f.source.encode() + b"\0" + data)
+
+
+def _yaml_files(directory: Path) -> list[Path]:
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(Path(dirpath) / n for n in sorted(filenames)
+                   if not n.startswith(".") and n.endswith((".yaml", ".yml")))
+    return out
+
+
+def load_set(directory: str | os.PathLike[str], *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[BaselineSet | None, list[Problem]]:
+    """Load every baseline below ``directory``: a complete set, or None and the problems."""
+    root = Path(directory)
+    problems: list[Problem] = []
+    if not root.is_dir():
+        return None, [Problem(str(root), 1, "(directory)", "baselines directory not found or not a directory")]
+    try:
+        paths = _yaml_files(root)
+    except OSError as e:
+        return None, [Problem(str(root), 1, "(directory)", f"cannot list: {e}")]
+    set_digest = hashlib.sha256()
+    docs: list[_Doc] = []
+    for path in paths:
+        rel = str(path.relative_to(root))
+        shown = str(path)
+        raw = _read(path, shown, max_file_bytes, problems)
+        if raw is None:
+            continue
+        set_digest.update(rel.encode() + b"\0" + raw)
+        for doc in _parse(shown, raw, problems):
+            doc.base_dir = str(Path(rel).parent)
+            docs.append(doc)
+    for doc in docs:
+        _validate(doc, problems)
+    valid = [d for d in docs if d.model is not None]
+    _check_set(valid, problems)
+    sources: dict[tuple[str, str], bytes] = {}
+    for doc in valid:
+        _load_sources(doc, root, max_file_bytes, problems, sources, set_digest)
+    errors = sorted(p for p in problems if p.severity == "error")
+    if errors:
+        return None, sorted(problems)
+    hashes: dict[str, str] = {}
+    files: dict[str, str] = {}
+    for doc in valid:
+        assert doc.model is not None
+        h = hashlib.sha256(json.dumps(doc.model.model_dump(mode="json", by_alias=True), sort_keys=True).encode())
+        for (bname, src), data in sorted(sources.items()):
+            if bname == doc.model.metadata.name:
+                h.update(src.encode() + b"\0" + data)
+        hashes[doc.model.metadata.name] = h.hexdigest()[:12]
+        files[doc.model.metadata.name] = doc.file
+    bset = BaselineSet(
+        directory=str(root),
+        baselines=tuple(d.model for d in valid if d.model is not None),
+        sources=sources, files=files, hashes=hashes,
+        version=set_digest.hexdigest()[:12],
+        warnings=tuple(sorted(problems)),
+    )
+    return bset, sorted(problems)
+
+
+def fingerprint(directory: str | os.PathLike[str]) -> str:
+    """Cheap change detector for hot reload: names, sizes and mtimes of the tree (links followed)."""
+    h = hashlib.sha256()
+    root = Path(directory)
+    try:
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for n in sorted(filenames):
+                if n.startswith("."):
+                    continue
+                p = Path(dirpath) / n
+                try:
+                    st = p.stat()
+                except OSError:
+                    h.update(f"{p}:gone".encode())
+                    continue
+                h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode())
+    except OSError as e:
+        h.update(f"error:{e}".encode())
+    return h.hexdigest()
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of every baseline kind, for editors and CI."""
+    from pydantic.json_schema import models_json_schema
+
+    _, top = models_json_schema([(m, "validation") for m in BASELINE_KINDS.values()],
+                                title="driftd baselines (driftd.io/v1alpha1)", by_alias=True)
+    kinds = [{"$ref": f"#/$defs/{m.__name__}"} for m in BASELINE_KINDS.values()]
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **top, "oneOf": kinds}
+
+
+__all__ = ["BaselineLoadError", "BaselineSet", "Problem", "fingerprint", "json_schema", "load_set"]

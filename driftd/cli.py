@@ -1,0 +1,287 @@
+"""Command line and composition root: settings → logging → metrics → targets → engine.
+
+Pipeline position: outside the pipeline; it builds every part once and hands it down.
+Heavy client libraries are imported only by the target modules that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from driftd import __version__
+from driftd.exitcodes import ExitCode
+
+
+@dataclass
+class Runtime:
+    settings: Any
+    engine: Any
+    queue: Any
+    state: Any
+    metrics: Any
+
+
+def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None) -> Runtime:
+    """Wire every part from the settings (tests call this with their own registry/clock)."""
+    from driftd.engine.clock import SystemClock
+    from driftd.engine.queue import Backoff, KeyedQueue
+    from driftd.engine.reconciler import Engine
+    from driftd.engine.state import StateStore
+    from driftd.observability.metrics import Metrics, StateCollector
+    from driftd.safety.snapshots import SnapshotStore
+    from driftd.targets.base import NodeInfo
+    from driftd.targets.host import HostTarget
+
+    clock = clock or SystemClock()
+    metrics = Metrics(registry)
+    state = StateStore(settings.state_dir)
+    snapshots = SnapshotStore(Path(settings.state_dir) / "snapshots", max_bytes=settings.snapshot_max_bytes)
+    host = HostTarget(settings.host_root, snapshots)
+    node = NodeInfo(name=settings.resolved_node_name(), labels=dict(settings.node_labels))
+    engine = Engine(targets={"host": host}, state=state, metrics=metrics, node=node,
+                    dry_run=settings.dry_run, escalate_after=settings.retry.escalate_after, clock=clock)
+    esc = settings.retry.escalate_after
+    metrics.registry.register(StateCollector(lambda: state.summary(clock.time(), esc)))
+    queue = KeyedQueue(clock=clock, backoff=Backoff(settings.retry.base_seconds, settings.retry.max_seconds))
+    return Runtime(settings=settings, engine=engine, queue=queue, state=state, metrics=metrics)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
+    from driftd.settings import load_settings
+
+    overrides: dict[str, Any] = {
+        "host_root": args.host_root, "baselines": args.baselines, "state_dir": args.state_dir,
+        "node_name": getattr(args, "node_name", None),
+        "dry_run": True if getattr(args, "dry_run", False) else None,
+    }
+    nested: dict[str, dict[str, Any]] = {
+        "scan": {"interval_seconds": getattr(args, "interval", None)},
+        "http": {"address": getattr(args, "listen", None)},
+        "log": {"format": getattr(args, "log_format", None), "level": getattr(args, "log_level", None)},
+    }
+    for section, values in nested.items():
+        given = {k: v for k, v in values.items() if v is not None}
+        if given:
+            overrides[section] = given
+    try:
+        return load_settings(getattr(args, "config", None), **overrides)
+    except ValidationError as e:
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            print(f"driftd: setting {loc}: {err['msg']}", file=sys.stderr)
+        raise SystemExit(ExitCode.USAGE) from None
+    except (OSError, ValueError) as e:
+        print(f"driftd: {e}", file=sys.stderr)
+        raise SystemExit(ExitCode.USAGE) from None
+
+
+def _load_baselines(settings: Any) -> Any:
+    from driftd.baselines.loader import load_set
+
+    bset, problems = load_set(settings.baselines, max_file_bytes=settings.baseline_file_max_bytes)
+    if bset is None:
+        print(f"driftd: baselines in {settings.baselines} are invalid; not starting:", file=sys.stderr)
+        for p in problems:
+            print(str(p), file=sys.stderr)
+        raise SystemExit(ExitCode.ERROR)
+    for p in problems:
+        print(str(p), file=sys.stderr)
+    return bset
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from driftd.engine.state import StateError
+    from driftd.observability.logging import configure_logging
+
+    settings = _settings(args)
+    configure_logging(settings.log.format, settings.log.level)
+    bset = _load_baselines(settings)
+    try:
+        rt = build_runtime(settings)
+    except StateError as e:
+        print(f"driftd: {e}", file=sys.stderr)
+        return ExitCode.ERROR
+    rt.engine.set_baselines(bset)
+    if args.once:
+        from driftd.engine.once import render_text, run_once
+
+        summary = run_once(rt.engine, rt.queue, attempts=settings.retry.attempts_per_pass)
+        rt.state.close()
+        if args.output == "json":
+            print(json.dumps(summary.as_dict(), indent=2, default=str))
+        else:
+            print(render_text(summary))
+        return summary.exit_code
+    return _daemon(rt)
+
+
+def _daemon(rt: Runtime) -> int:
+    from driftd.api.http import ApiServer
+    from driftd.engine.daemon import BaselineManager, Daemon
+
+    settings = rt.settings
+    manager = BaselineManager(settings, rt.engine, rt.metrics, rt.engine.clock)
+    manager.prime()
+    host, port = settings.http.host_port
+
+    def drifts() -> list[dict[str, Any]]:
+        return [r.as_dict() for r in rt.state.active().values()]
+
+    daemon: Daemon | None = None
+    api = ApiServer(host, port, registry=rt.metrics.registry,
+                    healthy=lambda: daemon.healthy() if daemon else (False, "starting"),
+                    ready=lambda: daemon.ready() if daemon else (False, "starting"), drifts=drifts)
+    daemon = Daemon(settings=settings, engine=rt.engine, queue=rt.queue, metrics=rt.metrics,
+                    manager=manager, api=api)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    daemon.run_until(stop)
+    rt.state.close()
+    return ExitCode.CLEAN
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    from driftd.baselines.loader import load_set
+
+    bset, problems = load_set(args.directory)
+    if args.output == "json":
+        print(json.dumps({"valid": bset is not None, "version": bset.version if bset else None,
+                          "problems": [p.__dict__ for p in problems]}, indent=2))
+    else:
+        for p in problems:
+            print(str(p))
+        if bset is not None:
+            print(f"{args.directory}: {len(bset.baselines)} baselines valid, version {bset.version}",
+                  file=sys.stderr)
+    return ExitCode.CLEAN if bset is not None else ExitCode.ERROR
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from driftd.baselines.loader import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return ExitCode.CLEAN
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from driftd.engine.state import StateError, StateStore
+
+    settings = _settings(args)
+    try:
+        state = StateStore(settings.state_dir)
+    except StateError as e:
+        print(f"driftd: {e}", file=sys.stderr)
+        return ExitCode.ERROR
+    active = sorted(state.active().values(), key=lambda r: r.first_seen)
+    if args.output == "json":
+        print(json.dumps([r.as_dict() for r in active], indent=2, default=str))
+    else:
+        import time
+
+        now = time.time()
+        if not active:
+            print("no active drift")
+        for r in active:
+            left = r.deadline - now
+            print(f"{r.key}  [{r.baseline}]  open {now - r.first_seen:.0f}s, "
+                  f"{'deadline in ' + format(left, '.0f') + 's' if left > 0 else 'PAST DEADLINE'}, "
+                  f"attempts {r.attempts}, last {r.last_action or '-'}: {r.last_result or '-'}"
+                  + (f" ({r.last_error})" if r.last_error else ""))
+    return ExitCode.CLEAN if not active else ExitCode.DRIFT_REMAINED
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from driftd.safety.snapshots import SnapshotStore
+
+    settings = _settings(args)
+    try:
+        data = SnapshotStore(Path(settings.state_dir) / "snapshots").get(args.id)
+    except KeyError as e:
+        print(f"driftd: {e.args[0]}", file=sys.stderr)
+        return ExitCode.ERROR
+    sys.stdout.buffer.write(data)
+    return ExitCode.CLEAN
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from driftd.demo import run_demo
+
+    return run_demo(Path(args.dir), baselines=Path(args.baselines) if args.baselines else None)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (also $DRIFTD_CONFIG)")
+    p.add_argument("--host-root", help="where the host filesystem is mounted (default /)")
+    p.add_argument("--baselines", help="baselines directory (default /etc/driftd/baselines)")
+    p.add_argument("--state-dir", help="state directory (default /var/lib/driftd)")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="driftd", description="Configuration drift enforcement daemon.")
+    ap.add_argument("--version", action="version", version=f"driftd {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="enforce baselines: as a daemon, or one pass with --once")
+    _common(run)
+    run.add_argument("--once", action="store_true", help="run one pass and exit (see exit codes)")
+    run.add_argument("--dry-run", action="store_true", help="change nothing; report what would be done")
+    run.add_argument("--output", choices=["text", "json"], default="text", help="--once summary format")
+    run.add_argument("--node-name", help="node name for baseline selectors")
+    run.add_argument("--listen", help="HTTP address host:port (default 127.0.0.1:9808)")
+    run.add_argument("--interval", type=float, help="seconds between full scans (default 300)")
+    run.add_argument("--log-format", choices=["auto", "json", "console"])
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=cmd_run)
+
+    bl = sub.add_parser("baseline", help="baselines as code: lint, schema")
+    blsub = bl.add_subparsers(dest="baseline_command", required=True)
+    lint = blsub.add_parser("lint", help="validate a baselines directory (FILE:LINE: field: reason)")
+    lint.add_argument("directory")
+    lint.add_argument("--output", choices=["text", "json"], default="text")
+    lint.set_defaults(func=cmd_lint)
+    schema = blsub.add_parser("schema", help="print the JSON Schema of baselines")
+    schema.set_defaults(func=cmd_schema)
+
+    st = sub.add_parser("status", help="show active drifts from the state directory")
+    _common(st)
+    st.add_argument("--output", choices=["text", "json"], default="text")
+    st.set_defaults(func=cmd_status)
+
+    snap = sub.add_parser("snapshot", help="print the bytes of a snapshot (drifted content kept before a revert)")
+    _common(snap)
+    snap.add_argument("id", help="snapshot id, sha256:<hex>")
+    snap.set_defaults(func=cmd_snapshot)
+
+    demo = sub.add_parser("demo", help="build a demo host tree, inject drift, enforce once, show the result")
+    demo.add_argument("--dir", default="driftd-demo", help="working folder (default ./driftd-demo)")
+    demo.add_argument("--baselines", help="baselines to use (default: the shipped examples)")
+    demo.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return ExitCode.CLEAN
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Compile baselines into desired resources (pure).
+
+Pipeline position: baseline set → **compile** → desired resources, which the scanner
+observes and diffs.  Names of users and groups stay names here; the host adapter
+resolves them against ``<host-root>/etc/passwd`` and ``/etc/group``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+
+from driftd.core.selectors import matches
+from driftd.models.baseline import HostBaseline, ManagedDirectory, ManagedFile
+from driftd.models.resources import DesiredResource
+
+
+def content_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def file_key(path: str) -> str:
+    return f"host:file:{path}"
+
+
+def dir_key(path: str) -> str:
+    return f"host:dir:{path}"
+
+
+def sysctl_key(key: str) -> str:
+    return f"host:sysctl:{key}"
+
+
+def _attrs(entry: ManagedFile | ManagedDirectory) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if entry.mode is not None:
+        out["mode"] = entry.mode
+    if entry.owner is not None:
+        out["owner"] = entry.owner
+    if entry.group is not None:
+        out["group"] = entry.group
+    return out
+
+
+def compile_host(
+    baselines: Iterable[HostBaseline],
+    sources: Mapping[tuple[str, str], bytes],
+    node_name: str,
+    node_labels: Mapping[str, str],
+) -> list[DesiredResource]:
+    """Desired host resources for this node, directories first so parents exist before files.
+
+    ``sources`` maps (baseline name, source file) to the bytes the loader read.
+    """
+    dirs: list[DesiredResource] = []
+    files: list[DesiredResource] = []
+    sysctls: list[DesiredResource] = []
+    labels = dict(node_labels)
+    for b in baselines:
+        if not matches(b.spec.selector, node_name, labels):
+            continue
+        common = {"target": "host", "baseline": b.metadata.name,
+                  "enforcement": b.spec.enforcement, "window": b.spec.window}
+        for d in b.spec.directories:
+            expected: dict[str, object] = {"present": True, "type": "directory", **_attrs(d)}
+            dirs.append(DesiredResource.model_construct(
+                key=dir_key(d.path), kind="directory", address=d.path, expected=expected,
+                sensitive=frozenset(), content=None, **common))
+        for f in b.spec.files:
+            content: bytes | None = None
+            if f.absent:
+                expected = {"present": False}
+            else:
+                expected = {"present": True, "type": "file"}
+                if f.content is not None:
+                    content = f.content.encode("utf-8")
+                elif f.source is not None:
+                    content = sources[(b.metadata.name, f.source)]
+                if content is not None:
+                    expected["content"] = content_digest(content)
+                expected.update(_attrs(f))
+            files.append(DesiredResource.model_construct(
+                key=file_key(f.path), kind="file", address=f.path, expected=expected,
+                sensitive=frozenset({"content"}) if f.sensitive else frozenset(),
+                content=content, **common))
+        for s in b.spec.sysctls:
+            sysctls.append(DesiredResource.model_construct(
+                key=sysctl_key(s.key), kind="sysctl", address=s.key, expected={"value": s.value},
+                sensitive=frozenset(), content=None, **common))
+    dirs.sort(key=lambda r: r.address.count("/"))
+    return dirs + files + sysctls

@@ -1,0 +1,118 @@
+"""Plan (pure): turn drift into the actions that restore the baseline.
+
+Pipeline position: diff → **plan** → act.  Every plan is computed, whatever the
+enforcement mode; only the act stage looks at ``Plan.mode``.  A drift with no safe
+remedy (a directory where a file belongs, an unknown user) yields a *blocked* plan that
+is reported, never guessed at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from driftd.models.baseline import Enforcement
+from driftd.models.resources import (
+    Action,
+    DesiredResource,
+    FieldDrift,
+    ObservedResource,
+    Plan,
+    PlannedAction,
+)
+
+Planner = Callable[[DesiredResource, ObservedResource, dict[str, FieldDrift]], "tuple[list[PlannedAction], str | None]"]
+
+
+def effective_mode(desired: DesiredResource, dry_run: bool) -> Enforcement:
+    """The global dry-run overrides every baseline's own enforcement mode."""
+    return Enforcement.DRYRUN if dry_run else desired.enforcement
+
+
+def _unresolved(desired: DesiredResource) -> str | None:
+    for f in ("owner", "group"):
+        v = desired.expected.get(f)
+        if isinstance(v, str):
+            return f"{f} {v!r} is not defined on this host"
+    return None
+
+
+def _attrs_params(desired: DesiredResource, observed: ObservedResource) -> dict[str, Any]:
+    """Mode/owner/group a rewritten file must carry: governed values, else the current ones."""
+    exp, act = desired.expected, observed.actual
+    return {f: exp.get(f, act.get(f)) for f in ("mode", "owner", "group")}
+
+
+def _attr_actions(drift: dict[str, FieldDrift], desired: DesiredResource) -> list[PlannedAction]:
+    out = []
+    if "mode" in drift:
+        out.append(PlannedAction(action=Action.CHMOD, reason="mode differs",
+                                 params={"mode": desired.expected["mode"]}))
+    if "owner" in drift or "group" in drift:
+        out.append(PlannedAction(action=Action.CHOWN, reason="ownership differs",
+                                 params={"owner": desired.expected.get("owner"),
+                                         "group": desired.expected.get("group")}))
+    return out
+
+
+def _plan_file(desired: DesiredResource, observed: ObservedResource,
+               drift: dict[str, FieldDrift]) -> tuple[list[PlannedAction], str | None]:
+    actual_type = observed.actual.get("type")
+    if desired.expected.get("present") is False:
+        if actual_type not in ("file", "symlink", "other"):
+            return [], f"a {actual_type} stands where an absent file is required; directories are never removed"
+        return [PlannedAction(action=Action.REMOVE, reason="must be absent")], None
+    if (blocked := _unresolved(desired)) is not None:
+        return [], blocked
+    rewrite = "present" in drift or "type" in drift or "content" in drift
+    if rewrite:
+        if actual_type not in (None, "file", "symlink"):
+            return [], f"a {actual_type} stands where a file belongs; not replacing it"
+        if desired.content is None:
+            return [], "file must be rewritten but the baseline gives no content"
+        reason = {"present": "missing", "type": f"is a {actual_type}"}.get(
+            next(iter(drift)), "content differs")
+        return [PlannedAction(action=Action.WRITE_FILE, reason=reason,
+                              params=_attrs_params(desired, observed))], None
+    return _attr_actions(drift, desired), None
+
+
+def _plan_dir(desired: DesiredResource, observed: ObservedResource,
+              drift: dict[str, FieldDrift]) -> tuple[list[PlannedAction], str | None]:
+    if (blocked := _unresolved(desired)) is not None:
+        return [], blocked
+    if "type" in drift:
+        return [], f"a {observed.actual.get('type')} stands where a directory belongs; not replacing it"
+    if "present" in drift:
+        return [PlannedAction(action=Action.MKDIR, reason="missing",
+                              params=_attrs_params(desired, observed))], None
+    return _attr_actions(drift, desired), None
+
+
+def _plan_sysctl(desired: DesiredResource, observed: ObservedResource,
+                 drift: dict[str, FieldDrift]) -> tuple[list[PlannedAction], str | None]:
+    if observed.actual.get("value") is None:
+        return [], "sysctl key does not exist on this kernel"
+    return [PlannedAction(action=Action.WRITE_SYSCTL, reason="value differs",
+                          params={"value": desired.expected["value"]})], None
+
+
+PLANNERS: dict[tuple[str, str], Planner] = {
+    ("host", "file"): _plan_file,
+    ("host", "directory"): _plan_dir,
+    ("host", "sysctl"): _plan_sysctl,
+}
+
+
+def plan(desired: DesiredResource, observed: ObservedResource,
+         drift: tuple[FieldDrift, ...], *, dry_run: bool = False) -> Plan:
+    """The plan for one resource; empty when there is no drift."""
+    mode = effective_mode(desired, dry_run)
+    if not drift:
+        return Plan(key=desired.key, mode=mode, drift=(), actions=())
+    planner = PLANNERS.get((desired.target, desired.kind))
+    if planner is None:
+        return Plan(key=desired.key, mode=mode, drift=drift, actions=(),
+                    blocked=f"no planner for {desired.target}/{desired.kind}")
+    actions, blocked = planner(desired, observed, {d.field: d for d in drift})
+    return Plan(key=desired.key, mode=mode, drift=drift, actions=tuple(actions), blocked=blocked)

@@ -1,0 +1,172 @@
+"""The daemon (``driftd run``): scheduler, workers, hot reload, HTTP, clean shutdown.
+
+Pipeline position: the long-running driver of the engine.  APScheduler 3.x runs the
+full scan at a cadence with jitter (never overlapping itself) and polls the baselines
+directory; worker threads drain the keyed queue.  On stop (SIGTERM) the scheduler stops,
+the queue closes, and each worker finishes the action in flight before exiting; writes
+are atomic, so nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timezone
+from typing import Any
+
+from driftd.baselines.loader import fingerprint, load_set
+from driftd.engine.clock import Clock, SystemClock
+from driftd.engine.queue import KeyedQueue
+from driftd.engine.reconciler import Engine
+from driftd.observability.logging import Event, get_logger
+from driftd.observability.metrics import Metrics
+from driftd.settings import Settings
+
+
+class BaselineManager:
+    """Hot reload: a changed directory is loaded whole; a broken set never replaces a good one."""
+
+    def __init__(self, settings: Settings, engine: Engine, metrics: Metrics, clock: Clock) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.metrics = metrics
+        self.clock = clock
+        self.log = get_logger()
+        self._fingerprint: str | None = None
+        self.rejected_fingerprint: str | None = None
+
+    def prime(self) -> None:
+        self._fingerprint = fingerprint(self.settings.baselines)
+
+    def check(self) -> bool:
+        """Reload if the directory changed; True when a new set is now in force."""
+        fp = fingerprint(self.settings.baselines)
+        if fp in (self._fingerprint, self.rejected_fingerprint):
+            return False
+        bset, problems = load_set(self.settings.baselines, max_file_bytes=self.settings.baseline_file_max_bytes)
+        if bset is None:
+            self.rejected_fingerprint = fp
+            self.metrics.baseline_load_errors.inc()
+            self.log.error(Event.BASELINE_REJECTED, directory=str(self.settings.baselines),
+                           problems=[str(p) for p in problems],
+                           kept_version=self.engine.baselines.version)
+            return False
+        self._fingerprint, self.rejected_fingerprint = fp, None
+        self.engine.set_baselines(bset)
+        self.log.info(Event.BASELINE_LOADED, directory=str(self.settings.baselines),
+                      baselines=len(bset.baselines), version=bset.version)
+        return True
+
+
+class Daemon:
+    def __init__(self, *, settings: Settings, engine: Engine, queue: KeyedQueue, metrics: Metrics,
+                 manager: BaselineManager, api: Any | None = None, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.queue = queue
+        self.metrics = metrics
+        self.manager = manager
+        self.api = api
+        self.clock = clock or SystemClock()
+        self.log = get_logger()
+        self.stop_event = threading.Event()
+        self.scans_done = 0
+        self._scan_lock = threading.Lock()
+        self._workers: list[threading.Thread] = []
+        self._scheduler: Any = None
+
+    # ------------------------------------------------------------------ probes
+    def healthy(self) -> tuple[bool, str]:
+        if self.stop_event.is_set():
+            return False, "stopping"
+        dead = [w.name for w in self._workers if not w.is_alive()]
+        if dead:
+            return False, f"workers stopped: {', '.join(dead)}"
+        if self._scheduler is None or not self._scheduler.running:
+            return False, "scheduler not running"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        ok, why = self.healthy()
+        if not ok:
+            return ok, why
+        if self.scans_done == 0:
+            return False, "first scan not finished"
+        return True, f"ok baselines={self.engine.baselines.version}"
+
+    # ------------------------------------------------------------------ jobs
+    def scan(self) -> None:
+        if not self._scan_lock.acquire(blocking=False):
+            return  # never overlap a scan with itself
+        try:
+            self.engine.scan(self.queue, full_rehash_interval=self.settings.scan.full_rehash_interval_seconds)
+            self.scans_done += 1
+        except Exception as e:  # a scan must never kill the daemon
+            self.log.exception(Event.SCAN_FAILED, error=str(e))
+        finally:
+            self._scan_lock.release()
+
+    def reload(self) -> None:
+        try:
+            if self.manager.check():
+                self.scan()
+        except Exception as e:
+            self.log.exception(Event.SCAN_FAILED, error=f"baseline reload: {e}")
+
+    def _work(self) -> None:
+        while True:
+            key = self.queue.get(timeout=1.0)
+            if key is None:
+                if self.stop_event.is_set():
+                    return
+                continue
+            try:
+                ok = self.engine.handle(key)
+            except Exception as e:
+                self.log.exception(Event.REMEDIATION_FAILED, key=key, error=f"internal error: {e}")
+                ok = False
+            self.queue.done(key, failed=not ok)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        for i in range(self.settings.workers):
+            t = threading.Thread(target=self._work, name=f"driftd-worker-{i}", daemon=True)
+            t.start()
+            self._workers.append(t)
+        sched = BackgroundScheduler(timezone=timezone.utc, job_defaults={"coalesce": True, "max_instances": 1,
+                                                                          "misfire_grace_time": None})
+        sched.add_job(self.scan, IntervalTrigger(seconds=self.settings.scan.interval_seconds,
+                                                 jitter=self.settings.scan.jitter_seconds or None),
+                      id="scan", name="full scan", next_run_time=datetime.now(timezone.utc))
+        sched.add_job(self.reload, IntervalTrigger(seconds=self.settings.reload_interval_seconds),
+                      id="reload", name="baseline reload")
+        sched.start()
+        self._scheduler = sched
+        if self.api is not None:
+            self.api.start()
+            host, port = self.api.address
+            self.log.info(Event.HTTP_LISTENING, address=f"{host}:{port}")
+        self.log.info(Event.DAEMON_STARTED, workers=self.settings.workers,
+                      interval_s=self.settings.scan.interval_seconds, dry_run=self.engine.dry_run,
+                      node=self.engine.node.name)
+
+    def stop(self) -> None:
+        self.log.info(Event.DAEMON_STOPPING, in_flight=sorted(self.queue.processing))
+        self.stop_event.set()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+        self.queue.close()
+        for t in self._workers:
+            t.join()
+        if self.api is not None:
+            self.api.stop()
+        self.log.info(Event.DAEMON_STOPPED)
+
+    def run_until(self, stop: threading.Event) -> None:
+        self.start()
+        try:
+            stop.wait()
+        finally:
+            self.stop()

@@ -1,0 +1,161 @@
+"""Keyed work queue (engine): a resource is never reconciled twice at the same time.
+
+Pipeline position: scans and events *enqueue keys*; workers take a key, reconcile it
+(observe → diff → plan → act), and report success or failure.  Keys are de-duplicated;
+a key added while it is being processed is re-queued once it is done; a failed key
+comes back after exponential backoff.  Level-based: a key carries no payload, every
+reconcile re-reads real state.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from driftd.engine.clock import Clock, SystemClock
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff: base * 2**(failures-1), capped."""
+
+    base_seconds: float = 1.0
+    max_seconds: float = 300.0
+
+    def delay(self, failures: int) -> float:
+        return float(min(self.max_seconds, self.base_seconds * (2 ** max(0, failures - 1))))
+
+
+class KeyedQueue:
+    def __init__(self, *, clock: Clock | None = None, backoff: Backoff | None = None) -> None:
+        self._clock = clock or SystemClock()
+        self.backoff = backoff or Backoff()
+        self._cv = threading.Condition()
+        self._heap: list[tuple[float, int, str]] = []
+        self._ready_at: dict[str, float] = {}
+        self._processing: set[str] = set()
+        self._dirty: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        self._seq = itertools.count()
+        self._closed = False
+
+    def __len__(self) -> int:
+        with self._cv:
+            return len(self._ready_at)
+
+    @property
+    def processing(self) -> frozenset[str]:
+        with self._cv:
+            return frozenset(self._processing)
+
+    def failures(self, key: str) -> int:
+        with self._cv:
+            return self._failures.get(key, 0)
+
+    def add(self, key: str, delay: float = 0.0) -> None:
+        """Queue ``key`` (no-op if already queued sooner); deferred if it is in flight."""
+        with self._cv:
+            if self._closed:
+                return
+            at = self._clock.monotonic() + delay
+            if key in self._processing:
+                self._dirty[key] = min(at, self._dirty.get(key, at))
+                return
+            current = self._ready_at.get(key)
+            if current is not None and current <= at:
+                return
+            self._ready_at[key] = at
+            heapq.heappush(self._heap, (at, next(self._seq), key))
+            self._cv.notify()
+
+    def _pop_ready(self) -> tuple[str | None, float | None]:
+        now = self._clock.monotonic()
+        while self._heap:
+            at, _, key = self._heap[0]
+            if self._ready_at.get(key) != at:  # superseded entry
+                heapq.heappop(self._heap)
+                continue
+            if at > now:
+                return None, at - now
+            heapq.heappop(self._heap)
+            del self._ready_at[key]
+            self._processing.add(key)
+            return key, None
+        return None, None
+
+    def get(self, timeout: float | None = None) -> str | None:
+        """Next ready key, or None on timeout or shutdown."""
+        deadline = None if timeout is None else self._clock.monotonic() + timeout
+        with self._cv:
+            while not self._closed:
+                key, wait = self._pop_ready()
+                if key is not None:
+                    return key
+                if deadline is not None:
+                    left = deadline - self._clock.monotonic()
+                    if left <= 0:
+                        return None
+                    wait = left if wait is None else min(wait, left)
+                self._cv.wait(wait)
+            return None
+
+    def next_ready_in(self) -> float | None:
+        """Seconds until the next queued key is ready (0 if one is), None when empty."""
+        with self._cv:
+            key, wait = self._pop_ready()
+            if key is not None:  # put it back untouched
+                self._processing.discard(key)
+                self._ready_at[key] = self._clock.monotonic()
+                heapq.heappush(self._heap, (self._ready_at[key], next(self._seq), key))
+                return 0.0
+            return wait
+
+    def done(self, key: str, *, failed: bool = False, retry: bool = True) -> float | None:
+        """Finish ``key``.  A failure re-queues it after backoff (returned) when ``retry``."""
+        with self._cv:
+            self._processing.discard(key)
+            dirty_at = self._dirty.pop(key, None)
+            delay: float | None = None
+            if failed:
+                n = self._failures.get(key, 0) + 1
+                self._failures[key] = n
+                if retry:
+                    delay = self.backoff.delay(n)
+            else:
+                self._failures.pop(key, None)
+        if delay is not None:
+            self.add(key, delay)
+        elif dirty_at is not None:
+            self.add(key, max(0.0, dirty_at - self._clock.monotonic()))
+        return delay
+
+    def forget(self, key: str) -> None:
+        with self._cv:
+            self._failures.pop(key, None)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    def drain(self, handler: Callable[[str], bool], *, max_failures: int) -> None:
+        """Process keys in this thread until none is left (``driftd run --once``).
+
+        ``handler`` returns True on success.  A key that failed ``max_failures`` times
+        stops being retried in this pass; waiting for backoff uses the injected clock.
+        """
+        while True:
+            wait = self.next_ready_in()
+            if wait is None:
+                return
+            if wait > 0:
+                self._clock.sleep(wait)
+            key = self.get(timeout=0)
+            if key is None:
+                continue
+            ok = handler(key)
+            retry = not ok and self.failures(key) + 1 < max_failures
+            self.done(key, failed=not ok, retry=retry)

@@ -1,0 +1,237 @@
+"""Baseline schema (pure data): what a release engineer writes in ``baselines/*.yaml``.
+
+Pipeline position: input to everything.  The loader (``driftd.baselines``) turns YAML
+into these models; ``driftd.core.compile`` turns them into desired resources.  Unknown
+fields are rejected everywhere so a typo never silently weakens a baseline.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import PurePosixPath
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+API_VERSION = "driftd.io/v1alpha1"
+
+_DURATION_RE = re.compile(r"^\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_SYSCTL_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]*$")
+_MODE_RE = re.compile(r"^0?[0-7]{3,4}$")
+
+
+class Strict(BaseModel):
+    """Base for every schema model: immutable, unknown fields rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def parse_duration(value: object) -> timedelta:
+    """Parse ``30m``, ``1h30m``, ``90s`` or a number of seconds into a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as '30m'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if not value.strip() or not m or not any(m.groups()):
+            raise ValueError(f"invalid duration {value!r}: use e.g. '30m', '1h', '90s'")
+        h, mi, s = (int(g) if g else 0 for g in m.groups())
+        seconds = h * 3600 + mi * 60 + s
+    else:
+        raise ValueError("expected a duration such as '30m'")
+    if seconds <= 0:
+        raise ValueError("duration must be positive")
+    return timedelta(seconds=seconds)
+
+
+def format_duration(td: timedelta) -> str:
+    total = int(td.total_seconds())
+    h, rest = divmod(total, 3600)
+    m, s = divmod(rest, 60)
+    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v) or "0s"
+
+
+def check_managed_path(value: str) -> str:
+    """A managed path is absolute, normalised and cannot climb out of the host root."""
+    if not value.startswith("/"):
+        raise ValueError("path must be absolute (start with '/')")
+    if "\x00" in value:
+        raise ValueError("path contains a NUL byte")
+    parts = value.split("/")[1:]
+    if any(p in ("..", ".") for p in parts):
+        raise ValueError("path must not contain '.' or '..' components (escapes the host root)")
+    if value != "/" and (value.endswith("/") or "" in parts):
+        raise ValueError("path must be normalised (no '//' and no trailing '/')")
+    if value == "/":
+        raise ValueError("the host root itself cannot be managed")
+    return str(PurePosixPath(value))
+
+
+class Enforcement(StrEnum):
+    """What driftd does with drift under a baseline: fix it, report it, or log the plan."""
+
+    ENFORCE = "enforce"
+    WARN = "warn"
+    DRYRUN = "dryrun"
+
+
+def _check_mode(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError("mode must be a quoted octal string such as '0644' (an unquoted number is ambiguous)")
+    if not _MODE_RE.match(value):
+        raise ValueError(f"invalid mode {value!r}: use an octal string such as '0644'")
+    return value if len(value) == 4 else "0" + value
+
+
+def _check_principal(value: object) -> str | int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("expected a user/group name or numeric id")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("numeric id must be >= 0")
+        return value
+    if isinstance(value, str):
+        if value.isdigit():
+            return int(value)
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_.-]*\$?$", value):
+            raise ValueError(f"invalid user/group name {value!r}")
+        return value
+    raise ValueError("expected a user/group name or numeric id")
+
+
+ModeStr = Annotated[str | None, Field(default=None, description="Octal permission bits as a quoted string, e.g. '0644'.")]
+Principal = Annotated[str | int | None, Field(default=None, description="Name (resolved against <host-root>/etc/passwd or /etc/group) or numeric id.")]
+
+
+class _PathEntry(Strict):
+    """Shared fields of files and directories: path, mode, owner, group."""
+
+    path: str = Field(description="Absolute path on the host, relative to --host-root.")
+    mode: ModeStr = None
+    owner: Principal = None
+    group: Principal = None
+
+    @field_validator("path")
+    @classmethod
+    def _v_path(cls, v: str) -> str:
+        return check_managed_path(v)
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _v_mode(cls, v: object) -> str | None:
+        return _check_mode(v)
+
+    @field_validator("owner", "group", mode="before")
+    @classmethod
+    def _v_owner(cls, v: object) -> str | int | None:
+        return _check_principal(v)
+
+
+class ManagedFile(_PathEntry):
+    """A file whose content, mode, owner, group or presence the baseline governs."""
+
+    content: str | None = Field(default=None, description="Inline content (UTF-8).")
+    source: str | None = Field(default=None, description="File beside the baseline holding the content (bytes, any encoding).")
+    absent: bool = Field(default=False, description="The file must not exist.")
+    sensitive: bool = Field(default=False, description="Content is secret: never show hashes or bytes in logs, metrics or reports.")
+
+    @model_validator(mode="after")
+    def _exclusive(self) -> ManagedFile:
+        if self.content is not None and self.source is not None:
+            raise ValueError("set either content or source, not both")
+        if self.absent and any(v is not None for v in (self.content, self.source, self.mode, self.owner, self.group)):
+            raise ValueError("an absent file cannot also set content, source, mode, owner or group")
+        if self.source is not None and (self.source.startswith("/") or ".." in self.source.split("/")):
+            raise ValueError("source must be a relative path inside the baselines directory")
+        return self
+
+
+class ManagedDirectory(_PathEntry):
+    """A directory that must exist with the given mode, owner and group."""
+
+
+class Sysctl(Strict):
+    """A kernel parameter read and written under ``<host-root>/proc/sys``."""
+
+    key: str = Field(description="Dotted key, e.g. net.ipv4.ip_forward.")
+    value: str = Field(description="Expected value; whitespace between fields is normalised.")
+    namespace: Literal["host"] = Field(
+        default="host",
+        description="Which network namespace governs per-netns keys: 'host' is the namespace "
+        "of the /proc mounted at <host-root>/proc (the node's own when driftd runs with hostNetwork).",
+    )
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _v_value(cls, v: object) -> str:
+        if isinstance(v, bool):
+            return "1" if v else "0"
+        if isinstance(v, int | str):
+            return " ".join(str(v).split())
+        raise ValueError("sysctl value must be a string or number")
+
+    @field_validator("key")
+    @classmethod
+    def _v_key(cls, v: str) -> str:
+        if not _SYSCTL_RE.match(v) or ".." in v or "//" in v:
+            raise ValueError(f"invalid sysctl key {v!r}")
+        return v
+
+
+class HostSelector(Strict):
+    """Which hosts a baseline applies to; an empty selector matches every host."""
+
+    hostnames: list[str] = Field(default_factory=list, description="Glob patterns matched against the node name.")
+    match_labels: dict[str, str] = Field(default_factory=dict, alias="matchLabels", description="Node labels that must all match.")
+
+
+class HostSpec(Strict):
+    enforcement: Enforcement = Enforcement.ENFORCE
+    window: timedelta = Field(default=timedelta(minutes=30), description="Time allowed from first detection to revert, e.g. '30m'.")
+    selector: HostSelector = Field(default_factory=HostSelector)
+    files: list[ManagedFile] = Field(default_factory=list)
+    directories: list[ManagedDirectory] = Field(default_factory=list)
+    sysctls: list[Sysctl] = Field(default_factory=list)
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _v_window(cls, v: object) -> timedelta:
+        return parse_duration(v)
+
+
+class Metadata(Strict):
+    name: str = Field(description="DNS-1123 name, unique across the baseline set.")
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _v_name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("name must be a lowercase DNS-1123 name (a-z, 0-9, '-', '.')")
+        return v
+
+
+class HostBaseline(Strict):
+    """``kind: HostBaseline``: files, directories and sysctls of a node or server."""
+
+    api_version: Literal["driftd.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["HostBaseline"]
+    metadata: Metadata
+    spec: HostSpec
+
+
+Baseline = HostBaseline
+"""Union of every baseline kind (Docker and Kubernetes kinds join here)."""
+
+BASELINE_KINDS: dict[str, type[HostBaseline]] = {"HostBaseline": HostBaseline}

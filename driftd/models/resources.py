@@ -1,0 +1,100 @@
+"""Pipeline data (pure): desired resource → observed resource → drift → plan → result.
+
+Every stage of observe → diff → plan → act hands the next one of these frozen models.
+They carry no behaviour beyond small helpers, so the pure core and the adapters share
+one vocabulary and tests can build them by hand.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from driftd.models.baseline import Enforcement
+
+REDACTED = "<redacted>"
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+
+class DesiredResource(Frozen):
+    """One resource a baseline governs, with the values every governed field must have.
+
+    ``expected`` holds only the fields the baseline names: diff never looks further.
+    ``content`` carries the bytes a host file must hold (compared through its sha256).
+    """
+
+    key: str = Field(description="Queue key, e.g. 'host:file:/etc/ssh/sshd_config'.")
+    target: str
+    kind: str
+    address: str = Field(description="Human locator: a path, a sysctl key, a container name.")
+    baseline: str
+    enforcement: Enforcement = Enforcement.ENFORCE
+    window: timedelta = timedelta(minutes=30)
+    expected: dict[str, Any]
+    sensitive: frozenset[str] = frozenset()
+    content: bytes | None = None
+
+
+class ObservedResource(Frozen):
+    """What an adapter saw of one resource; ``actual`` uses the same field names as ``expected``."""
+
+    key: str
+    actual: dict[str, Any]
+    note: str | None = Field(default=None, description="Adapter remark, e.g. 'is a symlink'.")
+
+
+class FieldDrift(Frozen):
+    """One governed field whose live value differs from the baseline."""
+
+    field: str
+    expected: Any
+    actual: Any
+    changes: tuple[str, ...] = Field(default=(), description="Paths inside a structured value that differ.")
+
+    def redacted(self) -> FieldDrift:
+        return self.model_copy(update={"expected": REDACTED, "actual": REDACTED, "changes": ()})
+
+
+class Action(StrEnum):
+    """Everything an adapter can be asked to do."""
+
+    WRITE_FILE = "write_file"
+    CHMOD = "chmod"
+    CHOWN = "chown"
+    REMOVE = "remove"
+    MKDIR = "mkdir"
+    WRITE_SYSCTL = "write_sysctl"
+
+
+class PlannedAction(Frozen):
+    action: Action
+    reason: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Plan(Frozen):
+    """What would bring one resource back to its baseline, and whether it may be applied."""
+
+    key: str
+    mode: Enforcement
+    drift: tuple[FieldDrift, ...]
+    actions: tuple[PlannedAction, ...]
+    blocked: str | None = Field(default=None, description="Why no safe action exists (reported, not acted on).")
+
+    @property
+    def applies(self) -> bool:
+        return self.mode is Enforcement.ENFORCE and not self.blocked and bool(self.actions)
+
+
+class ActResult(Frozen):
+    """What an adapter did; ``snapshots`` are ids of drifted content saved before overwriting."""
+
+    key: str
+    applied: tuple[Action, ...] = ()
+    snapshots: tuple[str, ...] = ()

@@ -1,0 +1,106 @@
+"""Prometheus metrics on an injected registry (observability edge).
+
+Pipeline position: the engine records into :class:`Metrics`; ``/metrics`` exposes the
+registry.  Gauges that describe current state (active drifts, oldest drift age,
+persistent failures) are computed from the state store at scrape time by
+:class:`StateCollector`, so they are never stale between scans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+ACTIONS = ("write_file", "chmod", "chown", "remove", "mkdir", "write_sysctl")
+RESULTS = ("succeeded", "failed", "skipped", "blocked")
+TARGETS = ("host",)
+TTR_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, 7200)
+
+
+class Metrics:
+    """Every driftd metric, label values pre-created so series exist from the start."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, targets: Iterable[str] = TARGETS) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.scans = Counter("driftd_scans_total", "Full scans by target and result.", ["target", "result"], registry=r)
+        self.scan_duration = Histogram("driftd_scan_duration_seconds", "Duration of a full scan (observe + diff).",
+                                       ["target"], registry=r,
+                                       buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.resources = Gauge("driftd_resources_observed", "Resources observed by the last scan.", ["target"], registry=r)
+        self.drifts_detected = Counter("driftd_drifts_detected_total", "New drifts detected.", ["target", "baseline"], registry=r)
+        self.remediations = Counter("driftd_remediations_total", "Remediation actions by action and result.",
+                                    ["target", "action", "result"], registry=r)
+        self.time_to_remediate = Histogram("driftd_time_to_remediate_seconds",
+                                           "From first detection to verified revert.", ["target"],
+                                           buckets=TTR_BUCKETS, registry=r)
+        self.window_breaches = Counter("driftd_window_breaches_total",
+                                       "Drifts still present after their window ended.", ["target", "baseline"], registry=r)
+        self.snapshots = Counter("driftd_snapshots_total", "Snapshots of drifted state saved before overwriting.", ["target"], registry=r)
+        self.baseline_info = Gauge("driftd_baseline_info", "Active baselines (value 1) with their content hash.",
+                                   ["name", "kind", "hash"], registry=r)
+        self.baseline_set_info = Gauge("driftd_baseline_set_info", "Active baseline set version.", ["version"], registry=r)
+        self.baseline_load_errors = Counter("driftd_baseline_load_errors_total",
+                                            "Baseline sets rejected (the previous set stayed in force).", registry=r)
+        self.baseline_last_reload = Gauge("driftd_baseline_last_reload_success_timestamp_seconds",
+                                          "When a baseline set was last loaded successfully.", registry=r)
+        self.target_up = Gauge("driftd_target_up", "1 when the target's last scan could observe it.", ["target"], registry=r)
+        self.last_scan = Gauge("driftd_last_scan_timestamp_seconds", "End of the last completed scan.", ["target"], registry=r)
+        for t in targets:
+            for res in ("clean", "drift", "error"):
+                self.scans.labels(t, res)
+            self.scan_duration.labels(t)
+            self.resources.labels(t)
+            self.time_to_remediate.labels(t)
+            self.snapshots.labels(t)
+            self.target_up.labels(t)
+            for a in ACTIONS:
+                for res in RESULTS:
+                    self.remediations.labels(t, a, res)
+
+    def set_baselines(self, version: str, baselines: Iterable[tuple[str, str, str]], when: float) -> None:
+        self.baseline_info.clear()
+        for name, kind, h in baselines:
+            self.baseline_info.labels(name, kind, h).set(1)
+        self.baseline_set_info.clear()
+        self.baseline_set_info.labels(version).set(1)
+        self.baseline_last_reload.set(when)
+
+
+class StateCollector(Collector):
+    """Gauges read from the state store at scrape time."""
+
+    def __init__(self, summary: Callable[[], dict[str, Any]]) -> None:
+        self._summary = summary
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        s = self._summary()
+        active = GaugeMetricFamily("driftd_active_drifts", "Drifts not yet remediated.",
+                                   labels=["target", "baseline"])
+        for (target, baseline), n in sorted(s["active"].items()):
+            active.add_metric([target, baseline], n)
+        yield active
+        oldest = GaugeMetricFamily("driftd_oldest_unremediated_drift_age_seconds",
+                                   "Age of the oldest drift not yet remediated (0 when none).",
+                                   labels=["target"])
+        for target, age in sorted(s["oldest_age"].items()):
+            oldest.add_metric([target], age)
+        yield oldest
+        failing = GaugeMetricFamily("driftd_remediation_failing",
+                                    "Drifts whose remediation failed at least the escalation threshold in a row.",
+                                    labels=["target"])
+        for target, n in sorted(s["failing"].items()):
+            failing.add_metric([target], n)
+        yield failing
+        breached = GaugeMetricFamily("driftd_drifts_past_deadline",
+                                     "Active drifts whose window has ended.", labels=["target"])
+        for target, n in sorted(s["past_deadline"].items()):
+            breached.add_metric([target], n)
+        yield breached
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []

@@ -1,0 +1,136 @@
+"""Settings: one pydantic-settings root, built once in the CLI and passed down.
+
+Precedence, highest first: CLI flags, ``DRIFTD_*`` environment variables (nested
+sections with ``__``, e.g. ``DRIFTD_SCAN__INTERVAL_SECONDS=120``), the YAML config file
+(``--config`` or ``DRIFTD_CONFIG``), then the defaults below.  Every field is documented
+with its unit; ``docs/configuration.md`` lists them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScanSettings(_Section):
+    interval_seconds: float = Field(300.0, gt=0, description="Cadence of the full scan, in seconds.")
+    jitter_seconds: float = Field(30.0, ge=0, description="Random delay added to each scheduled scan, in seconds.")
+    full_rehash_interval_seconds: float = Field(
+        3600.0, ge=0,
+        description="How often a scan re-hashes every file even if size, mtime, ctime and inode are unchanged.")
+
+
+class RetrySettings(_Section):
+    base_seconds: float = Field(1.0, gt=0, description="First retry delay after a failed remediation.")
+    max_seconds: float = Field(300.0, gt=0, description="Cap on the retry delay.")
+    attempts_per_pass: int = Field(4, ge=1, description="Attempts per key in one `run --once` pass.")
+    escalate_after: int = Field(3, ge=1, description="Consecutive failures after which a drift is escalated (log + metric).")
+
+
+class HttpSettings(_Section):
+    address: str = Field("127.0.0.1:9808", description="host:port for /metrics, /healthz, /readyz and /api/v1/drifts.")
+
+    @field_validator("address")
+    @classmethod
+    def _v_address(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError("address must be host:port, e.g. 127.0.0.1:9808")
+        return v
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.address.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class LogSettings(_Section):
+    format: Literal["auto", "json", "console"] = Field("auto", description="auto = JSON unless stderr is a terminal.")
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(BaseSettings):
+    """Root of every driftd setting."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTD_", env_nested_delimiter="__", extra="forbid",
+                                      validate_default=True)
+
+    host_root: Path = Field(Path("/"), description="Where the host filesystem is mounted (/host in the DaemonSet).")
+    baselines: Path = Field(Path("/etc/driftd/baselines"), description="Directory of baseline YAML files.")
+    state_dir: Path = Field(Path("/var/lib/driftd"), description="SQLite state and snapshots.")
+    dry_run: bool = Field(False, description="Never change anything, whatever the baselines say.")
+    node_name: str | None = Field(None, description="Node name for selectors; default: $NODE_NAME, <host-root>/etc/hostname, hostname.")
+    node_labels: dict[str, str] = Field(default_factory=dict, description="Node labels for selectors.")
+    workers: int = Field(2, ge=1, le=32, description="Reconcile worker threads in the daemon.")
+    reload_interval_seconds: float = Field(10.0, gt=0, description="How often the baselines directory is checked for changes.")
+    baseline_file_max_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest baseline or source file accepted.")
+    snapshot_max_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest drifted file kept as a snapshot; larger ones are not overwritten.")
+    scan: ScanSettings = Field(default_factory=ScanSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+    def resolved_node_name(self) -> str:
+        if self.node_name:
+            return self.node_name
+        if env := os.environ.get("NODE_NAME"):
+            return env
+        try:
+            name = (self.host_root / "etc/hostname").read_text().strip()
+            if name:
+                return name
+        except OSError:
+            pass
+        import socket
+
+        return socket.gethostname()
+
+
+_config_path: str | None = None
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Values from the YAML file named by ``DRIFTD_CONFIG`` (the CLI sets it from --config)."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = {}
+        path = _config_path or os.environ.get("DRIFTD_CONFIG")
+        if path:
+            with open(path, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh) or {}
+            if not isinstance(data, dict):
+                raise ValueError(f"{path}: config file must be a mapping")
+            self._data = {k.replace("-", "_"): v for k, v in data.items()}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
+    """Build the settings root; ``overrides`` are CLI flags (None means not given)."""
+    global _config_path
+    _config_path = config_file
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**given)

@@ -1,0 +1,192 @@
+"""Host target: files, directories and sysctls under ``--host-root`` (observe + act).
+
+Pipeline position: the effectful ends of the pipeline for ``kind: HostBaseline``.
+``desired`` compiles the baselines and resolves user and group names against
+``<host-root>/etc/passwd`` and ``/etc/group`` (never the agent's own); ``observe`` reads
+metadata, hashing content only when size, mtime, ctime or inode changed since the last
+pass (or on a full pass); ``apply`` snapshots drifted bytes, then writes atomically
+through :class:`SafeRoot`, which refuses symlinks and never leaves the root.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Any
+
+from driftd.baselines.loader import BaselineSet
+from driftd.core.compile import compile_host
+from driftd.models.resources import (
+    Action,
+    ActResult,
+    DesiredResource,
+    ObservedResource,
+    Plan,
+)
+from driftd.safety.snapshots import SnapshotError, SnapshotStore
+from driftd.targets.base import NodeInfo, TargetError
+from driftd.targets.safefs import ParentMissingError, SafeRoot, UnsafePathError, ftype
+
+_StatKey = tuple[int, int, int, int, int]
+
+
+def _mode_str(mode: int) -> str:
+    return f"{stat.S_IMODE(mode):04o}"
+
+
+def parse_id_db(text: str) -> dict[str, int]:
+    """``name -> id`` from passwd/group formatted text (fields separated by ':')."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split(":")
+        if len(parts) >= 3 and parts[0] and not parts[0].startswith("#") and parts[2].isdigit():
+            out.setdefault(parts[0], int(parts[2]))
+    return out
+
+
+class HostTarget:
+    """Adapter for the host filesystem and ``/proc/sys`` seen through ``host_root``."""
+
+    name = "host"
+    capabilities = frozenset({"file", "directory", "sysctl", "snapshot"})
+
+    def __init__(self, host_root: str | os.PathLike[str], snapshots: SnapshotStore) -> None:
+        self.fs = SafeRoot(host_root)
+        self.snapshots = snapshots
+        self._hash_cache: dict[str, tuple[_StatKey, str]] = {}
+
+    # ------------------------------------------------------------------ desired
+    def _id_db(self, path: str) -> dict[str, int]:
+        try:
+            return parse_id_db(self.fs.read(path, 16 * 1024 * 1024).decode("utf-8", "replace"))
+        except (OSError, UnsafePathError, ParentMissingError):
+            return {}
+
+    def desired(self, baselines: BaselineSet, node: NodeInfo) -> list[DesiredResource]:
+        resources = compile_host(baselines.baselines, baselines.sources, node.name, node.labels)
+        users = self._id_db("/etc/passwd")
+        groups = self._id_db("/etc/group")
+        out = []
+        for r in resources:
+            exp = r.expected
+            owner, group = exp.get("owner"), exp.get("group")
+            if isinstance(owner, str) or isinstance(group, str):
+                exp = dict(exp)
+                # unresolvable names stay strings: plan reports them as blocked
+                if isinstance(owner, str) and owner in users:
+                    exp["owner"] = users[owner]
+                if isinstance(group, str) and group in groups:
+                    exp["group"] = groups[group]
+                r = r.model_copy(update={"expected": exp})
+            out.append(r)
+        return out
+
+    # ------------------------------------------------------------------ observe
+    def begin_pass(self, *, full: bool) -> None:
+        self.fs.begin_pass()
+        if full:
+            self._hash_cache.clear()
+
+    def observe(self, desired: DesiredResource) -> ObservedResource:
+        try:
+            if desired.kind == "sysctl":
+                return self._observe_sysctl(desired)
+            return self._observe_path(desired)
+        except UnsafePathError as e:
+            raise TargetError(str(e), transient=False) from None
+        except OSError as e:
+            raise TargetError(f"cannot observe {desired.address}: {e.strerror or e}") from None
+
+    def _observe_path(self, desired: DesiredResource) -> ObservedResource:
+        path = desired.address
+        st = self.fs.lstat(path)
+        if st is None:
+            return ObservedResource.model_construct(key=desired.key, actual={"present": False}, note=None)
+        kind = ftype(st.st_mode)
+        actual: dict[str, Any] = {"present": True, "type": kind,
+                                  "mode": _mode_str(st.st_mode), "owner": st.st_uid, "group": st.st_gid}
+        if kind == "file" and "content" in desired.expected:
+            actual["content"] = self._digest(path, st)
+        return ObservedResource.model_construct(key=desired.key, actual=actual, note=None)
+
+    def _digest(self, path: str, st: os.stat_result) -> str:
+        skey = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        cached = self._hash_cache.get(path)
+        if cached is not None and cached[0] == skey:
+            return cached[1]
+        digest = self.fs.sha256(path)
+        self._hash_cache[path] = (skey, digest)
+        return digest
+
+    def sysctl_path(self, key: str) -> str:
+        # sysctl(8) convention: '.' separates levels, '/' stands for a literal '.'
+        return "/proc/sys/" + key.translate(str.maketrans("./", "/."))
+
+    def _observe_sysctl(self, desired: DesiredResource) -> ObservedResource:
+        path = self.sysctl_path(desired.address)
+        try:
+            raw = self.fs.read(path, 1 << 16)
+        except (FileNotFoundError, ParentMissingError):
+            return ObservedResource.model_construct(key=desired.key, actual={"value": None}, note="no such key")
+        value = " ".join(raw.decode("utf-8", "replace").split())
+        return ObservedResource.model_construct(key=desired.key, actual={"value": value}, note=None)
+
+    # ------------------------------------------------------------------ act
+    def apply(self, desired: DesiredResource, observed: ObservedResource, plan: Plan) -> ActResult:
+        try:
+            return self._apply(desired, observed, plan)
+        except (UnsafePathError, IsADirectoryError, SnapshotError) as e:
+            raise TargetError(str(e), transient=False) from None
+        except ParentMissingError as e:
+            raise TargetError(str(e), transient=True) from None
+        except OSError as e:
+            transient = e.errno not in (errno.EROFS, errno.EPERM)
+            raise TargetError(f"{desired.address}: {e.strerror or e}", transient=transient) from None
+
+    def _snapshot(self, path: str, observed: ObservedResource) -> str | None:
+        kind = observed.actual.get("type")
+        if kind == "file":
+            return self.snapshots.put(self.fs.read(path, self.snapshots.max_bytes))
+        if kind == "symlink":
+            return self.snapshots.put(("symlink -> " + self.fs.readlink(path)).encode())
+        return None
+
+    def _apply(self, desired: DesiredResource, observed: ObservedResource, plan: Plan) -> ActResult:
+        path = desired.address
+        applied: list[Action] = []
+        snaps: list[str] = []
+        is_dir = desired.kind == "directory"
+        for step in plan.actions:
+            p = step.params
+            if step.action in (Action.WRITE_FILE, Action.REMOVE) and observed.actual.get("present"):
+                sid = self._snapshot(path, observed)
+                if sid is not None:
+                    snaps.append(sid)
+            if step.action is Action.WRITE_FILE:
+                assert desired.content is not None
+                self.fs.write_atomic(path, desired.content, mode=_mode(p.get("mode")),
+                                     uid=_id(p.get("owner")), gid=_id(p.get("group")))
+            elif step.action is Action.REMOVE:
+                self.fs.remove(path)
+            elif step.action is Action.CHMOD:
+                self.fs.chmod(path, int(p["mode"], 8), is_dir=is_dir)
+            elif step.action is Action.CHOWN:
+                self.fs.chown(path, _id(p.get("owner")), _id(p.get("group")), is_dir=is_dir)
+            elif step.action is Action.MKDIR:
+                self.fs.mkdir(path, _mode(p.get("mode")), _id(p.get("owner")), _id(p.get("group")))
+            elif step.action is Action.WRITE_SYSCTL:
+                self.fs.write_in_place(self.sysctl_path(desired.address), (p["value"] + "\n").encode())
+            else:  # pragma: no cover - planner and adapter disagree
+                raise TargetError(f"host target cannot {step.action}", transient=False)
+            applied.append(step.action)
+        self._hash_cache.pop(path, None)
+        return ActResult(key=desired.key, applied=tuple(applied), snapshots=tuple(snaps))
+
+
+def _mode(v: object) -> int | None:
+    return int(v, 8) if isinstance(v, str) else None
+
+
+def _id(v: object) -> int | None:
+    return v if isinstance(v, int) else None

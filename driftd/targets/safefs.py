@@ -1,0 +1,254 @@
+"""Symlink-safe, root-confined filesystem primitives for the host target (effectful edge).
+
+Pipeline position: used by ``targets.host`` for observe and act.  Every mutating call
+walks from the host root one component at a time with ``O_NOFOLLOW | O_DIRECTORY`` and
+acts relative to the parent's descriptor, so a symlink planted anywhere on the way is
+refused instead of followed out of the root.  Writes are atomic: a temp file in the same
+directory, fsync, rename, fsync of the directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import secrets
+import stat
+from collections.abc import Callable, Iterator
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CHUNK = 1 << 20
+TMP_MARK = ".driftd-tmp-"
+
+
+class UnsafePathError(Exception):
+    """The path crosses a symlink or a non-directory, or would leave the root."""
+
+
+class ParentMissingError(Exception):
+    """A parent directory of the path does not exist (yet)."""
+
+
+def ftype(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "other"
+
+
+class SafeRoot:
+    """A directory tree that paths like ``/etc/ssh/sshd_config`` are resolved inside."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self._checked_dirs: dict[str, bool] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def full(self, path: str) -> str:
+        return self.root.rstrip("/") + path
+
+    def begin_pass(self) -> None:
+        """Forget which parent directories were verified (they may have changed)."""
+        self._checked_dirs.clear()
+
+    def _split(self, path: str) -> tuple[list[str], str]:
+        parts = [p for p in path.split("/") if p]
+        if not parts or any(p in (".", "..") for p in parts):
+            raise UnsafePathError(f"{path!r} is not a normalised absolute path")
+        return parts[:-1], parts[-1]
+
+    @contextlib.contextmanager
+    def parent(self, path: str) -> Iterator[tuple[int, str]]:
+        """Descriptor of the parent directory of ``path``, reached without following links."""
+        dirs, name = self._split(path)
+        fd = os.open(self.root, _DIR_FLAGS)
+        walked = ""
+        try:
+            for comp in dirs:
+                walked += "/" + comp
+                try:
+                    nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    raise ParentMissingError(f"parent directory {walked} does not exist") from None
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise UnsafePathError(
+                            f"{walked} is a symlink or not a directory; refusing to follow it") from None
+                    raise
+                os.close(fd)
+                fd = nfd
+            yield fd, name
+        finally:
+            os.close(fd)
+
+    def parents_safe(self, path: str) -> bool:
+        """Fast check (cached per pass) that no parent of ``path`` is a symlink."""
+        dirs, _ = self._split(path)
+        walked = ""
+        for comp in dirs:
+            walked += "/" + comp
+            ok = self._checked_dirs.get(walked)
+            if ok is None:
+                try:
+                    ok = stat.S_ISDIR(os.lstat(self.full(walked)).st_mode)
+                except FileNotFoundError:
+                    ok = True  # missing parent: the leaf simply does not exist
+                self._checked_dirs[walked] = ok
+            if not ok:
+                return False
+        return True
+
+    # ------------------------------------------------------------------ read side
+    def lstat(self, path: str) -> os.stat_result | None:
+        """lstat of the leaf, or None when absent; refuses paths below a symlink."""
+        if not self.parents_safe(path):
+            raise UnsafePathError(f"a parent of {path} is a symlink or not a directory; refusing to follow it")
+        try:
+            return os.lstat(self.full(path))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _open_leaf(self, path: str, flags: int = os.O_RDONLY) -> int:
+        with self.parent(path) as (pfd, name):
+            try:
+                return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=pfd)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise UnsafePathError(f"{path} is a symlink; refusing to follow it") from None
+                raise
+
+    def sha256(self, path: str) -> str:
+        fd = self._open_leaf(path)
+        try:
+            h = hashlib.sha256()
+            while chunk := os.read(fd, _CHUNK):
+                h.update(chunk)
+            return "sha256:" + h.hexdigest()
+        finally:
+            os.close(fd)
+
+    def read(self, path: str, max_bytes: int) -> bytes:
+        """Whole content of a regular file, refusing more than ``max_bytes``."""
+        fd = self._open_leaf(path)
+        try:
+            size = os.fstat(fd).st_size
+            if size > max_bytes:
+                raise OSError(errno.EFBIG, f"{path} is {size} bytes, over the {max_bytes}-byte limit")
+            chunks = []
+            total = 0
+            while chunk := os.read(fd, _CHUNK):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise OSError(errno.EFBIG, f"{path} grew past the {max_bytes}-byte limit")
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def readlink(self, path: str) -> str:
+        with self.parent(path) as (pfd, name):
+            return os.readlink(name, dir_fd=pfd)
+
+    # ------------------------------------------------------------------ write side
+    def write_atomic(self, path: str, data: bytes, *, mode: int | None, uid: int | None,
+                     gid: int | None, on_chunk: Callable[[int], None] | None = None) -> None:
+        """Replace ``path`` with ``data`` in one rename; the old file is intact on any failure.
+
+        ``on_chunk`` (tests only) is called after each chunk is written.
+        """
+        with self.parent(path) as (pfd, name):
+            try:
+                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    raise IsADirectoryError(errno.EISDIR, f"{path} is a directory; not replacing it")
+            except FileNotFoundError:
+                pass
+            self._clean_stale_temps(pfd, name)
+            tmp = f".{name}{TMP_MARK}{secrets.token_hex(4)}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=pfd)
+            try:
+                view = memoryview(data)
+                for off in range(0, len(data), _CHUNK):
+                    os.write(fd, view[off:off + _CHUNK])
+                    if on_chunk is not None:
+                        on_chunk(off)
+                if uid is not None or gid is not None:
+                    os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+                os.fchmod(fd, 0o644 if mode is None else mode)
+                os.fsync(fd)
+                os.close(fd)
+                fd = -1
+                os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+            except BaseException:
+                if fd >= 0:
+                    os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=pfd)
+                raise
+            os.fsync(pfd)
+
+    def _clean_stale_temps(self, pfd: int, name: str) -> None:
+        prefix = f".{name}{TMP_MARK}"
+        for entry in os.listdir(pfd):
+            if entry.startswith(prefix):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry, dir_fd=pfd)
+
+    def write_in_place(self, path: str, data: bytes) -> None:
+        """Write a pseudo-file such as a sysctl (renaming is impossible under /proc)."""
+        fd = self._open_leaf(path, os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def remove(self, path: str) -> None:
+        with self.parent(path) as (pfd, name):
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, f"{path} is a directory; not removing it")
+            os.unlink(name, dir_fd=pfd)
+            os.fsync(pfd)
+
+    def _fd_of_leaf(self, path: str, want_dir: bool) -> int:
+        flags = _DIR_FLAGS if want_dir else os.O_RDONLY
+        fd = self._open_leaf(path, flags)
+        st = os.fstat(fd)
+        if not (stat.S_ISDIR(st.st_mode) if want_dir else stat.S_ISREG(st.st_mode)):
+            os.close(fd)
+            raise UnsafePathError(f"{path} is not a {'directory' if want_dir else 'regular file'}")
+        return fd
+
+    def chmod(self, path: str, mode: int, *, is_dir: bool = False) -> None:
+        fd = self._fd_of_leaf(path, is_dir)
+        try:
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+
+    def chown(self, path: str, uid: int | None, gid: int | None, *, is_dir: bool = False) -> None:
+        fd = self._fd_of_leaf(path, is_dir)
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+            if mode & (stat.S_ISUID | stat.S_ISGID):
+                os.fchmod(fd, mode)  # chown clears set-id bits; the mode is not ours to change
+        finally:
+            os.close(fd)
+
+    def mkdir(self, path: str, mode: int | None, uid: int | None, gid: int | None) -> None:
+        with self.parent(path) as (pfd, name):
+            os.mkdir(name, 0o700, dir_fd=pfd)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+            try:
+                if uid is not None or gid is not None:
+                    os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+                os.fchmod(fd, 0o755 if mode is None else mode)
+            finally:
+                os.close(fd)
+            os.fsync(pfd)
