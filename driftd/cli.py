@@ -45,8 +45,15 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None) -> 
     snapshots = SnapshotStore(Path(settings.state_dir) / "snapshots", max_bytes=settings.snapshot_max_bytes)
     host = HostTarget(settings.host_root, snapshots)
     node = NodeInfo(name=settings.resolved_node_name(), labels=dict(settings.node_labels))
-    engine = Engine(targets={"host": host}, state=state, metrics=metrics, node=node,
-                    dry_run=settings.dry_run, escalate_after=settings.retry.escalate_after, clock=clock)
+    engine = Engine(
+        targets={"host": host},
+        state=state,
+        metrics=metrics,
+        node=node,
+        dry_run=settings.dry_run,
+        escalate_after=settings.retry.escalate_after,
+        clock=clock,
+    )
     esc = settings.retry.escalate_after
     metrics.registry.register(StateCollector(lambda: state.summary(clock.time(), esc)))
     queue = KeyedQueue(clock=clock, backoff=Backoff(settings.retry.base_seconds, settings.retry.max_seconds))
@@ -59,7 +66,9 @@ def _settings(args: argparse.Namespace) -> Any:
     from driftd.settings import load_settings
 
     overrides: dict[str, Any] = {
-        "host_root": args.host_root, "baselines": args.baselines, "state_dir": args.state_dir,
+        "host_root": args.host_root,
+        "baselines": args.baselines,
+        "state_dir": args.state_dir,
         "node_name": getattr(args, "node_name", None),
         "dry_run": True if getattr(args, "dry_run", False) else None,
     }
@@ -137,11 +146,15 @@ def _daemon(rt: Runtime) -> int:
         return [r.as_dict() for r in rt.state.active().values()]
 
     daemon: Daemon | None = None
-    api = ApiServer(host, port, registry=rt.metrics.registry,
-                    healthy=lambda: daemon.healthy() if daemon else (False, "starting"),
-                    ready=lambda: daemon.ready() if daemon else (False, "starting"), drifts=drifts)
-    daemon = Daemon(settings=settings, engine=rt.engine, queue=rt.queue, metrics=rt.metrics,
-                    manager=manager, api=api)
+    api = ApiServer(
+        host,
+        port,
+        registry=rt.metrics.registry,
+        healthy=lambda: daemon.healthy() if daemon else (False, "starting"),
+        ready=lambda: daemon.ready() if daemon else (False, "starting"),
+        drifts=drifts,
+    )
+    daemon = Daemon(settings=settings, engine=rt.engine, queue=rt.queue, metrics=rt.metrics, manager=manager, api=api)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -159,14 +172,21 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
     bset, problems = load_set(args.directory)
     if args.output == "json":
-        print(json.dumps({"valid": bset is not None, "version": bset.version if bset else None,
-                          "problems": [p.__dict__ for p in problems]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "valid": bset is not None,
+                    "version": bset.version if bset else None,
+                    "problems": [p.__dict__ for p in problems],
+                },
+                indent=2,
+            )
+        )
     else:
         for p in problems:
             print(str(p))
         if bset is not None:
-            print(f"{args.directory}: {len(bset.baselines)} baselines valid, version {bset.version}",
-                  file=sys.stderr)
+            print(f"{args.directory}: {len(bset.baselines)} baselines valid, version {bset.version}", file=sys.stderr)
     return ExitCode.CLEAN if bset is not None else ExitCode.ERROR
 
 
@@ -197,10 +217,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             print("no active drift")
         for r in active:
             left = r.deadline - now
-            print(f"{r.key}  [{r.baseline}]  open {now - r.first_seen:.0f}s, "
-                  f"{'deadline in ' + format(left, '.0f') + 's' if left > 0 else 'PAST DEADLINE'}, "
-                  f"attempts {r.attempts}, last {r.last_action or '-'}: {r.last_result or '-'}"
-                  + (f" ({r.last_error})" if r.last_error else ""))
+            print(
+                f"{r.key}  [{r.baseline}]  open {now - r.first_seen:.0f}s, "
+                f"{'deadline in ' + format(left, '.0f') + 's' if left > 0 else 'PAST DEADLINE'}, "
+                f"attempts {r.attempts}, last {r.last_action or '-'}: {r.last_result or '-'}"
+                + (f" ({r.last_error})" if r.last_error else "")
+            )
     return ExitCode.CLEAN if not active else ExitCode.DRIFT_REMAINED
 
 

@@ -95,8 +95,10 @@ def run_demo(workdir: Path, baselines: Path | None = None) -> int:
     desired = list(rt.engine.desired.values())
     build_tree(host, desired, uid, gid)
 
-    print(f"driftd demo: host tree {host} built from {len(bset.baselines)} example baselines "
-          f"in {baselines} ({len(desired)} resources)")
+    print(
+        f"driftd demo: host tree {host} built from {len(bset.baselines)} example baselines "
+        f"in {baselines} ({len(desired)} resources)"
+    )
     if uid != 0:
         print(f"  (not root: the tree's etc/passwd maps {', '.join(sorted(names))} to uid {uid})")
     print("injecting drift:")
@@ -135,7 +137,7 @@ def inject_drift(host: Path, desired: list) -> list[str]:  # type: ignore[type-a
             kinds_done.add("missing")
             done.append(f"{r.address}: deleted (missing file)")
         elif r.kind == "file" and e.get("present") and "mode" in e and "mode" not in kinds_done:
-            os.chmod(p(r.address), 0o666)
+            os.chmod(p(r.address), 0o666)  # noqa: S103 - injected drift
             kinds_done.add("mode")
             done.append(f"{r.address}: chmod 0666 (mode drift{', sensitive file' if r.sensitive else ''})")
         elif r.kind == "file" and e.get("present") is False and "absent" not in kinds_done:
@@ -144,7 +146,7 @@ def inject_drift(host: Path, desired: list) -> list[str]:  # type: ignore[type-a
             kinds_done.add("absent")
             done.append(f"{r.address}: created (must be absent)")
         elif r.kind == "directory" and "dir" not in kinds_done:
-            os.chmod(p(r.address), 0o777)
+            os.chmod(p(r.address), 0o777)  # noqa: S103 - injected drift
             kinds_done.add("dir")
             done.append(f"{r.address}/: chmod 0777 (directory mode drift)")
         elif r.kind == "sysctl" and "sysctl" not in kinds_done:

@@ -26,8 +26,8 @@ class ScanSettings(_Section):
     interval_seconds: float = Field(300.0, gt=0, description="Cadence of the full scan, in seconds.")
     jitter_seconds: float = Field(30.0, ge=0, description="Random delay added to each scheduled scan, in seconds.")
     full_rehash_interval_seconds: float = Field(
-        3600.0, ge=0,
-        description="How often a scan re-hashes every file even if size, mtime, ctime and inode are unchanged.")
+        3600.0, ge=0, description="How often a scan re-hashes every file even if size, mtime, ctime and inode are unchanged."
+    )
 
 
 class RetrySettings(_Section):
@@ -62,19 +62,22 @@ class LogSettings(_Section):
 class Settings(BaseSettings):
     """Root of every driftd setting."""
 
-    model_config = SettingsConfigDict(env_prefix="DRIFTD_", env_nested_delimiter="__", extra="forbid",
-                                      validate_default=True)
+    model_config = SettingsConfigDict(env_prefix="DRIFTD_", env_nested_delimiter="__", extra="forbid", validate_default=True)
 
     host_root: Path = Field(Path("/"), description="Where the host filesystem is mounted (/host in the DaemonSet).")
     baselines: Path = Field(Path("/etc/driftd/baselines"), description="Directory of baseline YAML files.")
     state_dir: Path = Field(Path("/var/lib/driftd"), description="SQLite state and snapshots.")
     dry_run: bool = Field(False, description="Never change anything, whatever the baselines say.")
-    node_name: str | None = Field(None, description="Node name for selectors; default: $NODE_NAME, <host-root>/etc/hostname, hostname.")
+    node_name: str | None = Field(
+        None, description="Node name for selectors; default: $NODE_NAME, <host-root>/etc/hostname, hostname."
+    )
     node_labels: dict[str, str] = Field(default_factory=dict, description="Node labels for selectors.")
     workers: int = Field(2, ge=1, le=32, description="Reconcile worker threads in the daemon.")
     reload_interval_seconds: float = Field(10.0, gt=0, description="How often the baselines directory is checked for changes.")
     baseline_file_max_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest baseline or source file accepted.")
-    snapshot_max_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest drifted file kept as a snapshot; larger ones are not overwritten.")
+    snapshot_max_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="Largest drifted file kept as a snapshot; larger ones are not overwritten."
+    )
     scan: ScanSettings = Field(default_factory=ScanSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
@@ -82,8 +85,11 @@ class Settings(BaseSettings):
 
     @classmethod
     def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _ConfigFileSource(settings_cls))

@@ -18,9 +18,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 class ApiServer:
     """A small threaded HTTP server; ``start`` returns once it is listening."""
 
-    def __init__(self, host: str, port: int, *, registry: CollectorRegistry,
-                 healthy: Callable[[], tuple[bool, str]], ready: Callable[[], tuple[bool, str]],
-                 drifts: Callable[[], list[dict[str, Any]]]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        registry: CollectorRegistry,
+        healthy: Callable[[], tuple[bool, str]],
+        ready: Callable[[], tuple[bool, str]],
+        drifts: Callable[[], list[dict[str, Any]]],
+    ) -> None:
         server = self
 
         class Handler(BaseHTTPRequestHandler):

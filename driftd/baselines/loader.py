@@ -57,8 +57,7 @@ class BaselineSet:
 
     @classmethod
     def empty(cls, directory: str = "") -> BaselineSet:
-        return cls(directory=directory, baselines=(), sources={}, files={}, hashes={},
-                   version="none")
+        return cls(directory=directory, baselines=(), sources={}, files={}, hashes={}, version="none")
 
 
 class BaselineLoadError(Exception):
@@ -164,7 +163,9 @@ def _parse(rel: str, raw: bytes, problems: list[Problem]) -> list[_Doc]:
 def _validate(doc: _Doc, problems: list[Problem]) -> None:
     data = doc.data
     if not isinstance(data, dict):
-        problems.append(Problem(doc.file, doc.line_of(()), "(document)", "expected a mapping with apiVersion, kind, metadata, spec"))
+        problems.append(
+            Problem(doc.file, doc.line_of(()), "(document)", "expected a mapping with apiVersion, kind, metadata, spec")
+        )
         return
     kind = data.get("kind")
     model_cls = BASELINE_KINDS.get(kind) if isinstance(kind, str) else None
@@ -205,32 +206,51 @@ def _check_set(docs: list[_Doc], problems: list[Problem]) -> None:
         name = doc.model.metadata.name
         if name in names:
             other = names[name]
-            problems.append(Problem(doc.file, doc.line_of(("metadata", "name")), "metadata.name",
-                                    f"duplicate baseline name {name!r} (also in {other.file}:{other.line_of(('metadata', 'name'))})"))
+            problems.append(
+                Problem(
+                    doc.file,
+                    doc.line_of(("metadata", "name")),
+                    "metadata.name",
+                    f"duplicate baseline name {name!r} (also in {other.file}:{other.line_of(('metadata', 'name'))})",
+                )
+            )
         names.setdefault(name, doc)
         for what, loc, value in _claims(doc):
             for other, oloc, ovalue in claims.get(what, []):
                 assert other.model is not None
                 if other is doc:
-                    problems.append(Problem(doc.file, doc.line_of(loc), _fmt_loc(loc),
-                                            f"{what} is listed twice in this baseline (first at line {doc.line_of(oloc)})"))
+                    problems.append(
+                        Problem(
+                            doc.file,
+                            doc.line_of(loc),
+                            _fmt_loc(loc),
+                            f"{what} is listed twice in this baseline (first at line {doc.line_of(oloc)})",
+                        )
+                    )
                 elif may_overlap(doc.model.spec.selector, other.model.spec.selector):
                     kind = "duplicate" if value == ovalue else "conflicting"
-                    problems.append(Problem(doc.file, doc.line_of(loc), _fmt_loc(loc),
-                                            f"{kind} claim on {what}: also governed by baseline "
-                                            f"{other.model.metadata.name!r} ({other.file}:{other.line_of(oloc)})"))
+                    problems.append(
+                        Problem(
+                            doc.file,
+                            doc.line_of(loc),
+                            _fmt_loc(loc),
+                            f"{kind} claim on {what}: also governed by baseline "
+                            f"{other.model.metadata.name!r} ({other.file}:{other.line_of(oloc)})",
+                        )
+                    )
             claims.setdefault(what, []).append((doc, loc, value))
 
 
-def _load_sources(doc: _Doc, root: Path, max_bytes: int, problems: list[Problem],
-                  sources: dict[tuple[str, str], bytes], digest: Any) -> None:
+def _load_sources(
+    doc: _Doc, root: Path, max_bytes: int, problems: list[Problem], sources: dict[tuple[str, str], bytes], digest: Any
+) -> None:
     assert doc.model is not None
     root_real = root.resolve()
     for i, f in enumerate(doc.model.spec.files):
         if f.source is None:
             continue
         loc = ("spec", "files", i, "source")
-        p = (root / doc.base_dir / f.source)
+        p = root / doc.base_dir / f.source
         try:
             real = p.resolve()
         except OSError as e:
@@ -256,12 +276,13 @@ def _yaml_files(directory: Path) -> list[Path]:
     out: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / n for n in sorted(filenames)
-                   if not n.startswith(".") and n.endswith((".yaml", ".yml")))
+        out.extend(Path(dirpath) / n for n in sorted(filenames) if not n.startswith(".") and n.endswith((".yaml", ".yml")))
     return out
 
 
-def load_set(directory: str | os.PathLike[str], *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[BaselineSet | None, list[Problem]]:
+def load_set(
+    directory: str | os.PathLike[str], *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+) -> tuple[BaselineSet | None, list[Problem]]:
     """Load every baseline below ``directory``: a complete set, or None and the problems."""
     root = Path(directory)
     problems: list[Problem] = []
@@ -306,7 +327,9 @@ def load_set(directory: str | os.PathLike[str], *, max_file_bytes: int = DEFAULT
     bset = BaselineSet(
         directory=str(root),
         baselines=tuple(d.model for d in valid if d.model is not None),
-        sources=sources, files=files, hashes=hashes,
+        sources=sources,
+        files=files,
+        hashes=hashes,
         version=set_digest.hexdigest()[:12],
         warnings=tuple(sorted(problems)),
     )
@@ -339,8 +362,9 @@ def json_schema() -> dict[str, Any]:
     """JSON Schema of every baseline kind, for editors and CI."""
     from pydantic.json_schema import models_json_schema
 
-    _, top = models_json_schema([(m, "validation") for m in BASELINE_KINDS.values()],
-                                title="driftd baselines (driftd.io/v1alpha1)", by_alias=True)
+    _, top = models_json_schema(
+        [(m, "validation") for m in BASELINE_KINDS.values()], title="driftd baselines (driftd.io/v1alpha1)", by_alias=True
+    )
     kinds = [{"$ref": f"#/$defs/{m.__name__}"} for m in BASELINE_KINDS.values()]
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **top, "oneOf": kinds}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
+from functools import partial
 
 from driftd.core.selectors import matches
 from driftd.models.baseline import HostBaseline, ManagedDirectory, ManagedFile
@@ -42,6 +43,29 @@ def _attrs(entry: ManagedFile | ManagedDirectory) -> dict[str, object]:
     return out
 
 
+def _make(
+    b: HostBaseline,
+    key: str,
+    kind: str,
+    address: str,
+    expected: dict[str, object],
+    sensitive: frozenset[str] = frozenset(),
+    content: bytes | None = None,
+) -> DesiredResource:
+    return DesiredResource.model_construct(
+        key=key,
+        target="host",
+        kind=kind,
+        address=address,
+        baseline=b.metadata.name,
+        enforcement=b.spec.enforcement,
+        window=b.spec.window,
+        expected=expected,
+        sensitive=sensitive,
+        content=content,
+    )
+
+
 def compile_host(
     baselines: Iterable[HostBaseline],
     sources: Mapping[tuple[str, str], bytes],
@@ -59,13 +83,10 @@ def compile_host(
     for b in baselines:
         if not matches(b.spec.selector, node_name, labels):
             continue
-        common = {"target": "host", "baseline": b.metadata.name,
-                  "enforcement": b.spec.enforcement, "window": b.spec.window}
+        make = partial(_make, b)
         for d in b.spec.directories:
             expected: dict[str, object] = {"present": True, "type": "directory", **_attrs(d)}
-            dirs.append(DesiredResource.model_construct(
-                key=dir_key(d.path), kind="directory", address=d.path, expected=expected,
-                sensitive=frozenset(), content=None, **common))
+            dirs.append(make(dir_key(d.path), "directory", d.path, expected))
         for f in b.spec.files:
             content: bytes | None = None
             if f.absent:
@@ -79,13 +100,10 @@ def compile_host(
                 if content is not None:
                     expected["content"] = content_digest(content)
                 expected.update(_attrs(f))
-            files.append(DesiredResource.model_construct(
-                key=file_key(f.path), kind="file", address=f.path, expected=expected,
-                sensitive=frozenset({"content"}) if f.sensitive else frozenset(),
-                content=content, **common))
+            files.append(
+                make(file_key(f.path), "file", f.path, expected, frozenset({"content"}) if f.sensitive else frozenset(), content)
+            )
         for s in b.spec.sysctls:
-            sysctls.append(DesiredResource.model_construct(
-                key=sysctl_key(s.key), kind="sysctl", address=s.key, expected={"value": s.value},
-                sensitive=frozenset(), content=None, **common))
+            sysctls.append(make(sysctl_key(s.key), "sysctl", s.key, {"value": s.value}))
     dirs.sort(key=lambda r: r.address.count("/"))
     return dirs + files + sysctls

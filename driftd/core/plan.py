@@ -46,17 +46,21 @@ def _attrs_params(desired: DesiredResource, observed: ObservedResource) -> dict[
 def _attr_actions(drift: dict[str, FieldDrift], desired: DesiredResource) -> list[PlannedAction]:
     out = []
     if "mode" in drift:
-        out.append(PlannedAction(action=Action.CHMOD, reason="mode differs",
-                                 params={"mode": desired.expected["mode"]}))
+        out.append(PlannedAction(action=Action.CHMOD, reason="mode differs", params={"mode": desired.expected["mode"]}))
     if "owner" in drift or "group" in drift:
-        out.append(PlannedAction(action=Action.CHOWN, reason="ownership differs",
-                                 params={"owner": desired.expected.get("owner"),
-                                         "group": desired.expected.get("group")}))
+        out.append(
+            PlannedAction(
+                action=Action.CHOWN,
+                reason="ownership differs",
+                params={"owner": desired.expected.get("owner"), "group": desired.expected.get("group")},
+            )
+        )
     return out
 
 
-def _plan_file(desired: DesiredResource, observed: ObservedResource,
-               drift: dict[str, FieldDrift]) -> tuple[list[PlannedAction], str | None]:
+def _plan_file(
+    desired: DesiredResource, observed: ObservedResource, drift: dict[str, FieldDrift]
+) -> tuple[list[PlannedAction], str | None]:
     actual_type = observed.actual.get("type")
     if desired.expected.get("present") is False:
         if actual_type not in ("file", "symlink", "other"):
@@ -70,31 +74,29 @@ def _plan_file(desired: DesiredResource, observed: ObservedResource,
             return [], f"a {actual_type} stands where a file belongs; not replacing it"
         if desired.content is None:
             return [], "file must be rewritten but the baseline gives no content"
-        reason = {"present": "missing", "type": f"is a {actual_type}"}.get(
-            next(iter(drift)), "content differs")
-        return [PlannedAction(action=Action.WRITE_FILE, reason=reason,
-                              params=_attrs_params(desired, observed))], None
+        reason = {"present": "missing", "type": f"is a {actual_type}"}.get(next(iter(drift)), "content differs")
+        return [PlannedAction(action=Action.WRITE_FILE, reason=reason, params=_attrs_params(desired, observed))], None
     return _attr_actions(drift, desired), None
 
 
-def _plan_dir(desired: DesiredResource, observed: ObservedResource,
-              drift: dict[str, FieldDrift]) -> tuple[list[PlannedAction], str | None]:
+def _plan_dir(
+    desired: DesiredResource, observed: ObservedResource, drift: dict[str, FieldDrift]
+) -> tuple[list[PlannedAction], str | None]:
     if (blocked := _unresolved(desired)) is not None:
         return [], blocked
     if "type" in drift:
         return [], f"a {observed.actual.get('type')} stands where a directory belongs; not replacing it"
     if "present" in drift:
-        return [PlannedAction(action=Action.MKDIR, reason="missing",
-                              params=_attrs_params(desired, observed))], None
+        return [PlannedAction(action=Action.MKDIR, reason="missing", params=_attrs_params(desired, observed))], None
     return _attr_actions(drift, desired), None
 
 
-def _plan_sysctl(desired: DesiredResource, observed: ObservedResource,
-                 drift: dict[str, FieldDrift]) -> tuple[list[PlannedAction], str | None]:
+def _plan_sysctl(
+    desired: DesiredResource, observed: ObservedResource, drift: dict[str, FieldDrift]
+) -> tuple[list[PlannedAction], str | None]:
     if observed.actual.get("value") is None:
         return [], "sysctl key does not exist on this kernel"
-    return [PlannedAction(action=Action.WRITE_SYSCTL, reason="value differs",
-                          params={"value": desired.expected["value"]})], None
+    return [PlannedAction(action=Action.WRITE_SYSCTL, reason="value differs", params={"value": desired.expected["value"]})], None
 
 
 PLANNERS: dict[tuple[str, str], Planner] = {
@@ -104,15 +106,15 @@ PLANNERS: dict[tuple[str, str], Planner] = {
 }
 
 
-def plan(desired: DesiredResource, observed: ObservedResource,
-         drift: tuple[FieldDrift, ...], *, dry_run: bool = False) -> Plan:
+def plan(desired: DesiredResource, observed: ObservedResource, drift: tuple[FieldDrift, ...], *, dry_run: bool = False) -> Plan:
     """The plan for one resource; empty when there is no drift."""
     mode = effective_mode(desired, dry_run)
     if not drift:
         return Plan(key=desired.key, mode=mode, drift=(), actions=())
     planner = PLANNERS.get((desired.target, desired.kind))
     if planner is None:
-        return Plan(key=desired.key, mode=mode, drift=drift, actions=(),
-                    blocked=f"no planner for {desired.target}/{desired.kind}")
+        return Plan(
+            key=desired.key, mode=mode, drift=drift, actions=(), blocked=f"no planner for {desired.target}/{desired.kind}"
+        )
     actions, blocked = planner(desired, observed, {d.field: d for d in drift})
     return Plan(key=desired.key, mode=mode, drift=drift, actions=tuple(actions), blocked=blocked)

@@ -10,7 +10,7 @@ are atomic, so nothing is left half-written.
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from driftd.baselines.loader import fingerprint, load_set
@@ -46,20 +46,33 @@ class BaselineManager:
         if bset is None:
             self.rejected_fingerprint = fp
             self.metrics.baseline_load_errors.inc()
-            self.log.error(Event.BASELINE_REJECTED, directory=str(self.settings.baselines),
-                           problems=[str(p) for p in problems],
-                           kept_version=self.engine.baselines.version)
+            self.log.error(
+                Event.BASELINE_REJECTED,
+                directory=str(self.settings.baselines),
+                problems=[str(p) for p in problems],
+                kept_version=self.engine.baselines.version,
+            )
             return False
         self._fingerprint, self.rejected_fingerprint = fp, None
         self.engine.set_baselines(bset)
-        self.log.info(Event.BASELINE_LOADED, directory=str(self.settings.baselines),
-                      baselines=len(bset.baselines), version=bset.version)
+        self.log.info(
+            Event.BASELINE_LOADED, directory=str(self.settings.baselines), baselines=len(bset.baselines), version=bset.version
+        )
         return True
 
 
 class Daemon:
-    def __init__(self, *, settings: Settings, engine: Engine, queue: KeyedQueue, metrics: Metrics,
-                 manager: BaselineManager, api: Any | None = None, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        engine: Engine,
+        queue: KeyedQueue,
+        metrics: Metrics,
+        manager: BaselineManager,
+        api: Any | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.queue = queue
@@ -135,22 +148,30 @@ class Daemon:
             t = threading.Thread(target=self._work, name=f"driftd-worker-{i}", daemon=True)
             t.start()
             self._workers.append(t)
-        sched = BackgroundScheduler(timezone=timezone.utc, job_defaults={"coalesce": True, "max_instances": 1,
-                                                                          "misfire_grace_time": None})
-        sched.add_job(self.scan, IntervalTrigger(seconds=self.settings.scan.interval_seconds,
-                                                 jitter=self.settings.scan.jitter_seconds or None),
-                      id="scan", name="full scan", next_run_time=datetime.now(timezone.utc))
-        sched.add_job(self.reload, IntervalTrigger(seconds=self.settings.reload_interval_seconds),
-                      id="reload", name="baseline reload")
+        sched = BackgroundScheduler(timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+        sched.add_job(
+            self.scan,
+            IntervalTrigger(seconds=self.settings.scan.interval_seconds, jitter=self.settings.scan.jitter_seconds or None),
+            id="scan",
+            name="full scan",
+            next_run_time=datetime.now(UTC),
+        )
+        sched.add_job(
+            self.reload, IntervalTrigger(seconds=self.settings.reload_interval_seconds), id="reload", name="baseline reload"
+        )
         sched.start()
         self._scheduler = sched
         if self.api is not None:
             self.api.start()
             host, port = self.api.address
             self.log.info(Event.HTTP_LISTENING, address=f"{host}:{port}")
-        self.log.info(Event.DAEMON_STARTED, workers=self.settings.workers,
-                      interval_s=self.settings.scan.interval_seconds, dry_run=self.engine.dry_run,
-                      node=self.engine.node.name)
+        self.log.info(
+            Event.DAEMON_STARTED,
+            workers=self.settings.workers,
+            interval_s=self.settings.scan.interval_seconds,
+            dry_run=self.engine.dry_run,
+            node=self.engine.node.name,
+        )
 
     def stop(self) -> None:
         self.log.info(Event.DAEMON_STOPPING, in_flight=sorted(self.queue.processing))

@@ -31,13 +31,16 @@ class PassSummary:
         return d
 
 
-_PRIORITY = {"error": ExitCode.ERROR, "failed": ExitCode.REMEDIATION_FAILED,
-             "blocked": ExitCode.DRIFT_REMAINED, "reported": ExitCode.DRIFT_REMAINED}
+_PRIORITY = {
+    "error": ExitCode.ERROR,
+    "failed": ExitCode.REMEDIATION_FAILED,
+    "blocked": ExitCode.DRIFT_REMAINED,
+    "reported": ExitCode.DRIFT_REMAINED,
+}
 _ORDER = [ExitCode.ERROR, ExitCode.REMEDIATION_FAILED, ExitCode.DRIFT_REMAINED]
 
 
-def run_once(engine: Engine, queue: KeyedQueue, *, attempts: int,
-             full_rehash_interval: float = 0.0) -> PassSummary:
+def run_once(engine: Engine, queue: KeyedQueue, *, attempts: int, full_rehash_interval: float = 0.0) -> PassSummary:
     started = time.perf_counter()
     engine.outcomes.clear()
     report = engine.scan(queue, full_rehash_interval=full_rehash_interval)
@@ -49,10 +52,15 @@ def run_once(engine: Engine, queue: KeyedQueue, *, attempts: int,
     counts["clean"] = report.resources - sum(v for k, v in counts.items() if k not in ("clean", "unmanaged"))
     codes = {_PRIORITY[o.status] for o in outcomes if o.status in _PRIORITY}
     code = next((c for c in _ORDER if c in codes), ExitCode.CLEAN)
-    return PassSummary(baseline_version=engine.baselines.version, dry_run=engine.dry_run,
-                       resources=report.resources, duration_seconds=round(time.perf_counter() - started, 4),
-                       outcomes=[o for o in outcomes if o.status not in ("clean", "unmanaged")],
-                       counts=counts, exit_code=int(code))
+    return PassSummary(
+        baseline_version=engine.baselines.version,
+        dry_run=engine.dry_run,
+        resources=report.resources,
+        duration_seconds=round(time.perf_counter() - started, 4),
+        outcomes=[o for o in outcomes if o.status not in ("clean", "unmanaged")],
+        counts=counts,
+        exit_code=int(code),
+    )
 
 
 _SYMBOL = {"remediated": "fixed", "reported": "drift", "blocked": "BLOCKED", "failed": "FAILED", "error": "ERROR"}
@@ -60,22 +68,29 @@ _SYMBOL = {"remediated": "fixed", "reported": "drift", "blocked": "BLOCKED", "fa
 
 def render_text(s: PassSummary) -> str:
     """Readable summary for a terminal."""
-    lines = [f"driftd pass: {s.resources} resources, baseline set {s.baseline_version}"
-             + (" (dry-run)" if s.dry_run else "") + f", {s.duration_seconds:.3f}s"]
+    lines = [
+        f"driftd pass: {s.resources} resources, baseline set {s.baseline_version}"
+        + (" (dry-run)" if s.dry_run else "")
+        + f", {s.duration_seconds:.3f}s"
+    ]
     for o in s.outcomes:
-        what = ", ".join(f"{d['field']}: {_short(d['expected'])} -> {_short(d['actual'])}"
-                         for d in o.drift) or (o.error or "")
+        what = ", ".join(f"{d['field']}: {_short(d['expected'])} -> {_short(d['actual'])}" for d in o.drift) or (o.error or "")
         lines.append(f"  {_SYMBOL.get(o.status, o.status):8} {o.address or o.key}  [{o.baseline}]  {what}")
         if o.actions and o.status != "remediated":
             lines.append(f"           would {' + '.join(o.actions)} ({o.mode})")
         if o.status == "remediated":
-            lines.append(f"           did {' + '.join(o.actions)}"
-                         + (f"; drifted content kept as {', '.join(x[:19] for x in o.snapshots)}" if o.snapshots else ""))
+            lines.append(
+                f"           did {' + '.join(o.actions)}"
+                + (f"; drifted content kept as {', '.join(x[:19] for x in o.snapshots)}" if o.snapshots else "")
+            )
         if o.error and o.drift:
             lines.append(f"           {o.error}")
     order = ["clean", "remediated", "reported", "blocked", "failed", "error"]
-    lines.append("result: " + ", ".join(f"{s.counts.get(k, 0)} {k}" for k in order)
-                 + f" -> exit {s.exit_code} ({ExitCode(s.exit_code).name.lower().replace('_', ' ')})")
+    lines.append(
+        "result: "
+        + ", ".join(f"{s.counts.get(k, 0)} {k}" for k in order)
+        + f" -> exit {s.exit_code} ({ExitCode(s.exit_code).name.lower().replace('_', ' ')})"
+    )
     return "\n".join(lines)
 
 

@@ -22,7 +22,6 @@ from driftd.core.plan import plan as make_plan
 from driftd.engine.clock import Clock, SystemClock
 from driftd.engine.queue import KeyedQueue
 from driftd.engine.state import DriftRecord, StateStore
-from driftd.models.baseline import Enforcement
 from driftd.models.resources import DesiredResource
 from driftd.observability.logging import Event, get_logger, set_baseline_version
 from driftd.observability.metrics import Metrics
@@ -60,9 +59,17 @@ class ScanReport:
 class Engine:
     """Owns the desired state of every target and reconciles keys against it."""
 
-    def __init__(self, *, targets: dict[str, Target], state: StateStore, metrics: Metrics,
-                 node: NodeInfo, dry_run: bool = False, escalate_after: int = 3,
-                 clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        targets: dict[str, Target],
+        state: StateStore,
+        metrics: Metrics,
+        node: NodeInfo,
+        dry_run: bool = False,
+        escalate_after: int = 3,
+        clock: Clock | None = None,
+    ) -> None:
         self.targets = targets
         self.state = state
         self.metrics = metrics
@@ -88,9 +95,9 @@ class Engine:
             self.baselines = bset
             self._desired = desired
         set_baseline_version(bset.version)
-        self.metrics.set_baselines(bset.version,
-                                   ((b.metadata.name, b.kind, bset.hashes[b.metadata.name]) for b in bset.baselines),
-                                   self.clock.time())
+        self.metrics.set_baselines(
+            bset.version, ((b.metadata.name, b.kind, bset.hashes[b.metadata.name]) for b in bset.baselines), self.clock.time()
+        )
 
     @property
     def desired(self) -> dict[str, DesiredResource]:
@@ -121,8 +128,9 @@ class Engine:
                 report.errors += 1
                 counts[2] += 1
                 report.errors_by_key[key] = str(e)
-                self.outcomes[key] = Outcome(key=key, status="error", address=d.address, baseline=d.baseline,
-                                             target=d.target, error=str(e))
+                self.outcomes[key] = Outcome(
+                    key=key, status="error", address=d.address, baseline=d.baseline, target=d.target, error=str(e)
+                )
                 self.log.warning(Event.OBSERVE_FAILED, key=key, target=d.target, baseline=d.baseline, error=str(e))
                 continue
             if diff(d, observed):
@@ -141,8 +149,14 @@ class Engine:
             self.metrics.resources.labels(name).set(n)
             self.metrics.target_up.labels(name).set(0 if errors and errors == n else 1)
             self.metrics.last_scan.labels(name).set(self.clock.time())
-        self.log.info(Event.SCAN_FINISHED, resources=report.resources, drifted=report.drifted,
-                      errors=report.errors, duration_s=round(report.duration, 4), full=full)
+        self.log.info(
+            Event.SCAN_FINISHED,
+            resources=report.resources,
+            drifted=report.drifted,
+            errors=report.errors,
+            duration_s=round(report.duration, 4),
+            full=full,
+        )
         return report
 
     # ------------------------------------------------------------------ reconcile
@@ -152,50 +166,69 @@ class Engine:
         if d is None:
             return self._unmanaged(key)
         target = self.targets[d.target]
-        base = {"key": key, "address": d.address, "baseline": d.baseline, "target": d.target}
+
+        def outcome(status: str, **kw: Any) -> Outcome:
+            out = Outcome(key=key, status=status, address=d.address, baseline=d.baseline, target=d.target, **kw)
+            self.outcomes[key] = out
+            return out
+
         log = self.log.bind(key=key, target=d.target, baseline=d.baseline)
         try:
             observed = target.observe(d)
         except TargetError as e:
             log.warning(Event.OBSERVE_FAILED, error=str(e))
-            out = Outcome(status="error", error=str(e), retry=e.transient, **base)
-            self.outcomes[key] = out
-            return out
+            return outcome("error", error=str(e), retry=e.transient)
         drift = diff(d, observed)
         now = self.clock.time()
         rec = self.state.get_active(key)
         if not drift:
             if rec is not None:
                 self._resolve(rec, d, now, "resolved externally" if rec.last_result != "succeeded" else "remediated", log)
-            out = Outcome(status="clean", **base)
-            self.outcomes[key] = out
-            return out
+            return outcome("clean")
 
         fields = reportable(d, drift)
         if rec is None:
-            rec = self.state.open_drift(key=key, target=d.target, baseline=d.baseline, address=d.address,
-                                        now=now, window_seconds=d.window.total_seconds(), fields=fields)
+            rec = self.state.open_drift(
+                key=key,
+                target=d.target,
+                baseline=d.baseline,
+                address=d.address,
+                now=now,
+                window_seconds=d.window.total_seconds(),
+                fields=fields,
+            )
             self.metrics.drifts_detected.labels(d.target, d.baseline).inc()
-            log.warning(Event.DRIFT_DETECTED, address=d.address, drift=fields,
-                        deadline=rec.deadline, window_s=d.window.total_seconds())
+            log.warning(
+                Event.DRIFT_DETECTED, address=d.address, drift=fields, deadline=rec.deadline, window_s=d.window.total_seconds()
+            )
         else:
-            rec = self.state.open_drift(key=key, target=d.target, baseline=d.baseline, address=d.address,
-                                        now=now, window_seconds=d.window.total_seconds(), fields=fields)
+            rec = self.state.open_drift(
+                key=key,
+                target=d.target,
+                baseline=d.baseline,
+                address=d.address,
+                now=now,
+                window_seconds=d.window.total_seconds(),
+                fields=fields,
+            )
         if now > rec.deadline and not rec.breached:
             self.state.mark_breached(rec, now)
             self.metrics.window_breaches.labels(d.target, d.baseline).inc()
-            log.error(Event.DRIFT_WINDOW_BREACHED, address=d.address, first_seen=rec.first_seen,
-                      deadline=rec.deadline)
+            log.error(Event.DRIFT_WINDOW_BREACHED, address=d.address, first_seen=rec.first_seen, deadline=rec.deadline)
 
         p = make_plan(d, observed, drift, dry_run=self.dry_run)
-        out = Outcome(status="reported", mode=p.mode.value, drift=fields,
-                      actions=[a.action.value for a in p.actions], first_seen=rec.first_seen,
-                      deadline=rec.deadline, **base)
+        out = outcome(
+            "reported",
+            mode=p.mode.value,
+            drift=fields,
+            actions=[a.action.value for a in p.actions],
+            first_seen=rec.first_seen,
+            deadline=rec.deadline,
+        )
         if p.blocked:
             self.state.record_action(rec, now=now, action="none", result="blocked", error=p.blocked, attempt=False)
             log.error(Event.REMEDIATION_BLOCKED, reason=p.blocked, drift=fields)
             out.status, out.error = "blocked", p.blocked
-            self.outcomes[key] = out
             return out
         if not p.applies:
             why = "dry-run" if self.dry_run else p.mode.value
@@ -203,9 +236,12 @@ class Engine:
                 self.state.record_action(rec, now=now, action="none", result=why, attempt=False)
             for a in p.actions:
                 self.metrics.remediations.labels(d.target, a.action.value, "skipped").inc()
-            log.info(Event.REMEDIATION_SKIPPED, mode=p.mode.value, dry_run=self.dry_run,
-                     planned=[{"action": a.action.value, "reason": a.reason} for a in p.actions])
-            self.outcomes[key] = out
+            log.info(
+                Event.REMEDIATION_SKIPPED,
+                mode=p.mode.value,
+                dry_run=self.dry_run,
+                planned=[{"action": a.action.value, "reason": a.reason} for a in p.actions],
+            )
             return out
 
         action_names = "+".join(a.action.value for a in p.actions)
@@ -213,41 +249,45 @@ class Engine:
             result = target.apply(d, observed, p)
             verify = diff(d, target.observe(d))
             if verify:
-                raise TargetError("verification failed: still drifted after acting: "
-                                  + ", ".join(v.field for v in verify))
+                raise TargetError("verification failed: still drifted after acting: " + ", ".join(v.field for v in verify))
         except TargetError as e:
             rec = self.state.record_action(rec, now=now, action=action_names, result="failed", error=str(e))
             for a in p.actions:
                 self.metrics.remediations.labels(d.target, a.action.value, "failed").inc()
-            log.error(Event.REMEDIATION_FAILED, action=action_names, error=str(e),
-                      attempts=rec.attempts, transient=e.transient)
+            log.error(Event.REMEDIATION_FAILED, action=action_names, error=str(e), attempts=rec.attempts, transient=e.transient)
             if rec.consecutive_failures == self.escalate_after:
-                log.error(Event.REMEDIATION_ESCALATED, action=action_names, error=str(e),
-                          consecutive_failures=rec.consecutive_failures, first_seen=rec.first_seen)
+                log.error(
+                    Event.REMEDIATION_ESCALATED,
+                    action=action_names,
+                    error=str(e),
+                    consecutive_failures=rec.consecutive_failures,
+                    first_seen=rec.first_seen,
+                )
             out.status, out.error, out.retry = "failed", str(e), e.transient
-            self.outcomes[key] = out
             return out
 
         for sid in result.snapshots:
             self.metrics.snapshots.labels(d.target).inc()
             log.info(Event.SNAPSHOT_SAVED, snapshot=sid, address=d.address)
-        rec = self.state.record_action(rec, now=now, action=action_names, result="succeeded",
-                                       snapshots=result.snapshots)
-        for a in result.applied:
-            self.metrics.remediations.labels(d.target, a.value, "succeeded").inc()
-        log.info(Event.REMEDIATION_SUCCEEDED, action=action_names, snapshots=list(result.snapshots),
-                 drift=fields)
+        rec = self.state.record_action(rec, now=now, action=action_names, result="succeeded", snapshots=result.snapshots)
+        for done in result.applied:
+            self.metrics.remediations.labels(d.target, done.value, "succeeded").inc()
+        log.info(Event.REMEDIATION_SUCCEEDED, action=action_names, snapshots=list(result.snapshots), drift=fields)
         self._resolve(rec, d, self.clock.time(), "remediated", log)
         out.status, out.snapshots = "remediated", list(result.snapshots)
-        self.outcomes[key] = out
         return out
 
     def _resolve(self, rec: DriftRecord, d: DesiredResource, now: float, resolution: str, log: Any) -> None:
         self.state.resolve(rec, now=now, resolution=resolution)
         if resolution == "remediated":
             self.metrics.time_to_remediate.labels(d.target).observe(max(0.0, now - rec.first_seen))
-        log.info(Event.DRIFT_RESOLVED, resolution=resolution, first_seen=rec.first_seen,
-                 seconds_open=round(now - rec.first_seen, 3), snapshots=rec.snapshots)
+        log.info(
+            Event.DRIFT_RESOLVED,
+            resolution=resolution,
+            first_seen=rec.first_seen,
+            seconds_open=round(now - rec.first_seen, 3),
+            snapshots=rec.snapshots,
+        )
 
     def _unmanaged(self, key: str) -> Outcome:
         rec = self.state.get_active(key)
@@ -261,7 +301,3 @@ class Engine:
     def handle(self, key: str) -> bool:
         """Queue handler: False asks the queue to retry the key after backoff."""
         return not self.reconcile(key).retry
-
-
-def enforcement_of(d: DesiredResource) -> Enforcement:
-    return d.enforcement

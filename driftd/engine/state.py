@@ -85,16 +85,33 @@ class StateError(Exception):
     pass
 
 
-_COLS = ("id, key, target, baseline, address, first_seen, deadline, attempts, consecutive_failures, "
-         "last_action, last_result, last_error, fields, snapshots, breached, resolved_at, resolution, updated_at")
+_COLS = (
+    "id, key, target, baseline, address, first_seen, deadline, attempts, consecutive_failures, "
+    "last_action, last_result, last_error, fields, snapshots, breached, resolved_at, resolution, updated_at"
+)
 
 
 def _row(r: tuple[Any, ...]) -> DriftRecord:
     return DriftRecord(
-        id=r[0], key=r[1], target=r[2], baseline=r[3], address=r[4], first_seen=r[5], deadline=r[6],
-        attempts=r[7], consecutive_failures=r[8], last_action=r[9], last_result=r[10], last_error=r[11],
-        fields=json.loads(r[12]), snapshots=json.loads(r[13]), breached=bool(r[14]),
-        resolved_at=r[15], resolution=r[16], updated_at=r[17])
+        id=r[0],
+        key=r[1],
+        target=r[2],
+        baseline=r[3],
+        address=r[4],
+        first_seen=r[5],
+        deadline=r[6],
+        attempts=r[7],
+        consecutive_failures=r[8],
+        last_action=r[9],
+        last_result=r[10],
+        last_error=r[11],
+        fields=json.loads(r[12]),
+        snapshots=json.loads(r[13]),
+        breached=bool(r[14]),
+        resolved_at=r[15],
+        resolution=r[16],
+        updated_at=r[17],
+    )
 
 
 class StateStore:
@@ -104,8 +121,7 @@ class StateStore:
         self.dir = Path(state_dir)
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._conn = sqlite3.connect(self.dir / "state.db", check_same_thread=False,
-                                         isolation_level=None, timeout=30)
+            self._conn = sqlite3.connect(self.dir / "state.db", check_same_thread=False, isolation_level=None, timeout=30)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
@@ -141,10 +157,9 @@ class StateStore:
     def actions(self, drift_id: int) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._conn.execute(
-                "SELECT at, action, result, error, snapshots FROM actions WHERE drift_id=? ORDER BY id",
-                (drift_id,)).fetchall()
-        return [{"at": r[0], "action": r[1], "result": r[2], "error": r[3], "snapshots": json.loads(r[4])}
-                for r in rows]
+                "SELECT at, action, result, error, snapshots FROM actions WHERE drift_id=? ORDER BY id", (drift_id,)
+            ).fetchall()
+        return [{"at": r[0], "action": r[1], "result": r[2], "error": r[3], "snapshots": json.loads(r[4])} for r in rows]
 
     def summary(self, now: float, escalate_after: int) -> dict[str, Any]:
         """Aggregates for the metrics collector."""
@@ -153,7 +168,8 @@ class StateStore:
                 "SELECT target, baseline, COUNT(*), MIN(first_seen), "
                 "SUM(consecutive_failures >= ?), SUM(deadline < ?) "
                 "FROM drift WHERE resolved_at IS NULL GROUP BY target, baseline",
-                (escalate_after, now)).fetchall()
+                (escalate_after, now),
+            ).fetchall()
         out: dict[str, Any] = {"active": {}, "oldest_age": {}, "failing": {}, "past_deadline": {}}
         for target, baseline, n, oldest, failing, past in rows:
             out["active"][(target, baseline)] = n
@@ -163,8 +179,17 @@ class StateStore:
         return out
 
     # ------------------------------------------------------------------ writes
-    def open_drift(self, *, key: str, target: str, baseline: str, address: str, now: float,
-                   window_seconds: float, fields: list[dict[str, Any]]) -> DriftRecord:
+    def open_drift(
+        self,
+        *,
+        key: str,
+        target: str,
+        baseline: str,
+        address: str,
+        now: float,
+        window_seconds: float,
+        fields: list[dict[str, Any]],
+    ) -> DriftRecord:
         """The active record for ``key``, created with first_seen=now if there is none."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -174,10 +199,13 @@ class StateStore:
                     self._conn.execute(
                         "INSERT INTO drift (key, target, baseline, address, first_seen, deadline, fields, updated_at) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (key, target, baseline, address, now, now + window_seconds, json.dumps(fields), now))
+                        (key, target, baseline, address, now, now + window_seconds, json.dumps(fields), now),
+                    )
                 else:
-                    self._conn.execute("UPDATE drift SET fields=?, baseline=?, updated_at=? WHERE id=?",
-                                       (json.dumps(fields), baseline, now, r[0]))
+                    self._conn.execute(
+                        "UPDATE drift SET fields=?, baseline=?, updated_at=? WHERE id=?",
+                        (json.dumps(fields), baseline, now, r[0]),
+                    )
                 r = self._conn.execute(f"SELECT {_COLS} FROM drift WHERE key=? AND resolved_at IS NULL", (key,)).fetchone()  # noqa: S608
                 self._conn.execute("COMMIT")
             except BaseException:
@@ -185,9 +213,17 @@ class StateStore:
                 raise
         return _row(r)
 
-    def record_action(self, rec: DriftRecord, *, now: float, action: str, result: str,
-                      error: str | None = None, snapshots: tuple[str, ...] = (),
-                      attempt: bool = True) -> DriftRecord:
+    def record_action(
+        self,
+        rec: DriftRecord,
+        *,
+        now: float,
+        action: str,
+        result: str,
+        error: str | None = None,
+        snapshots: tuple[str, ...] = (),
+        attempt: bool = True,
+    ) -> DriftRecord:
         """Log one action against a drift and update its counters."""
         failed = result == "failed"
         rec.attempts += 1 if attempt else 0
@@ -201,11 +237,12 @@ class StateStore:
                 self._conn.execute(
                     "UPDATE drift SET attempts=?, consecutive_failures=?, last_action=?, last_result=?, "
                     "last_error=?, snapshots=?, updated_at=? WHERE id=?",
-                    (rec.attempts, rec.consecutive_failures, action, result, error,
-                     json.dumps(rec.snapshots), now, rec.id))
+                    (rec.attempts, rec.consecutive_failures, action, result, error, json.dumps(rec.snapshots), now, rec.id),
+                )
                 self._conn.execute(
                     "INSERT INTO actions (at, drift_id, key, action, result, error, snapshots) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (now, rec.id, rec.key, action, result, error, json.dumps(list(snapshots))))
+                    (now, rec.id, rec.key, action, result, error, json.dumps(list(snapshots))),
+                )
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -220,6 +257,7 @@ class StateStore:
     def resolve(self, rec: DriftRecord, *, now: float, resolution: str) -> DriftRecord:
         rec.resolved_at, rec.resolution, rec.updated_at = now, resolution, now
         with self._lock:
-            self._conn.execute("UPDATE drift SET resolved_at=?, resolution=?, updated_at=? WHERE id=?",
-                               (now, resolution, now, rec.id))
+            self._conn.execute(
+                "UPDATE drift SET resolved_at=?, resolution=?, updated_at=? WHERE id=?", (now, resolution, now, rec.id)
+            )
         return rec

@@ -110,7 +110,10 @@ def _check_principal(value: object) -> str | int | None:
 
 
 ModeStr = Annotated[str | None, Field(default=None, description="Octal permission bits as a quoted string, e.g. '0644'.")]
-Principal = Annotated[str | int | None, Field(default=None, description="Name (resolved against <host-root>/etc/passwd or /etc/group) or numeric id.")]
+Principal = Annotated[
+    str | int | None,
+    Field(default=None, description="Name (resolved against <host-root>/etc/passwd or /etc/group) or numeric id."),
+]
 
 
 class _PathEntry(Strict):
@@ -143,7 +146,9 @@ class ManagedFile(_PathEntry):
     content: str | None = Field(default=None, description="Inline content (UTF-8).")
     source: str | None = Field(default=None, description="File beside the baseline holding the content (bytes, any encoding).")
     absent: bool = Field(default=False, description="The file must not exist.")
-    sensitive: bool = Field(default=False, description="Content is secret: never show hashes or bytes in logs, metrics or reports.")
+    sensitive: bool = Field(
+        default=False, description="Content is secret: never show hashes or bytes in logs, metrics or reports."
+    )
 
     @model_validator(mode="after")
     def _exclusive(self) -> ManagedFile:
@@ -192,12 +197,16 @@ class HostSelector(Strict):
     """Which hosts a baseline applies to; an empty selector matches every host."""
 
     hostnames: list[str] = Field(default_factory=list, description="Glob patterns matched against the node name.")
-    match_labels: dict[str, str] = Field(default_factory=dict, alias="matchLabels", description="Node labels that must all match.")
+    match_labels: dict[str, str] = Field(
+        default_factory=dict, alias="matchLabels", description="Node labels that must all match."
+    )
 
 
 class HostSpec(Strict):
     enforcement: Enforcement = Enforcement.ENFORCE
-    window: timedelta = Field(default=timedelta(minutes=30), description="Time allowed from first detection to revert, e.g. '30m'.")
+    window: timedelta = Field(
+        default=timedelta(minutes=30), description="Time allowed from first detection to revert, e.g. '30m'."
+    )
     selector: HostSelector = Field(default_factory=HostSelector)
     files: list[ManagedFile] = Field(default_factory=list)
     directories: list[ManagedDirectory] = Field(default_factory=list)

@@ -60,8 +60,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     """Configure structlog once, in the composition root."""
     out = stream or sys.stderr
     as_json = fmt == "json" or (fmt == "auto" and not out.isatty())
-    renderer: Any = (structlog.processors.JSONRenderer() if as_json
-                     else structlog.dev.ConsoleRenderer(colors=False))
+    renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

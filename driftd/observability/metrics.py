@@ -28,26 +28,43 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.scans = Counter("driftd_scans_total", "Full scans by target and result.", ["target", "result"], registry=r)
-        self.scan_duration = Histogram("driftd_scan_duration_seconds", "Duration of a full scan (observe + diff).",
-                                       ["target"], registry=r,
-                                       buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.scan_duration = Histogram(
+            "driftd_scan_duration_seconds",
+            "Duration of a full scan (observe + diff).",
+            ["target"],
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
         self.resources = Gauge("driftd_resources_observed", "Resources observed by the last scan.", ["target"], registry=r)
         self.drifts_detected = Counter("driftd_drifts_detected_total", "New drifts detected.", ["target", "baseline"], registry=r)
-        self.remediations = Counter("driftd_remediations_total", "Remediation actions by action and result.",
-                                    ["target", "action", "result"], registry=r)
-        self.time_to_remediate = Histogram("driftd_time_to_remediate_seconds",
-                                           "From first detection to verified revert.", ["target"],
-                                           buckets=TTR_BUCKETS, registry=r)
-        self.window_breaches = Counter("driftd_window_breaches_total",
-                                       "Drifts still present after their window ended.", ["target", "baseline"], registry=r)
-        self.snapshots = Counter("driftd_snapshots_total", "Snapshots of drifted state saved before overwriting.", ["target"], registry=r)
-        self.baseline_info = Gauge("driftd_baseline_info", "Active baselines (value 1) with their content hash.",
-                                   ["name", "kind", "hash"], registry=r)
+        self.remediations = Counter(
+            "driftd_remediations_total", "Remediation actions by action and result.", ["target", "action", "result"], registry=r
+        )
+        self.time_to_remediate = Histogram(
+            "driftd_time_to_remediate_seconds",
+            "From first detection to verified revert.",
+            ["target"],
+            buckets=TTR_BUCKETS,
+            registry=r,
+        )
+        self.window_breaches = Counter(
+            "driftd_window_breaches_total", "Drifts still present after their window ended.", ["target", "baseline"], registry=r
+        )
+        self.snapshots = Counter(
+            "driftd_snapshots_total", "Snapshots of drifted state saved before overwriting.", ["target"], registry=r
+        )
+        self.baseline_info = Gauge(
+            "driftd_baseline_info", "Active baselines (value 1) with their content hash.", ["name", "kind", "hash"], registry=r
+        )
         self.baseline_set_info = Gauge("driftd_baseline_set_info", "Active baseline set version.", ["version"], registry=r)
-        self.baseline_load_errors = Counter("driftd_baseline_load_errors_total",
-                                            "Baseline sets rejected (the previous set stayed in force).", registry=r)
-        self.baseline_last_reload = Gauge("driftd_baseline_last_reload_success_timestamp_seconds",
-                                          "When a baseline set was last loaded successfully.", registry=r)
+        self.baseline_load_errors = Counter(
+            "driftd_baseline_load_errors_total", "Baseline sets rejected (the previous set stayed in force).", registry=r
+        )
+        self.baseline_last_reload = Gauge(
+            "driftd_baseline_last_reload_success_timestamp_seconds",
+            "When a baseline set was last loaded successfully.",
+            registry=r,
+        )
         self.target_up = Gauge("driftd_target_up", "1 when the target's last scan could observe it.", ["target"], registry=r)
         self.last_scan = Gauge("driftd_last_scan_timestamp_seconds", "End of the last completed scan.", ["target"], registry=r)
         for t in targets:
@@ -79,25 +96,27 @@ class StateCollector(Collector):
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         s = self._summary()
-        active = GaugeMetricFamily("driftd_active_drifts", "Drifts not yet remediated.",
-                                   labels=["target", "baseline"])
+        active = GaugeMetricFamily("driftd_active_drifts", "Drifts not yet remediated.", labels=["target", "baseline"])
         for (target, baseline), n in sorted(s["active"].items()):
             active.add_metric([target, baseline], n)
         yield active
-        oldest = GaugeMetricFamily("driftd_oldest_unremediated_drift_age_seconds",
-                                   "Age of the oldest drift not yet remediated (0 when none).",
-                                   labels=["target"])
+        oldest = GaugeMetricFamily(
+            "driftd_oldest_unremediated_drift_age_seconds",
+            "Age of the oldest drift not yet remediated (0 when none).",
+            labels=["target"],
+        )
         for target, age in sorted(s["oldest_age"].items()):
             oldest.add_metric([target], age)
         yield oldest
-        failing = GaugeMetricFamily("driftd_remediation_failing",
-                                    "Drifts whose remediation failed at least the escalation threshold in a row.",
-                                    labels=["target"])
+        failing = GaugeMetricFamily(
+            "driftd_remediation_failing",
+            "Drifts whose remediation failed at least the escalation threshold in a row.",
+            labels=["target"],
+        )
         for target, n in sorted(s["failing"].items()):
             failing.add_metric([target], n)
         yield failing
-        breached = GaugeMetricFamily("driftd_drifts_past_deadline",
-                                     "Active drifts whose window has ended.", labels=["target"])
+        breached = GaugeMetricFamily("driftd_drifts_past_deadline", "Active drifts whose window has ended.", labels=["target"])
         for target, n in sorted(s["past_deadline"].items()):
             breached.add_metric([target], n)
         yield breached

@@ -31,8 +31,9 @@ class SnapshotStore:
     def put(self, data: bytes) -> str:
         """Store ``data`` (idempotent) and return its id."""
         if len(data) > self.max_bytes:
-            raise SnapshotError(f"drifted content is {len(data)} bytes, over the snapshot cap of "
-                                f"{self.max_bytes}; refusing to overwrite it")
+            raise SnapshotError(
+                f"drifted content is {len(data)} bytes, over the snapshot cap of {self.max_bytes}; refusing to overwrite it"
+            )
         digest = hashlib.sha256(data).hexdigest()
         final = self._path(digest)
         if final.exists():

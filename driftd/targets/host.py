@@ -104,8 +104,13 @@ class HostTarget:
         if st is None:
             return ObservedResource.model_construct(key=desired.key, actual={"present": False}, note=None)
         kind = ftype(st.st_mode)
-        actual: dict[str, Any] = {"present": True, "type": kind,
-                                  "mode": _mode_str(st.st_mode), "owner": st.st_uid, "group": st.st_gid}
+        actual: dict[str, Any] = {
+            "present": True,
+            "type": kind,
+            "mode": _mode_str(st.st_mode),
+            "owner": st.st_uid,
+            "group": st.st_gid,
+        }
         if kind == "file" and "content" in desired.expected:
             actual["content"] = self._digest(path, st)
         return ObservedResource.model_construct(key=desired.key, actual=actual, note=None)
@@ -165,8 +170,9 @@ class HostTarget:
                     snaps.append(sid)
             if step.action is Action.WRITE_FILE:
                 assert desired.content is not None
-                self.fs.write_atomic(path, desired.content, mode=_mode(p.get("mode")),
-                                     uid=_id(p.get("owner")), gid=_id(p.get("group")))
+                self.fs.write_atomic(
+                    path, desired.content, mode=_mode(p.get("mode")), uid=_id(p.get("owner")), gid=_id(p.get("group"))
+                )
             elif step.action is Action.REMOVE:
                 self.fs.remove(path)
             elif step.action is Action.CHMOD:

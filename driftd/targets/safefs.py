@@ -76,8 +76,7 @@ class SafeRoot:
                     raise ParentMissingError(f"parent directory {walked} does not exist") from None
                 except OSError as e:
                     if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise UnsafePathError(
-                            f"{walked} is a symlink or not a directory; refusing to follow it") from None
+                        raise UnsafePathError(f"{walked} is a symlink or not a directory; refusing to follow it") from None
                     raise
                 os.close(fd)
                 fd = nfd
@@ -154,8 +153,16 @@ class SafeRoot:
             return os.readlink(name, dir_fd=pfd)
 
     # ------------------------------------------------------------------ write side
-    def write_atomic(self, path: str, data: bytes, *, mode: int | None, uid: int | None,
-                     gid: int | None, on_chunk: Callable[[int], None] | None = None) -> None:
+    def write_atomic(
+        self,
+        path: str,
+        data: bytes,
+        *,
+        mode: int | None,
+        uid: int | None,
+        gid: int | None,
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> None:
         """Replace ``path`` with ``data`` in one rename; the old file is intact on any failure.
 
         ``on_chunk`` (tests only) is called after each chunk is written.
@@ -169,12 +176,11 @@ class SafeRoot:
                 pass
             self._clean_stale_temps(pfd, name)
             tmp = f".{name}{TMP_MARK}{secrets.token_hex(4)}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600, dir_fd=pfd)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
             try:
                 view = memoryview(data)
                 for off in range(0, len(data), _CHUNK):
-                    os.write(fd, view[off:off + _CHUNK])
+                    os.write(fd, view[off : off + _CHUNK])
                     if on_chunk is not None:
                         on_chunk(off)
                 if uid is not None or gid is not None:
