@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import driftd
+from driftd.models.baseline import HostBaseline
 
 MARKER = ".driftd-demo"
 
@@ -77,6 +78,8 @@ def run_demo(workdir: Path, baselines: Path | None = None) -> int:
     names: set[str] = {"root"}
     groups: set[str] = {"root"}
     for b in bset.baselines:
+        if not isinstance(b, HostBaseline):
+            continue
         for e in [*b.spec.files, *b.spec.directories]:
             if isinstance(e.owner, str):
                 names.add(e.owner)

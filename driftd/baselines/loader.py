@@ -22,7 +22,9 @@ import yaml
 from pydantic import ValidationError
 
 from driftd.core.selectors import may_overlap
-from driftd.models.baseline import BASELINE_KINDS, HostBaseline
+from driftd.models.baseline import HostBaseline
+from driftd.models.container import ContainerBaseline
+from driftd.models.kinds import BASELINE_KINDS, AnyBaseline
 
 DEFAULT_MAX_FILE_BYTES = 8 * 1024 * 1024
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -48,7 +50,7 @@ class BaselineSet:
     """A complete, valid set of baselines with the bytes of every ``source`` file."""
 
     directory: str
-    baselines: tuple[HostBaseline, ...]
+    baselines: tuple[AnyBaseline, ...]
     sources: dict[tuple[str, str], bytes]
     files: dict[str, str]
     hashes: dict[str, str]
@@ -74,7 +76,7 @@ class _Doc:
     file: str
     root: yaml.Node
     data: Any
-    model: HostBaseline | None = None
+    model: AnyBaseline | None = None
     base_dir: str = ""
 
     def line_of(self, loc: tuple[str | int, ...]) -> int:
@@ -188,7 +190,8 @@ def _validate(doc: _Doc, problems: list[Problem]) -> None:
 
 
 def _claims(doc: _Doc) -> Iterator[tuple[str, tuple[str | int, ...], object]]:
-    assert doc.model is not None
+    if not isinstance(doc.model, HostBaseline):
+        return
     spec = doc.model.spec
     for i, f in enumerate(spec.files):
         yield f"path {f.path}", ("spec", "files", i, "path"), ("file", f.model_dump())
@@ -227,7 +230,11 @@ def _check_set(docs: list[_Doc], problems: list[Problem]) -> None:
                             f"{what} is listed twice in this baseline (first at line {doc.line_of(oloc)})",
                         )
                     )
-                elif may_overlap(doc.model.spec.selector, other.model.spec.selector):
+                elif (
+                    isinstance(doc.model, HostBaseline)
+                    and isinstance(other.model, HostBaseline)
+                    and may_overlap(doc.model.spec.selector, other.model.spec.selector)
+                ):
                     kind = "duplicate" if value == ovalue else "conflicting"
                     problems.append(
                         Problem(
@@ -239,12 +246,27 @@ def _check_set(docs: list[_Doc], problems: list[Problem]) -> None:
                         )
                     )
             claims.setdefault(what, []).append((doc, loc, value))
+        if isinstance(doc.model, ContainerBaseline):
+            _check_container(doc, doc.model, problems)
+
+
+def _check_container(doc: _Doc, b: ContainerBaseline, problems: list[Problem]) -> None:
+    """Warnings a release engineer should see in review (they do not block loading)."""
+    for i, ref in enumerate(b.spec.images.approved):
+        if ref in b.spec.images.unpinned():
+            loc = ("spec", "images", "approved", i)
+            problems.append(
+                Problem(doc.file, doc.line_of(loc), _fmt_loc(loc),
+                        f"image {ref!r} is not pinned by digest; it is resolved to the image id the tag names "
+                        "when the baseline loads (pin it: repo@sha256:... or sha256:<image id>)", "warning")
+            )
 
 
 def _load_sources(
     doc: _Doc, root: Path, max_bytes: int, problems: list[Problem], sources: dict[tuple[str, str], bytes], digest: Any
 ) -> None:
-    assert doc.model is not None
+    if not isinstance(doc.model, HostBaseline):
+        return
     root_real = root.resolve()
     for i, f in enumerate(doc.model.spec.files):
         if f.source is None:

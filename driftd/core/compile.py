@@ -67,7 +67,7 @@ def _make(
 
 
 def compile_host(
-    baselines: Iterable[HostBaseline],
+    baselines: Iterable[object],
     sources: Mapping[tuple[str, str], bytes],
     node_name: str,
     node_labels: Mapping[str, str],
@@ -81,6 +81,8 @@ def compile_host(
     sysctls: list[DesiredResource] = []
     labels = dict(node_labels)
     for b in baselines:
+        if not isinstance(b, HostBaseline):
+            continue
         if not matches(b.spec.selector, node_name, labels):
             continue
         make = partial(_make, b)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from driftd.core.matchers import check, is_matcher
 from driftd.models.resources import REDACTED, DesiredResource, FieldDrift, ObservedResource
 
 
@@ -41,9 +42,14 @@ def diff(desired: DesiredResource, observed: ObservedResource) -> tuple[FieldDri
     out: list[FieldDrift] = []
     for name, want in expected.items():
         have = actual.get(name)
+        if is_matcher(want):
+            ok, changes = check(want, have)
+            if not ok:
+                out.append(FieldDrift(field=name, expected=want, actual=have, changes=changes))
+            continue
         if want == have:
             continue
-        changes: tuple[str, ...] = ()
+        changes = ()
         if isinstance(want, dict | list) and isinstance(have, dict | list):
             changes = _structured_changes(want, have)
         out.append(FieldDrift(field=name, expected=want, actual=have, changes=changes))

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from driftd.core.compile_container import plan_actions
 from driftd.models.baseline import Enforcement
+from driftd.models.container import RuleAction
 from driftd.models.resources import (
     Action,
     DesiredResource,
@@ -99,7 +101,36 @@ def _plan_sysctl(
     return [PlannedAction(action=Action.WRITE_SYSCTL, reason="value differs", params={"value": desired.expected["value"]})], None
 
 
+def _plan_container(
+    desired: DesiredResource, observed: ObservedResource, drift: dict[str, FieldDrift]
+) -> tuple[list[PlannedAction], str | None]:
+    actions = desired.payload.get("actions", {})
+    chosen = plan_actions(drift, actions)
+    broken = ", ".join(sorted(drift))
+    if chosen is RuleAction.RETIRE:
+        rules = ", ".join(sorted(f for f in drift if actions.get(f) == "retire"))
+        return [PlannedAction(action=Action.RETIRE, reason=f"rules with action retire broken: {rules}")], None
+    if chosen is RuleAction.REVERT:
+        approved = desired.payload.get("approved", [])
+        current = observed.actual.get("image")
+        if not approved:
+            return [], "no approved image is present on this host; cannot recreate"
+        image = current if current in approved else approved[0]
+        return [PlannedAction(action=Action.RECREATE, reason=f"drifted: {broken}", params={"image": image})], None
+    return [], None  # report-only rules
+
+
+def _plan_ungoverned(
+    desired: DesiredResource, observed: ObservedResource, drift: dict[str, FieldDrift]
+) -> tuple[list[PlannedAction], str | None]:
+    if desired.payload.get("policy") == "retire":
+        return [PlannedAction(action=Action.RETIRE, reason="no baseline governs this container")], None
+    return [], None
+
+
 PLANNERS: dict[tuple[str, str], Planner] = {
+    ("docker", "container"): _plan_container,
+    ("docker", "ungoverned"): _plan_ungoverned,
     ("host", "file"): _plan_file,
     ("host", "directory"): _plan_dir,
     ("host", "sysctl"): _plan_sysctl,

@@ -238,9 +238,3 @@ class HostBaseline(Strict):
     kind: Literal["HostBaseline"]
     metadata: Metadata
     spec: HostSpec
-
-
-Baseline = HostBaseline
-"""Union of every baseline kind (Docker and Kubernetes kinds join here)."""
-
-BASELINE_KINDS: dict[str, type[HostBaseline]] = {"HostBaseline": HostBaseline}

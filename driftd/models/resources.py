@@ -39,6 +39,7 @@ class DesiredResource(Frozen):
     expected: dict[str, Any]
     sensitive: frozenset[str] = frozenset()
     content: bytes | None = None
+    payload: dict[str, Any] = Field(default_factory=dict, description="Adapter data for act, e.g. rule actions.")
 
 
 class ObservedResource(Frozen):
@@ -58,7 +59,8 @@ class FieldDrift(Frozen):
     changes: tuple[str, ...] = Field(default=(), description="Paths inside a structured value that differ.")
 
     def redacted(self) -> FieldDrift:
-        return self.model_copy(update={"expected": REDACTED, "actual": REDACTED, "changes": ()})
+        """Values hidden; ``changes`` kept, as they name keys and paths, never values."""
+        return self.model_copy(update={"expected": REDACTED, "actual": REDACTED})
 
 
 class Action(StrEnum):
@@ -70,6 +72,8 @@ class Action(StrEnum):
     REMOVE = "remove"
     MKDIR = "mkdir"
     WRITE_SYSCTL = "write_sysctl"
+    RECREATE = "recreate"
+    RETIRE = "retire"
 
 
 class PlannedAction(Frozen):

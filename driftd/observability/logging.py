@@ -38,6 +38,9 @@ class Event(StrEnum):
     DAEMON_STOPPING = "daemon.stopping"
     DAEMON_STOPPED = "daemon.stopped"
     HTTP_LISTENING = "http.listening"
+    TARGET_DOWN = "target.down"
+    TARGET_UP = "target.up"
+    WATCH_EVENT = "watch.event"
 
 
 _context: dict[str, str] = {"baseline_version": "none"}

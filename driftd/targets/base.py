@@ -7,6 +7,8 @@ imports its client library.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -30,6 +32,13 @@ class TargetError(Exception):
         self.transient = transient
 
 
+class ResourceGoneError(TargetError):
+    """The resource vanished between listing and acting (not an error: nothing left to fix)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=False)
+
+
 @runtime_checkable
 class Target(Protocol):
     name: str
@@ -37,6 +46,12 @@ class Target(Protocol):
 
     def desired(self, baselines: BaselineSet, node: NodeInfo) -> list[DesiredResource]:
         """Resources this target governs on this node, fully resolved (ids, digests)."""
+
+    def discover(self) -> list[DesiredResource]:
+        """Resources that come and go (containers, pods), listed once per scan; [] for static targets."""
+
+    def resolve(self, key: str) -> DesiredResource | None:
+        """Desired state of one dynamic resource by key (None when it no longer exists)."""
 
     def begin_pass(self, *, full: bool) -> None:
         """Start a scan pass; ``full`` drops caches that let unchanged resources skip work."""
@@ -46,3 +61,14 @@ class Target(Protocol):
 
     def apply(self, desired: DesiredResource, observed: ObservedResource, plan: Plan) -> ActResult:
         """Carry out ``plan``; snapshot drifted state before overwriting (raises TargetError)."""
+
+
+@runtime_checkable
+class EventSource(Protocol):
+    """A target that can push keys as soon as something changes (Docker events, pod watch)."""
+
+    def watch(self, on_key: Callable[[str], None], stop: threading.Event) -> None:
+        """Call ``on_key`` for every changed resource until ``stop`` is set; reconnect on errors."""
+
+    def close(self) -> None:
+        """Unblock ``watch`` (called on shutdown)."""

@@ -82,6 +82,12 @@ class HostTarget:
             out.append(r)
         return out
 
+    def discover(self) -> list[DesiredResource]:
+        return []  # host resources are static: all come from desired()
+
+    def resolve(self, key: str) -> DesiredResource | None:
+        return None
+
     # ------------------------------------------------------------------ observe
     def begin_pass(self, *, full: bool) -> None:
         self.fs.begin_pass()

@@ -1,0 +1,12 @@
+"""Registry of baseline kinds (pure data): ``kind:`` → model class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from driftd.models.baseline import HostBaseline
+from driftd.models.container import ContainerBaseline
+
+AnyBaseline = HostBaseline | ContainerBaseline
+
+BASELINE_KINDS: dict[str, Any] = {"HostBaseline": HostBaseline, "ContainerBaseline": ContainerBaseline}

@@ -1,0 +1,505 @@
+"""Docker target: containers held to ``kind: ContainerBaseline`` (observe + act + events).
+
+Pipeline position: the effectful ends of the pipeline for containers, and an event
+source.  This module is the only importer of the docker SDK and is imported only when
+the Docker target is enabled.
+
+* discover: one listing per scan; each container is matched to its baseline (or to the
+  ``ungoverned`` policy) by ``core.compile_container``.
+* observe: ``inspect`` normalised into the fields baselines name, plus the container's
+  filesystem changes against its image when a baseline governs them.
+* act: **recreate** (same name, approved image, hardened configuration, fresh filesystem,
+  everything the baseline does not govern carried over) or **retire** (stop, remove).
+  Before either, a snapshot: the inspect document, the changed paths and the changed
+  files' bytes up to a cap.  A failed recreate is rolled back to the old container.
+* watch: the events stream enqueues a container as soon as it is created, started,
+  updated or exec'd into; it reconnects with backoff when the engine restarts.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import tarfile
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import docker
+from docker import errors as docker_errors
+
+from driftd.baselines.loader import BaselineSet
+from driftd.core.compile_container import (
+    OLD_SUFFIX,
+    ContainerSummary,
+    compile_container,
+    compile_ungoverned,
+    container_key,
+    governing,
+    ungoverned_policy,
+)
+from driftd.models.container import ContainerBaseline, Ungoverned
+from driftd.models.resources import Action, ActResult, DesiredResource, ObservedResource, Plan
+from driftd.observability.logging import Event, get_logger
+from driftd.safety.snapshots import SnapshotError, SnapshotStore
+from driftd.targets.base import NodeInfo, ResourceGoneError, TargetError
+
+WATCHED_ACTIONS = frozenset({"create", "start", "restart", "update", "exec_create", "exec_start", "rename", "unpause"})
+KUBELET_LABEL = "io.kubernetes.pod.uid"
+_CONFIG_KEYS = (
+    "Hostname", "Domainname", "User", "AttachStdin", "AttachStdout", "AttachStderr", "ExposedPorts", "Tty",
+    "OpenStdin", "StdinOnce", "Env", "Cmd", "Healthcheck", "ArgsEscaped", "Volumes", "WorkingDir", "Entrypoint",
+    "NetworkDisabled", "OnBuild", "Labels", "StopSignal", "StopTimeout", "Shell",
+)
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def _caps(values: Iterable[str] | None) -> list[str]:
+    return sorted({v.upper().removeprefix("CAP_") for v in values or []})
+
+
+def _secopt(opts: list[str], kind: str) -> str | None:
+    for o in opts:
+        for sep in ("=", ":"):
+            if o.startswith(kind + sep):
+                return o.split(sep, 1)[1]
+    return None
+
+
+def leaf_changes(changes: list[dict[str, Any]] | None) -> list[str]:
+    """Changed paths minus directories listed only because something below them changed."""
+    paths = sorted({c["Path"] for c in changes or []})
+    out = []
+    for i, p in enumerate(paths):
+        nxt = paths[i + 1] if i + 1 < len(paths) else ""
+        if not nxt.startswith(p.rstrip("/") + "/"):
+            out.append(p)
+    return out
+
+
+def normalize(ins: dict[str, Any], fs_changes: list[str] | None, env_keys: Iterable[str] = ()) -> dict[str, Any]:
+    """Inspect document → the observed fields baselines name (``core.compile_container``)."""
+    cfg = ins.get("Config") or {}
+    hc = ins.get("HostConfig") or {}
+    user = cfg.get("User") or ""
+    opts = hc.get("SecurityOpt") or []
+    env_list = cfg.get("Env") or []
+    env = dict(e.split("=", 1) if "=" in e else (e, "") for e in env_list)
+    ports = []
+    for spec, binds in (hc.get("PortBindings") or {}).items():
+        port, _, proto = spec.partition("/")
+        for b in binds or [{}]:
+            ports.append({"containerPort": int(port), "protocol": proto or "tcp", "hostIP": b.get("HostIp") or "",
+                          "hostPort": int(b.get("HostPort") or 0)})
+    ports.sort(key=lambda p: (p["containerPort"], p["protocol"], p["hostIP"], p["hostPort"]))
+    nnp = _secopt(opts, "no-new-privileges")
+    rp = hc.get("RestartPolicy") or {}
+    return {
+        "present": True,
+        "image": ins.get("Image"),
+        "user": user,
+        "nonRoot": user.split(":")[0] not in ("", "root", "0"),
+        "privileged": bool(hc.get("Privileged")),
+        "capAdd": _caps(hc.get("CapAdd")),
+        "capDrop": _caps(hc.get("CapDrop")),
+        "readOnlyRootFilesystem": bool(hc.get("ReadonlyRootfs")),
+        "noNewPrivileges": "no-new-privileges" in opts or (nnp is not None and nnp.lower() != "false"),
+        "seccompProfile": _secopt(opts, "seccomp") or "default",
+        "apparmorProfile": ins.get("AppArmorProfile") or _secopt(opts, "apparmor") or "",
+        "pidMode": hc.get("PidMode") or "",
+        "ipcMode": hc.get("IpcMode") or "",
+        "networkMode": hc.get("NetworkMode") or "",
+        "forbiddenHostMounts": sorted({m.get("Source", "") for m in ins.get("Mounts") or [] if m.get("Type") == "bind"}),
+        "env": {k: env[k] for k in env_keys if k in env},
+        "forbiddenEnv": sorted(env),
+        "ports": ports,
+        "memory": hc.get("Memory") or None,
+        "cpus": (hc.get("NanoCpus") or 0) / 1e9 or None,
+        "pidsLimit": hc.get("PidsLimit") or None,
+        "restartPolicy": {"name": rp.get("Name") or "no", "maximumRetryCount": rp.get("MaximumRetryCount") or 0},
+        "labels": cfg.get("Labels") or {},
+        "fsChanges": fs_changes,
+        "running": bool((ins.get("State") or {}).get("Running")),
+    }
+
+
+def recreate_config(ins: dict[str, Any], runtime: dict[str, Any], image: str) -> dict[str, Any]:
+    """Create-request body for the hardened replacement of ``ins``.
+
+    Starts from the container's own Config and HostConfig, so everything the baseline does
+    not govern (command, entrypoint, working dir, volumes, log config, ...) is carried over,
+    then applies every runtime rule that is set.
+    """
+    cfg = ins.get("Config") or {}
+    hc = copy.deepcopy(ins.get("HostConfig") or {})
+    config: dict[str, Any] = {k: copy.deepcopy(cfg[k]) for k in _CONFIG_KEYS if cfg.get(k) is not None}
+    config["Image"] = image
+    if config.get("Hostname") == (ins.get("Id") or "")[:12]:
+        del config["Hostname"]  # the old container's generated hostname
+    r = runtime
+    if r.get("user") is not None:
+        config["User"] = r["user"]
+    for key, hkey in (("privileged", "Privileged"), ("readOnlyRootFilesystem", "ReadonlyRootfs"),
+                      ("pidMode", "PidMode"), ("ipcMode", "IpcMode"), ("networkMode", "NetworkMode")):
+        if r.get(key) is not None:
+            hc[hkey] = r[key]
+    if r.get("capAdd") is not None:
+        hc["CapAdd"] = list(r["capAdd"]) or None
+    if r.get("capDrop") is not None:
+        hc["CapDrop"] = sorted(set(_caps(hc.get("CapDrop"))) | set(r["capDrop"]))
+    opts = [o for o in hc.get("SecurityOpt") or []]
+    if r.get("noNewPrivileges") is not None:
+        opts = [o for o in opts if not o.startswith("no-new-privileges")]
+        if r["noNewPrivileges"]:
+            opts.append("no-new-privileges:true")
+    for key, kind in (("seccompProfile", "seccomp"), ("apparmorProfile", "apparmor")):
+        if r.get(key) is not None:
+            opts = [o for o in opts if not (o.startswith(kind + "=") or o.startswith(kind + ":"))]
+            if r[key] != "default":
+                opts.append(f"{kind}={r[key]}")
+    hc["SecurityOpt"] = opts or None
+    forbidden = set(r.get("forbiddenHostMounts") or [])
+    if forbidden:
+        hc["Binds"] = [b for b in hc.get("Binds") or [] if b.split(":", 1)[0] not in forbidden] or None
+        hc["Mounts"] = [m for m in hc.get("Mounts") or []
+                        if not (m.get("Type") == "bind" and m.get("Source") in forbidden)] or None
+    env = [e for e in config.get("Env") or []]
+    if r.get("env"):
+        env = [e for e in env if e.split("=", 1)[0] not in r["env"]] + [f"{k}={v}" for k, v in sorted(r["env"].items())]
+    if r.get("forbiddenEnv"):
+        env = [e for e in env if e.split("=", 1)[0] not in set(r["forbiddenEnv"])]
+    if env or "Env" in config:
+        config["Env"] = env
+    if r.get("ports") is not None:
+        bindings: dict[str, list[dict[str, str]]] = {}
+        for p in r["ports"]:
+            bindings.setdefault(f"{p['containerPort']}/{p.get('protocol', 'tcp')}", []).append(
+                {"HostIp": p.get("hostIP", ""), "HostPort": str(p["hostPort"])})
+        hc["PortBindings"] = bindings
+        config["ExposedPorts"] = {**(config.get("ExposedPorts") or {}), **{k: {} for k in bindings}}
+    res = r.get("resources") or {}
+    if res.get("memory") is not None:
+        hc["Memory"] = res["memory"]
+    if res.get("cpus") is not None:
+        hc["NanoCpus"] = int(res["cpus"] * 1e9)
+    if res.get("pidsLimit") is not None:
+        hc["PidsLimit"] = res["pidsLimit"]
+    if r.get("restartPolicy") is not None:
+        hc["RestartPolicy"] = {"Name": r["restartPolicy"]["name"],
+                               "MaximumRetryCount": r["restartPolicy"].get("maximumRetryCount", 0)}
+    if r.get("labels"):
+        config["Labels"] = {**(config.get("Labels") or {}), **r["labels"]}
+    config["HostConfig"] = hc
+    mode = hc.get("NetworkMode") or ""
+    nets = (ins.get("NetworkSettings") or {}).get("Networks") or {}
+    if mode in nets and mode not in ("none", "host", "bridge", "default") and not mode.startswith("container:"):
+        ep = nets[mode] or {}
+        config["NetworkingConfig"] = {"EndpointsConfig": {mode: {
+            k: ep[k] for k in ("Aliases", "IPAMConfig", "Links", "DriverOpts") if ep.get(k)}}}
+    return config
+
+
+# --------------------------------------------------------------------------- adapter
+
+
+class DockerTarget:
+    """Adapter for a Docker Engine reached through its API socket."""
+
+    name = "docker"
+    capabilities = frozenset({"container", "recreate", "retire", "events", "snapshot"})
+
+    def __init__(self, snapshots: SnapshotStore, *, base_url: str = "unix:///var/run/docker.sock",
+                 timeout: float = 30.0, stop_timeout: int = 10, file_snapshot_max_bytes: int = 1024 * 1024,
+                 max_snapshot_files: int = 200, skip_kubelet_containers: bool = True) -> None:
+        self.snapshots = snapshots
+        self.base_url = base_url
+        self.timeout = timeout
+        self.stop_timeout = stop_timeout
+        self.file_snapshot_max_bytes = file_snapshot_max_bytes
+        self.max_snapshot_files = max_snapshot_files
+        self.skip_kubelet_containers = skip_kubelet_containers
+        self.log = get_logger()
+        self._api_client: Any = None
+        self._lock = threading.Lock()
+        self._baselines: tuple[ContainerBaseline, ...] = ()
+        self._policy = Ungoverned.REPORT
+        self._approved_cache: dict[str, list[str]] = {}
+        self._stream: Any = None
+        self.up: bool | None = None
+
+    # ------------------------------------------------------------------ connection
+    def api(self) -> Any:
+        with self._lock:
+            if self._api_client is None:
+                try:
+                    client = docker.APIClient(base_url=self.base_url, timeout=self.timeout)
+                    client.ping()
+                except Exception as e:
+                    self._set_up(False, str(e))
+                    raise TargetError(f"docker engine unreachable at {self.base_url}: {e}") from None
+                self._api_client = client
+            return self._api_client
+
+    def _set_up(self, up: bool, error: str = "") -> None:
+        if self.up is not up:
+            if up:
+                self.log.info(Event.TARGET_UP, target=self.name, endpoint=self.base_url)
+            else:
+                self.log.error(Event.TARGET_DOWN, target=self.name, endpoint=self.base_url, error=error)
+        self.up = up
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run an API call; connection failures drop the client so the next call reconnects."""
+        try:
+            out = fn(*args, **kwargs)
+        except docker_errors.NotFound:
+            raise
+        except docker_errors.APIError:
+            raise
+        except Exception as e:
+            with self._lock:
+                self._api_client = None
+            self._set_up(False, str(e))
+            raise TargetError(f"docker engine unreachable: {e}") from None
+        self._set_up(True)
+        return out
+
+    # ------------------------------------------------------------------ desired
+    def desired(self, baselines: BaselineSet, node: NodeInfo) -> list[DesiredResource]:
+        self._baselines = tuple(b for b in baselines.baselines if isinstance(b, ContainerBaseline))
+        self._policy = ungoverned_policy(self._baselines)
+        self._approved_cache.clear()
+        return []  # containers are discovered every scan
+
+    def _approved(self, b: ContainerBaseline) -> list[str]:
+        cached = self._approved_cache.get(b.metadata.name)
+        if cached is not None:
+            return cached
+        api = self.api()
+        ids = []
+        for ref in b.spec.images.approved:
+            try:
+                ids.append(self._call(api.inspect_image, ref)["Id"])
+            except docker_errors.NotFound:
+                if ref.startswith("sha256:"):
+                    ids.append(ref)  # an id not present here still approves nothing else
+            except docker_errors.APIError as e:
+                raise TargetError(f"cannot resolve image {ref}: {e}") from None
+        self._approved_cache[b.metadata.name] = ids
+        return ids
+
+    def _desired_for(self, c: ContainerSummary) -> DesiredResource | None:
+        if OLD_SUFFIX in c.name or (self.skip_kubelet_containers and KUBELET_LABEL in c.labels):
+            return None
+        b = governing(self._baselines, c)
+        if b is not None:
+            return compile_container(b, c, self._approved(b))
+        if self._policy is Ungoverned.IGNORE:
+            return None
+        return compile_ungoverned(c, self._policy)
+
+    def discover(self) -> list[DesiredResource]:
+        api = self.api()
+        self._approved_cache.clear()  # tags may point elsewhere now
+        rows = self._call(api.containers, all=True)
+        out = []
+        for row in rows:
+            names = row.get("Names") or []
+            if not names:
+                continue
+            c = ContainerSummary(id=row["Id"], name=names[0].lstrip("/"), image_id=row.get("ImageID", ""),
+                                 labels=row.get("Labels") or {})
+            d = self._desired_for(c)
+            if d is not None:
+                out.append(d)
+        return out
+
+    def resolve(self, key: str) -> DesiredResource | None:
+        name = key.removeprefix("docker:")
+        api = self.api()
+        try:
+            ins = self._call(api.inspect_container, name)
+        except docker_errors.NotFound:
+            return None
+        except docker_errors.APIError as e:
+            raise TargetError(f"inspect {name}: {e}") from None
+        c = ContainerSummary(id=ins["Id"], name=ins["Name"].lstrip("/"), image_id=ins.get("Image", ""),
+                             labels=(ins.get("Config") or {}).get("Labels") or {})
+        return self._desired_for(c)
+
+    # ------------------------------------------------------------------ observe
+    def begin_pass(self, *, full: bool) -> None:
+        return None
+
+    def observe(self, desired: DesiredResource) -> ObservedResource:
+        api = self.api()
+        try:
+            ins = self._call(api.inspect_container, desired.address)
+            if desired.kind == "ungoverned":
+                return ObservedResource.model_construct(key=desired.key, actual={"governed": False}, note=None)
+            fs = None
+            if "fsChanges" in desired.expected:
+                fs = leaf_changes(self._call(api.diff, ins["Id"]))
+        except docker_errors.NotFound:
+            raise ResourceGoneError(f"container {desired.address} no longer exists") from None
+        except docker_errors.APIError as e:
+            raise TargetError(f"inspect {desired.address}: {e}") from None
+        env_rule = desired.expected.get("env")
+        env_keys = list(env_rule["$contains"]) if isinstance(env_rule, dict) else []
+        return ObservedResource.model_construct(key=desired.key, actual=normalize(ins, fs, env_keys), note=None)
+
+    # ------------------------------------------------------------------ act
+    def apply(self, desired: DesiredResource, observed: ObservedResource, plan: Plan) -> ActResult:
+        api = self.api()
+        name = desired.address
+        try:
+            ins = self._call(api.inspect_container, name)
+        except docker_errors.NotFound:
+            raise ResourceGoneError(f"container {name} vanished before acting") from None
+        snaps = self._snapshot(api, ins)
+        applied: list[Action] = []
+        for step in plan.actions:
+            if step.action is Action.RETIRE:
+                self._retire(api, ins)
+            elif step.action is Action.RECREATE:
+                self._recreate(api, ins, desired.payload.get("runtime", {}), step.params["image"])
+            else:
+                raise TargetError(f"docker target cannot {step.action}", transient=False)
+            applied.append(step.action)
+        return ActResult(key=desired.key, applied=tuple(applied), snapshots=tuple(snaps))
+
+    def _snapshot(self, api: Any, ins: dict[str, Any]) -> list[str]:
+        """Inspect document, changed paths and changed files' bytes, before anything is removed."""
+        cid = ins["Id"]
+        try:
+            changes = self._call(api.diff, cid) or []
+        except docker_errors.APIError:
+            changes = []
+        files: dict[str, str] = {}
+        ids: list[str] = []
+        budget = self.max_snapshot_files
+        for path in leaf_changes(changes):
+            kind = next((c["Kind"] for c in changes if c["Path"] == path), None)
+            if kind == 2 or budget <= 0:
+                files[path] = "deleted" if kind == 2 else "skipped: too many changed files"
+                continue
+            budget -= 1
+            files[path] = self._snapshot_file(api, cid, path, ids)
+        manifest = {"kind": "docker-container", "name": ins.get("Name", "").lstrip("/"), "inspect": ins,
+                    "changes": changes, "files": files}
+        try:
+            mid = self.snapshots.put(json.dumps(manifest, sort_keys=True, default=str).encode())
+        except SnapshotError as e:
+            raise TargetError(str(e), transient=False) from None
+        return [mid, *ids]
+
+    def _snapshot_file(self, api: Any, cid: str, path: str, ids: list[str]) -> str:
+        try:
+            stream, stat = self._call(api.get_archive, cid, path)
+            if int(stat.get("size", 0)) > self.file_snapshot_max_bytes:
+                for _ in stream:
+                    pass
+                return f"skipped: {stat.get('size')} bytes over the {self.file_snapshot_max_bytes}-byte cap"
+            raw = b"".join(stream)
+            with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+                member = tar.next()
+                if member is None or not member.isfile():
+                    return "skipped: not a regular file"
+                fh = tar.extractfile(member)
+                data = fh.read() if fh else b""
+            sid = self.snapshots.put(data)
+            ids.append(sid)
+            return sid
+        except (docker_errors.APIError, tarfile.TarError, SnapshotError) as e:
+            return f"skipped: {e}"
+
+    def _retire(self, api: Any, ins: dict[str, Any]) -> None:
+        cid = ins["Id"]
+        try:
+            if (ins.get("State") or {}).get("Running"):
+                self._call(api.stop, cid, timeout=self.stop_timeout)
+            self._call(api.remove_container, cid, v=False)
+        except docker_errors.NotFound:
+            return  # already gone: retired either way
+        except docker_errors.APIError as e:
+            raise TargetError(f"retire {ins.get('Name')}: {e}") from None
+
+    def _recreate(self, api: Any, ins: dict[str, Any], runtime: dict[str, Any], image: str) -> None:
+        cid = ins["Id"]
+        name = ins["Name"].lstrip("/")
+        was_running = bool((ins.get("State") or {}).get("Running"))
+        body = recreate_config(ins, runtime, image)
+        parked = f"{name}{OLD_SUFFIX}{cid[:12]}"
+        try:
+            self._call(api.rename, cid, parked)
+        except docker_errors.NotFound:
+            raise ResourceGoneError(f"container {name} vanished before recreate") from None
+        except docker_errors.APIError as e:
+            raise TargetError(f"rename {name}: {e}") from None
+        new_id: str | None = None
+        try:
+            if was_running:
+                self._call(api.stop, cid, timeout=self.stop_timeout)
+            new_id = self._call(api.create_container_from_config, body, name)["Id"]
+            if was_running:
+                self._call(api.start, new_id)
+        except (docker_errors.APIError, TargetError) as e:
+            self._rollback(api, cid, name, new_id, was_running)
+            conflict = isinstance(e, docker_errors.APIError) and e.status_code == 409
+            raise TargetError(f"recreate {name} failed and was rolled back: {e}", transient=conflict or
+                              isinstance(e, TargetError)) from None
+        try:
+            self._call(api.remove_container, cid, v=False)
+        except docker_errors.APIError as e:
+            self.log.warning(Event.REMEDIATION_FAILED, key=container_key(name),
+                             error=f"old container {parked} left behind: {e}")
+
+    def _rollback(self, api: Any, old_id: str, name: str, new_id: str | None, was_running: bool) -> None:
+        for step in (
+            lambda: new_id and api.remove_container(new_id, force=True),
+            lambda: api.rename(old_id, name),
+            lambda: was_running and api.start(old_id),
+        ):
+            try:
+                step()
+            except Exception as e:
+                self.log.error(Event.REMEDIATION_FAILED, key=container_key(name), error=f"rollback step failed: {e}")
+
+    # ------------------------------------------------------------------ events
+    def watch(self, on_key: Callable[[str], None], stop: threading.Event, *, max_backoff: float = 30.0) -> None:
+        """Feed container keys from the events stream into ``on_key`` until ``stop`` is set."""
+        backoff = 1.0
+        while not stop.is_set():
+            try:
+                api = self.api()
+                stream = api.events(decode=True, filters={"type": "container"})
+                self._stream = stream
+                backoff = 1.0
+                for ev in stream:
+                    if stop.is_set():
+                        break
+                    action = str(ev.get("Action") or ev.get("status") or "").split(":", 1)[0]
+                    name = ((ev.get("Actor") or {}).get("Attributes") or {}).get("name")
+                    if action in WATCHED_ACTIONS and name and OLD_SUFFIX not in name:
+                        on_key(container_key(name))
+                if not stop.is_set():
+                    raise ConnectionError("event stream ended")
+            except Exception as e:
+                if stop.is_set():
+                    break
+                with self._lock:
+                    self._api_client = None
+                self._set_up(False, f"event stream: {e}")
+                stop.wait(backoff)
+                backoff = min(max_backoff, backoff * 2)
+
+    def close(self) -> None:
+        stream = self._stream
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:  # noqa: S110 - closing a dead stream is best effort
+                pass
