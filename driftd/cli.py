@@ -40,13 +40,24 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None) -> 
     from driftd.targets.host import HostTarget
 
     clock = clock or SystemClock()
-    metrics = Metrics(registry)
     state = StateStore(settings.state_dir)
     snapshots = SnapshotStore(Path(settings.state_dir) / "snapshots", max_bytes=settings.snapshot_max_bytes)
-    host = HostTarget(settings.host_root, snapshots)
+    targets: dict[str, Any] = {"host": HostTarget(settings.host_root, snapshots)}
+    if settings.docker.enabled:
+        from driftd.targets.docker import DockerTarget  # the docker SDK only when enabled
+
+        d = settings.docker
+        targets["docker"] = DockerTarget(
+            snapshots,
+            base_url=d.url,
+            stop_timeout=d.stop_timeout_seconds,
+            file_snapshot_max_bytes=d.file_snapshot_max_bytes,
+            skip_kubelet_containers=d.skip_kubelet_containers,
+        )
+    metrics = Metrics(registry, targets=list(targets))
     node = NodeInfo(name=settings.resolved_node_name(), labels=dict(settings.node_labels))
     engine = Engine(
-        targets={"host": host},
+        targets=targets,
         state=state,
         metrics=metrics,
         node=node,
@@ -76,6 +87,7 @@ def _settings(args: argparse.Namespace) -> Any:
         "scan": {"interval_seconds": getattr(args, "interval", None)},
         "http": {"address": getattr(args, "listen", None)},
         "log": {"format": getattr(args, "log_format", None), "level": getattr(args, "log_level", None)},
+        "docker": {"enabled": True if getattr(args, "docker", False) else None, "url": getattr(args, "docker_url", None)},
     }
     for section, values in nested.items():
         given = {k: v for k, v in values.items() if v is not None}
@@ -265,6 +277,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--node-name", help="node name for baseline selectors")
     run.add_argument("--listen", help="HTTP address host:port (default 127.0.0.1:9808)")
     run.add_argument("--interval", type=float, help="seconds between full scans (default 300)")
+    run.add_argument("--docker", action="store_true", help="enable the Docker target")
+    run.add_argument("--docker-url", help="Docker Engine endpoint (default unix:///var/run/docker.sock)")
     run.add_argument("--log-format", choices=["auto", "json", "console"])
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     run.set_defaults(func=cmd_run)

@@ -59,6 +59,14 @@ class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class DockerSettings(_Section):
+    enabled: bool = Field(False, description="Enable the Docker target (imports the docker SDK).")
+    url: str = Field("unix:///var/run/docker.sock", description="Docker Engine API endpoint.")
+    stop_timeout_seconds: int = Field(10, ge=0, description="Grace period when stopping a container to recreate or retire it.")
+    file_snapshot_max_bytes: int = Field(1024 * 1024, ge=0, description="Largest changed file copied into a container snapshot.")
+    skip_kubelet_containers: bool = Field(True, description="Leave containers managed by the kubelet to the Kubernetes target.")
+
+
 class Settings(BaseSettings):
     """Root of every driftd setting."""
 
@@ -82,6 +90,7 @@ class Settings(BaseSettings):
     retry: RetrySettings = Field(default_factory=RetrySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    docker: DockerSettings = Field(default_factory=DockerSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -20,6 +20,7 @@ from driftd.engine.reconciler import Engine
 from driftd.observability.logging import Event, get_logger
 from driftd.observability.metrics import Metrics
 from driftd.settings import Settings
+from driftd.targets.base import EventSource
 
 
 class BaselineManager:
@@ -85,6 +86,7 @@ class Daemon:
         self.scans_done = 0
         self._scan_lock = threading.Lock()
         self._workers: list[threading.Thread] = []
+        self._watchers: list[tuple[Any, threading.Thread]] = []
         self._scheduler: Any = None
 
     # ------------------------------------------------------------------ probes
@@ -125,6 +127,11 @@ class Daemon:
         except Exception as e:
             self.log.exception(Event.SCAN_FAILED, error=f"baseline reload: {e}")
 
+    def _on_event(self, key: str) -> None:
+        self.metrics.events.labels(key.split(":", 1)[0]).inc()
+        self.log.debug(Event.WATCH_EVENT, key=key)
+        self.queue.add(key)
+
     def _work(self) -> None:
         while True:
             key = self.queue.get(timeout=1.0)
@@ -161,6 +168,13 @@ class Daemon:
         )
         sched.start()
         self._scheduler = sched
+        for target in self.engine.targets.values():
+            if isinstance(target, EventSource):
+                w = threading.Thread(
+                    target=target.watch, args=(self._on_event, self.stop_event), name=f"driftd-watch-{target.name}", daemon=True
+                )
+                w.start()
+                self._watchers.append((target, w))
         if self.api is not None:
             self.api.start()
             host, port = self.api.address
@@ -178,9 +192,13 @@ class Daemon:
         self.stop_event.set()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
+        for target, _ in self._watchers:
+            target.close()
         self.queue.close()
         for t in self._workers:
             t.join()
+        for _, w in self._watchers:
+            w.join(timeout=5)
         if self.api is not None:
             self.api.stop()
         self.log.info(Event.DAEMON_STOPPED)

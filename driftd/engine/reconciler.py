@@ -22,10 +22,11 @@ from driftd.core.plan import plan as make_plan
 from driftd.engine.clock import Clock, SystemClock
 from driftd.engine.queue import KeyedQueue
 from driftd.engine.state import DriftRecord, StateStore
+from driftd.models.baseline import Enforcement
 from driftd.models.resources import DesiredResource
 from driftd.observability.logging import Event, get_logger, set_baseline_version
 from driftd.observability.metrics import Metrics
-from driftd.targets.base import NodeInfo, Target, TargetError
+from driftd.targets.base import NodeInfo, ResourceGoneError, Target, TargetError
 
 
 @dataclass
@@ -112,18 +113,29 @@ class Engine:
         full = mono - self._last_full >= full_rehash_interval
         if full:
             self._last_full = mono
-        desired = self.desired
+        desired = dict(self.desired)
+        per_target: dict[str, list[int]] = {name: [0, 0, 0] for name in self.targets}
+        down: set[str] = set()
+        for name, t in self.targets.items():
+            t.begin_pass(full=full)
+            try:
+                for r in t.discover():
+                    desired[r.key] = r
+            except TargetError as e:
+                down.add(name)
+                per_target[name][2] += 1
+                self.log.warning(Event.OBSERVE_FAILED, target=name, error=str(e))
         report = ScanReport(resources=len(desired))
         self.log.debug(Event.SCAN_STARTED, resources=len(desired), full=full)
-        for t in self.targets.values():
-            t.begin_pass(full=full)
         active = self.state.active()
-        per_target: dict[str, list[int]] = {name: [0, 0, 0] for name in self.targets}
         for key, d in desired.items():
             counts = per_target[d.target]
             counts[0] += 1
             try:
                 observed = self.targets[d.target].observe(d)
+            except ResourceGoneError:
+                counts[0] -= 1
+                continue
             except TargetError as e:
                 report.errors += 1
                 counts[2] += 1
@@ -140,14 +152,15 @@ class Engine:
             elif key in active:
                 queue.add(key)
         for key in active.keys() - desired.keys():
-            queue.add(key)  # baseline removed: the reconciler closes the record
+            if key.split(":", 1)[0] not in down:
+                queue.add(key)  # gone or no longer governed: the reconciler closes the record
         report.duration = time.perf_counter() - started
         for name, (n, drifted, errors) in per_target.items():
             result = "error" if errors else ("drift" if drifted else "clean")
             self.metrics.scans.labels(name, result).inc()
             self.metrics.scan_duration.labels(name).observe(report.duration)
             self.metrics.resources.labels(name).set(n)
-            self.metrics.target_up.labels(name).set(0 if errors and errors == n else 1)
+            self.metrics.target_up.labels(name).set(0 if name in down or (errors and errors == n) else 1)
             self.metrics.last_scan.labels(name).set(self.clock.time())
         self.log.info(
             Event.SCAN_FINISHED,
@@ -164,7 +177,17 @@ class Engine:
         """Reconcile one key; never raises for adapter failures."""
         d = self.desired.get(key)
         if d is None:
-            return self._unmanaged(key)
+            dynamic = self.targets.get(key.split(":", 1)[0])
+            if dynamic is None:
+                return self._unmanaged(key)
+            try:
+                d = dynamic.resolve(key)
+            except TargetError as e:
+                out = Outcome(key=key, status="error", target=dynamic.name, error=str(e), retry=e.transient)
+                self.outcomes[key] = out
+                return out
+            if d is None:
+                return self._unmanaged(key, "gone")
         target = self.targets[d.target]
 
         def outcome(status: str, **kw: Any) -> Outcome:
@@ -175,6 +198,8 @@ class Engine:
         log = self.log.bind(key=key, target=d.target, baseline=d.baseline)
         try:
             observed = target.observe(d)
+        except ResourceGoneError:
+            return self._unmanaged(key, "gone")
         except TargetError as e:
             log.warning(Event.OBSERVE_FAILED, error=str(e))
             return outcome("error", error=str(e), retry=e.transient)
@@ -231,7 +256,7 @@ class Engine:
             out.status, out.error = "blocked", p.blocked
             return out
         if not p.applies:
-            why = "dry-run" if self.dry_run else p.mode.value
+            why = "dry-run" if self.dry_run else ("report" if p.mode is Enforcement.ENFORCE else p.mode.value)
             if rec.last_result != why:
                 self.state.record_action(rec, now=now, action="none", result=why, attempt=False)
             for a in p.actions:
@@ -250,6 +275,8 @@ class Engine:
             verify = diff(d, target.observe(d))
             if verify:
                 raise TargetError("verification failed: still drifted after acting: " + ", ".join(v.field for v in verify))
+        except ResourceGoneError:
+            return self._unmanaged(key, "gone")
         except TargetError as e:
             rec = self.state.record_action(rec, now=now, action=action_names, result="failed", error=str(e))
             for a in p.actions:
@@ -289,12 +316,13 @@ class Engine:
             snapshots=rec.snapshots,
         )
 
-    def _unmanaged(self, key: str) -> Outcome:
+    def _unmanaged(self, key: str, why: str = "no longer governed") -> Outcome:
+        """The key has no desired state any more (baseline removed, container gone): close its record."""
         rec = self.state.get_active(key)
         if rec is not None:
-            self.state.resolve(rec, now=self.clock.time(), resolution="no longer governed")
-            self.log.info(Event.DRIFT_RESOLVED, key=key, resolution="no longer governed")
-        out = Outcome(key=key, status="unmanaged")
+            self.state.resolve(rec, now=self.clock.time(), resolution=why)
+            self.log.info(Event.DRIFT_RESOLVED, key=key, resolution=why)
+        out = Outcome(key=key, status="gone" if why == "gone" else "unmanaged")
         self.outcomes[key] = out
         return out
 

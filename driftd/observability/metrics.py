@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-ACTIONS = ("write_file", "chmod", "chown", "remove", "mkdir", "write_sysctl")
+ACTIONS = ("write_file", "chmod", "chown", "remove", "mkdir", "write_sysctl", "recreate", "retire")
 RESULTS = ("succeeded", "failed", "skipped", "blocked")
 TARGETS = ("host",)
 TTR_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, 7200)
@@ -65,6 +65,7 @@ class Metrics:
             "When a baseline set was last loaded successfully.",
             registry=r,
         )
+        self.events = Counter("driftd_events_total", "Change events that queued a targeted reconcile.", ["target"], registry=r)
         self.target_up = Gauge("driftd_target_up", "1 when the target's last scan could observe it.", ["target"], registry=r)
         self.last_scan = Gauge("driftd_last_scan_timestamp_seconds", "End of the last completed scan.", ["target"], registry=r)
         for t in targets:
@@ -75,6 +76,7 @@ class Metrics:
             self.time_to_remediate.labels(t)
             self.snapshots.labels(t)
             self.target_up.labels(t)
+            self.events.labels(t)
             for a in ACTIONS:
                 for res in RESULTS:
                     self.remediations.labels(t, a, res)

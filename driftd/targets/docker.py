@@ -18,6 +18,7 @@ the Docker target is enabled.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
@@ -499,7 +500,5 @@ class DockerTarget:
     def close(self) -> None:
         stream = self._stream
         if stream is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a dead stream is best effort
                 stream.close()
-            except Exception:  # noqa: S110 - closing a dead stream is best effort
-                pass
