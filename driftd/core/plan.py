@@ -111,6 +111,8 @@ def _plan_container(
         rules = ", ".join(sorted(f for f in drift if actions.get(f) == "retire"))
         return [PlannedAction(action=Action.RETIRE, reason=f"rules with action retire broken: {rules}")], None
     if chosen is RuleAction.REVERT:
+        if "nonRoot" in drift and not (desired.payload.get("runtime") or {}).get("user"):
+            return [], "runs as root and the baseline names no user to recreate it with (set runtime.user)"
         approved = desired.payload.get("approved", [])
         current = observed.actual.get("image")
         if not approved:

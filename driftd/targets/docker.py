@@ -152,6 +152,9 @@ def recreate_config(ins: dict[str, Any], runtime: dict[str, Any], image: str) ->
     if r.get("capDrop") is not None:
         hc["CapDrop"] = sorted(set(_caps(hc.get("CapDrop"))) | set(r["capDrop"]))
     opts = [o for o in hc.get("SecurityOpt") or []]
+    if r.get("privileged") is False:
+        # --privileged implies label=disable; it must not outlive the privilege
+        opts = [o for o in opts if o not in ("label=disable", "label:disable")]
     if r.get("noNewPrivileges") is not None:
         opts = [o for o in opts if not o.startswith("no-new-privileges")]
         if r["noNewPrivileges"]:
