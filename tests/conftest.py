@@ -24,6 +24,8 @@ from driftd.settings import load_settings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+pytest_plugins = ("docker_support",)
+
 
 def need(condition: bool, reason: str) -> None:
     """Skip locally, fail in CI, when a real component is missing."""

@@ -205,7 +205,7 @@ class TestRecreateConfig:
         hc = body["HostConfig"]
         assert body["Image"] == IMG_A and body["User"] == "1000"
         assert hc["Privileged"] is False and hc["CapAdd"] is None and hc["CapDrop"] == ["ALL"]
-        assert hc["ReadonlyRootfs"] is True and "no-new-privileges:true" in hc["SecurityOpt"]
+        assert hc["ReadonlyRootfs"] is True and "no-new-privileges=true" in hc["SecurityOpt"]
         assert hc["Binds"] == ["data:/data"]  # docker.sock removed, named volume kept
         assert hc["RestartPolicy"] == {"Name": "unless-stopped", "MaximumRetryCount": 0}
         assert hc["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "1m"}}

@@ -158,7 +158,7 @@ def recreate_config(ins: dict[str, Any], runtime: dict[str, Any], image: str) ->
     if r.get("noNewPrivileges") is not None:
         opts = [o for o in opts if not o.startswith("no-new-privileges")]
         if r["noNewPrivileges"]:
-            opts.append("no-new-privileges:true")
+            opts.append("no-new-privileges=true")
     for key, kind in (("seccompProfile", "seccomp"), ("apparmorProfile", "apparmor")):
         if r.get(key) is not None:
             opts = [o for o in opts if not (o.startswith(kind + "=") or o.startswith(kind + ":"))]
