@@ -131,7 +131,10 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
         path = _config_path or os.environ.get("DRIFTD_CONFIG")
         if path:
             with open(path, encoding="utf-8") as fh:
-                data = yaml.safe_load(fh) or {}
+                try:
+                    data = yaml.safe_load(fh) or {}
+                except yaml.YAMLError as e:  # a ValueError, so the CLI reports it as a usage error
+                    raise ValueError(f"{path}: config file is not valid YAML: {e}") from None
             if not isinstance(data, dict):
                 raise ValueError(f"{path}: config file must be a mapping")
             self._data = {k.replace("-", "_"): v for k, v in data.items()}

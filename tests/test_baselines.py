@@ -156,7 +156,7 @@ class TestLintMessages:
         """An unknown kind says which kinds exist."""
         bdir = baselines_dir({"a.yaml": "apiVersion: driftd.io/v1alpha1\nkind: Nope\nmetadata: {name: x}\nspec: {}\n"})
         (msg,) = problems_of(bdir)
-        assert msg == f"{bdir}/a.yaml:2: kind: unknown kind 'Nope' (known: ContainerBaseline, HostBaseline)"
+        assert msg == f"{bdir}/a.yaml:2: kind: unknown kind 'Nope' (known: ContainerBaseline, HostBaseline, PodBaseline)"
 
 
 class TestBadFiles:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,60 @@ def _dup_keys(node: yaml.Node, path: str = "") -> Iterator[tuple[int, str, str]]
             yield from _dup_keys(v, f"{path}[{i}]")
 
 
+_STR_TAG = "tag:yaml.org,2002:str"
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "null", "bool", "int", "float", "binary", "timestamp"))
+_DUP_REASON = "duplicate key (YAML would silently keep the last one)"
+
+
+class _SlowPath(Exception):
+    """The document uses a YAML feature left to PyYAML's constructor."""
+
+
+def _fast_construct(root: yaml.Node) -> tuple[Any, list[tuple[int, str, str]]]:
+    """Plain data of a composed document and its duplicate keys, in one walk.
+
+    Gives what ``_dup_keys`` + ``SafeConstructor.construct_document`` give, for documents
+    of plain mappings, sequences and scalars (what baselines are) at a fraction of the
+    cost; aliases, merge keys, explicit collection tags or complex keys raise _SlowPath.
+    """
+    ctor = yaml.constructor.SafeConstructor()
+    scalars = ctor.yaml_constructors
+    dups: list[tuple[int, str, str]] = []
+    visited: set[int] = set()
+
+    def build(node: yaml.Node, path: str) -> Any:
+        if id(node) in visited:  # an alias: shared (maybe recursive) objects
+            raise _SlowPath
+        visited.add(id(node))
+        tag = node.tag
+        if isinstance(node, yaml.ScalarNode):
+            if tag == _STR_TAG:
+                return node.value
+            if tag in _SCALAR_TAGS:
+                return scalars[tag](ctor, node)
+            raise _SlowPath
+        if isinstance(node, yaml.MappingNode) and tag == _MAP_TAG:
+            out: dict[Any, Any] = {}
+            seen: set[str] = set()
+            for k, v in node.value:
+                if not isinstance(k, yaml.ScalarNode) or k.tag not in _SCALAR_TAGS:
+                    raise _SlowPath  # merge keys ('<<'), '=' keys, complex keys
+                key = k.value
+                sub = f"{path}.{key}" if path else key
+                if key in seen:
+                    dups.append((k.start_mark.line + 1, sub, _DUP_REASON))
+                seen.add(key)
+                out[build(k, "")] = build(v, sub)
+            return out
+        if isinstance(node, yaml.SequenceNode) and tag == _SEQ_TAG:
+            return [build(v, f"{path}[{i}]") for i, v in enumerate(node.value)]
+        raise _SlowPath
+
+    return build(root, ""), dups
+
+
 def _fmt_loc(loc: tuple[str | int, ...]) -> str:
     out = ""
     for p in loc:
@@ -123,8 +178,15 @@ def _fmt_loc(loc: tuple[str | int, ...]) -> str:
 
 def _read(path: Path, rel: str, max_bytes: int, problems: list[Problem]) -> bytes | None:
     try:
-        with path.open("rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
+        # O_NONBLOCK: opening a FIFO must not hang the loader (and with it the daemon's reload)
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(path)
+            if not stat.S_ISREG(st.st_mode):
+                problems.append(Problem(rel, 1, "(file)", "not a regular file"))
+                return None
+            size = st.st_size
             if size > max_bytes:
                 problems.append(Problem(rel, 1, "(file)", f"file is {size} bytes, over the {max_bytes}-byte limit"))
                 return None
@@ -150,10 +212,16 @@ def _parse(rel: str, raw: bytes, problems: list[Problem]) -> list[_Doc]:
         for root in yaml.compose_all(text, Loader=_Loader):
             if root is None:
                 continue
-            dups = list(_dup_keys(root))
-            for line, fld, reason in dups:
-                problems.append(Problem(rel, line, fld, reason))
-            data = yaml.SafeLoader("").construct_document(root)
+            try:
+                data, dups = _fast_construct(root)
+            except Exception:  # anything unusual: PyYAML's own constructor decides (and raises)
+                dups = list(_dup_keys(root))
+                for line, fld, reason in dups:
+                    problems.append(Problem(rel, line, fld, reason))
+                data = yaml.SafeLoader("").construct_document(root)
+            else:
+                for line, fld, reason in dups:
+                    problems.append(Problem(rel, line, fld, reason))
             docs.append(_Doc(file=rel, root=root, data=data))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -194,11 +262,17 @@ def _claims(doc: _Doc) -> Iterator[tuple[str, tuple[str | int, ...], object]]:
         return
     spec = doc.model.spec
     for i, f in enumerate(spec.files):
-        yield f"path {f.path}", ("spec", "files", i, "path"), ("file", f.model_dump())
+        yield f"path {f.path}", ("spec", "files", i, "path"), ("file", f)
     for i, d in enumerate(spec.directories):
-        yield f"path {d.path}", ("spec", "directories", i, "path"), ("directory", d.model_dump())
+        yield f"path {d.path}", ("spec", "directories", i, "path"), ("directory", d)
     for i, s in enumerate(spec.sysctls):
-        yield f"sysctl {s.key}", ("spec", "sysctls", i, "key"), ("sysctl", s.model_dump())
+        yield f"sysctl {s.key}", ("spec", "sysctls", i, "key"), ("sysctl", s)
+
+
+def _claim_value(claim: Any) -> tuple[str, dict[str, Any]]:
+    """What a claim asks for, dumped only when two claims collide (rare; dumps are not free)."""
+    kind, entry = claim
+    return kind, entry.model_dump()
 
 
 def _check_set(docs: list[_Doc], problems: list[Problem]) -> None:
@@ -235,7 +309,7 @@ def _check_set(docs: list[_Doc], problems: list[Problem]) -> None:
                     and isinstance(other.model, HostBaseline)
                     and may_overlap(doc.model.spec.selector, other.model.spec.selector)
                 ):
-                    kind = "duplicate" if value == ovalue else "conflicting"
+                    kind = "duplicate" if _claim_value(value) == _claim_value(ovalue) else "conflicting"
                     problems.append(
                         Problem(
                             doc.file,

@@ -40,9 +40,14 @@ def _unresolved(desired: DesiredResource) -> str | None:
 
 
 def _attrs_params(desired: DesiredResource, observed: ObservedResource) -> dict[str, Any]:
-    """Mode/owner/group a rewritten file must carry: governed values, else the current ones."""
+    """Mode/owner/group a rewritten file must carry: governed values, else the current ones.
+
+    Current values are kept only from a resource of the right type: a symlink's 0777 mode
+    and its owner must not carry over to the file that replaces it (defaults apply).
+    """
     exp, act = desired.expected, observed.actual
-    return {f: exp.get(f, act.get(f)) for f in ("mode", "owner", "group")}
+    same_type = act.get("type") == desired.expected.get("type", desired.kind)
+    return {f: exp.get(f, act.get(f) if same_type else None) for f in ("mode", "owner", "group")}
 
 
 def _attr_actions(drift: dict[str, FieldDrift], desired: DesiredResource) -> list[PlannedAction]:
@@ -130,7 +135,24 @@ def _plan_ungoverned(
     return [], None
 
 
+def _plan_pod(
+    desired: DesiredResource, observed: ObservedResource, drift: dict[str, FieldDrift]
+) -> tuple[list[PlannedAction], str | None]:
+    chosen = plan_actions(drift, desired.payload.get("actions", {}))
+    broken = ", ".join(sorted(drift))
+    controller = desired.payload.get("controller")
+    if chosen is RuleAction.RETIRE:
+        return [PlannedAction(action=Action.EVICT, reason=f"retire: {broken}", params={"retire": True})], None
+    if chosen is RuleAction.REVERT:
+        if not controller:
+            return [], "bare pod with no controller: eviction would not bring it back (set action retire to remove it)"
+        return [PlannedAction(action=Action.EVICT, reason=f"{broken}; {controller['kind']} {controller['name']} "
+                              "recreates it from its template")], None
+    return [], None
+
+
 PLANNERS: dict[tuple[str, str], Planner] = {
+    ("kubernetes", "pod"): _plan_pod,
     ("docker", "container"): _plan_container,
     ("docker", "ungoverned"): _plan_ungoverned,
     ("host", "file"): _plan_file,

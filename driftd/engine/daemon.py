@@ -35,8 +35,9 @@ class BaselineManager:
         self._fingerprint: str | None = None
         self.rejected_fingerprint: str | None = None
 
-    def prime(self) -> None:
-        self._fingerprint = fingerprint(self.settings.baselines)
+    def prime(self, fp: str | None = None) -> None:
+        """Record the directory state the set in force was loaded from (taken *before* loading it)."""
+        self._fingerprint = fingerprint(self.settings.baselines) if fp is None else fp
 
     def check(self) -> bool:
         """Reload if the directory changed; True when a new set is now in force."""

@@ -24,6 +24,7 @@ class PassSummary:
     outcomes: list[Outcome] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     exit_code: int = 0
+    targets_down: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -49,8 +50,10 @@ def run_once(engine: Engine, queue: KeyedQueue, *, attempts: int, full_rehash_in
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
-    counts["clean"] = report.resources - sum(v for k, v in counts.items() if k not in ("clean", "unmanaged"))
+    counts["clean"] = report.resources - sum(v for k, v in counts.items() if k not in ("clean", "unmanaged", "gone"))
     codes = {_PRIORITY[o.status] for o in outcomes if o.status in _PRIORITY}
+    if report.targets_down:
+        codes.add(ExitCode.ERROR)  # a whole target could not be observed
     code = next((c for c in _ORDER if c in codes), ExitCode.CLEAN)
     return PassSummary(
         baseline_version=engine.baselines.version,
@@ -60,6 +63,7 @@ def run_once(engine: Engine, queue: KeyedQueue, *, attempts: int, full_rehash_in
         outcomes=[o for o in outcomes if o.status not in ("clean", "unmanaged")],
         counts=counts,
         exit_code=int(code),
+        targets_down=dict(report.targets_down),
     )
 
 
@@ -73,6 +77,8 @@ def render_text(s: PassSummary) -> str:
         + (" (dry-run)" if s.dry_run else "")
         + f", {s.duration_seconds:.3f}s"
     ]
+    for name, err in sorted(s.targets_down.items()):
+        lines.append(f"  {'ERROR':8} target {name} unreachable: {err}")
     for o in s.outcomes:
         what = ", ".join(f"{d['field']}: {_short(d['expected'])} -> {_short(d['actual'])}" for d in o.drift) or (o.error or "")
         lines.append(f"  {_SYMBOL.get(o.status, o.status):8} {o.address or o.key}  [{o.baseline}]  {what}")

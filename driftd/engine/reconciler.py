@@ -23,10 +23,10 @@ from driftd.engine.clock import Clock, SystemClock
 from driftd.engine.queue import KeyedQueue
 from driftd.engine.state import DriftRecord, StateStore
 from driftd.models.baseline import Enforcement
-from driftd.models.resources import DesiredResource
+from driftd.models.resources import Action, DesiredResource
 from driftd.observability.logging import Event, get_logger, set_baseline_version
 from driftd.observability.metrics import Metrics
-from driftd.targets.base import NodeInfo, ResourceGoneError, Target, TargetError
+from driftd.targets.base import EventSource, NodeInfo, ResourceGoneError, Target, TargetError
 
 
 @dataclass
@@ -55,6 +55,7 @@ class ScanReport:
     errors: int = 0
     duration: float = 0.0
     errors_by_key: dict[str, str] = field(default_factory=dict)
+    targets_down: dict[str, str] = field(default_factory=dict)  # target -> why it could not be listed
 
 
 class Engine:
@@ -115,17 +116,17 @@ class Engine:
             self._last_full = mono
         desired = dict(self.desired)
         per_target: dict[str, list[int]] = {name: [0, 0, 0] for name in self.targets}
-        down: set[str] = set()
+        down: dict[str, str] = {}
         for name, t in self.targets.items():
             t.begin_pass(full=full)
             try:
                 for r in t.discover():
                     desired[r.key] = r
             except TargetError as e:
-                down.add(name)
+                down[name] = str(e)
                 per_target[name][2] += 1
                 self.log.warning(Event.OBSERVE_FAILED, target=name, error=str(e))
-        report = ScanReport(resources=len(desired))
+        report = ScanReport(resources=len(desired), targets_down=down)
         self.log.debug(Event.SCAN_STARTED, resources=len(desired), full=full)
         active = self.state.active()
         for key, d in desired.items():
@@ -178,8 +179,8 @@ class Engine:
         d = self.desired.get(key)
         if d is None:
             dynamic = self.targets.get(key.split(":", 1)[0])
-            if dynamic is None:
-                return self._unmanaged(key)
+            if dynamic is None or not isinstance(dynamic, EventSource):
+                return self._unmanaged(key)  # a static target (host): its baseline entry was removed
             try:
                 d = dynamic.resolve(key)
             except TargetError as e:
@@ -272,7 +273,12 @@ class Engine:
         action_names = "+".join(a.action.value for a in p.actions)
         try:
             result = target.apply(d, observed, p)
-            verify = diff(d, target.observe(d))
+            try:
+                verify = diff(d, target.observe(d))
+            except ResourceGoneError:
+                if Action.RETIRE not in result.applied:
+                    raise
+                verify = ()  # retired: being gone is the remedy
             if verify:
                 raise TargetError("verification failed: still drifted after acting: " + ", ".join(v.field for v in verify))
         except ResourceGoneError:
@@ -321,7 +327,7 @@ class Engine:
         rec = self.state.get_active(key)
         if rec is not None:
             self.state.resolve(rec, now=self.clock.time(), resolution=why)
-            self.log.info(Event.DRIFT_RESOLVED, key=key, resolution=why)
+            self.log.info(Event.DRIFT_RESOLVED, key=key, target=rec.target, baseline=rec.baseline, resolution=why)
         out = Outcome(key=key, status="gone" if why == "gone" else "unmanaged")
         self.outcomes[key] = out
         return out

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from enum import StrEnum
-from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -70,7 +69,7 @@ def check_managed_path(value: str) -> str:
         raise ValueError("path must be normalised (no '//' and no trailing '/')")
     if value == "/":
         raise ValueError("the host root itself cannot be managed")
-    return str(PurePosixPath(value))
+    return value  # already normalised: str(PurePosixPath(value)) == value after the checks above
 
 
 class Enforcement(StrEnum):
@@ -156,9 +155,14 @@ class ManagedFile(_PathEntry):
             raise ValueError("set either content or source, not both")
         if self.absent and any(v is not None for v in (self.content, self.source, self.mode, self.owner, self.group)):
             raise ValueError("an absent file cannot also set content, source, mode, owner or group")
-        if self.source is not None and (self.source.startswith("/") or ".." in self.source.split("/")):
-            raise ValueError("source must be a relative path inside the baselines directory")
         return self
+
+    @field_validator("source")
+    @classmethod
+    def _v_source(cls, v: str | None) -> str | None:
+        if v is not None and (v.startswith("/") or ".." in v.split("/")):
+            raise ValueError("source must be a relative path inside the baselines directory")
+        return v
 
 
 class ManagedDirectory(_PathEntry):

@@ -6,7 +6,12 @@ from typing import Any
 
 from driftd.models.baseline import HostBaseline
 from driftd.models.container import ContainerBaseline
+from driftd.models.pod import PodBaseline
 
-AnyBaseline = HostBaseline | ContainerBaseline
+AnyBaseline = HostBaseline | ContainerBaseline | PodBaseline
 
-BASELINE_KINDS: dict[str, Any] = {"HostBaseline": HostBaseline, "ContainerBaseline": ContainerBaseline}
+BASELINE_KINDS: dict[str, Any] = {
+    "HostBaseline": HostBaseline,
+    "ContainerBaseline": ContainerBaseline,
+    "PodBaseline": PodBaseline,
+}

@@ -74,6 +74,8 @@ class Action(StrEnum):
     WRITE_SYSCTL = "write_sysctl"
     RECREATE = "recreate"
     RETIRE = "retire"
+    EVICT = "evict"
+    RETIRE_NODE = "retire_node"
 
 
 class PlannedAction(Frozen):

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-ACTIONS = ("write_file", "chmod", "chown", "remove", "mkdir", "write_sysctl", "recreate", "retire")
+ACTIONS = ("write_file", "chmod", "chown", "remove", "mkdir", "write_sysctl", "recreate", "retire", "evict", "retire_node")
 RESULTS = ("succeeded", "failed", "skipped", "blocked")
 TARGETS = ("host",)
 TTR_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, 7200)
@@ -93,8 +93,13 @@ class Metrics:
 class StateCollector(Collector):
     """Gauges read from the state store at scrape time."""
 
-    def __init__(self, summary: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, summary: Callable[[], dict[str, Any]], targets: Iterable[str] = TARGETS) -> None:
         self._summary = summary
+        self._targets = tuple(targets)
+
+    def _per_target(self, values: dict[str, Any]) -> list[tuple[str, Any]]:
+        """Every known target (0 when it has no drift) plus any other reported."""
+        return sorted({**dict.fromkeys(self._targets, 0), **values}.items())
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         s = self._summary()
@@ -107,7 +112,7 @@ class StateCollector(Collector):
             "Age of the oldest drift not yet remediated (0 when none).",
             labels=["target"],
         )
-        for target, age in sorted(s["oldest_age"].items()):
+        for target, age in self._per_target(s["oldest_age"]):
             oldest.add_metric([target], age)
         yield oldest
         failing = GaugeMetricFamily(
@@ -115,11 +120,11 @@ class StateCollector(Collector):
             "Drifts whose remediation failed at least the escalation threshold in a row.",
             labels=["target"],
         )
-        for target, n in sorted(s["failing"].items()):
+        for target, n in self._per_target(s["failing"]):
             failing.add_metric([target], n)
         yield failing
         breached = GaugeMetricFamily("driftd_drifts_past_deadline", "Active drifts whose window has ended.", labels=["target"])
-        for target, n in sorted(s["past_deadline"].items()):
+        for target, n in self._per_target(s["past_deadline"]):
             breached.add_metric([target], n)
         yield breached
 

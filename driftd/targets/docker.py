@@ -70,15 +70,24 @@ def _secopt(opts: list[str], kind: str) -> str | None:
     return None
 
 
-def leaf_changes(changes: list[dict[str, Any]] | None) -> list[str]:
-    """Changed paths minus directories listed only because something below them changed."""
+def leaf_changes(changes: list[dict[str, Any]] | None, mounts: Iterable[str] = ()) -> list[str]:
+    """Changed paths minus directories listed only because something below them changed.
+
+    ``mounts`` are the container's mount destinations: the engine creates their mount
+    points in the container's layer, which is not a change made inside the container.
+    """
     paths = sorted({c["Path"] for c in changes or []})
+    skip = set(mounts)
     out = []
     for i, p in enumerate(paths):
         nxt = paths[i + 1] if i + 1 < len(paths) else ""
-        if not nxt.startswith(p.rstrip("/") + "/"):
+        if not nxt.startswith(p.rstrip("/") + "/") and p not in skip:
             out.append(p)
     return out
+
+
+def _mount_points(ins: dict[str, Any]) -> list[str]:
+    return [m["Destination"] for m in ins.get("Mounts") or [] if m.get("Destination")]
 
 
 def normalize(ins: dict[str, Any], fs_changes: list[str] | None, env_keys: Iterable[str] = ()) -> dict[str, Any]:
@@ -346,7 +355,7 @@ class DockerTarget:
                 return ObservedResource.model_construct(key=desired.key, actual={"governed": False}, note=None)
             fs = None
             if "fsChanges" in desired.expected:
-                fs = leaf_changes(self._call(api.diff, ins["Id"]))
+                fs = leaf_changes(self._call(api.diff, ins["Id"]), _mount_points(ins))
         except docker_errors.NotFound:
             raise ResourceGoneError(f"container {desired.address} no longer exists") from None
         except docker_errors.APIError as e:
@@ -385,7 +394,7 @@ class DockerTarget:
         files: dict[str, str] = {}
         ids: list[str] = []
         budget = self.max_snapshot_files
-        for path in leaf_changes(changes):
+        for path in leaf_changes(changes, _mount_points(ins)):
             kind = next((c["Kind"] for c in changes if c["Path"] == path), None)
             if kind == 2 or budget <= 0:
                 files[path] = "deleted" if kind == 2 else "skipped: too many changed files"

@@ -84,8 +84,8 @@ class SafeRoot:
         finally:
             os.close(fd)
 
-    def parents_safe(self, path: str) -> bool:
-        """Fast check (cached per pass) that no parent of ``path`` is a symlink."""
+    def unsafe_parent(self, path: str) -> str | None:
+        """Fast check (cached per pass): the first parent of ``path`` that is a symlink or not a directory."""
         dirs, _ = self._split(path)
         walked = ""
         for comp in dirs:
@@ -98,14 +98,19 @@ class SafeRoot:
                     ok = True  # missing parent: the leaf simply does not exist
                 self._checked_dirs[walked] = ok
             if not ok:
-                return False
-        return True
+                return walked
+        return None
+
+    def parents_safe(self, path: str) -> bool:
+        """Fast check (cached per pass) that no parent of ``path`` is a symlink."""
+        return self.unsafe_parent(path) is None
 
     # ------------------------------------------------------------------ read side
     def lstat(self, path: str) -> os.stat_result | None:
         """lstat of the leaf, or None when absent; refuses paths below a symlink."""
-        if not self.parents_safe(path):
-            raise UnsafePathError(f"a parent of {path} is a symlink or not a directory; refusing to follow it")
+        bad = self.unsafe_parent(path)
+        if bad is not None:
+            raise UnsafePathError(f"{bad} (a parent of {path}) is a symlink or not a directory; refusing to follow it")
         try:
             return os.lstat(self.full(path))
         except (FileNotFoundError, NotADirectoryError):
