@@ -29,13 +29,16 @@ class Runtime:
     metrics: Any
 
 
-def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None) -> Runtime:
-    """Wire every part from the settings (tests call this with their own registry/clock)."""
+def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, metrics_enabled: bool = True) -> Runtime:
+    """Wire every part from the settings (tests call this with their own registry/clock).
+
+    ``metrics_enabled=False`` (``run --once``: nothing scrapes it) records no metrics and
+    leaves ``prometheus_client`` unimported.
+    """
     from driftd.engine.clock import SystemClock
     from driftd.engine.queue import Backoff, KeyedQueue
     from driftd.engine.reconciler import Engine
     from driftd.engine.state import StateStore
-    from driftd.observability.metrics import Metrics, StateCollector
     from driftd.safety.snapshots import SnapshotStore
     from driftd.targets.base import NodeInfo
     from driftd.targets.host import HostTarget
@@ -55,7 +58,15 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None) -> 
             file_snapshot_max_bytes=d.file_snapshot_max_bytes,
             skip_kubelet_containers=d.skip_kubelet_containers,
         )
-    metrics = Metrics(registry, targets=list(targets))
+    metrics: Any
+    if metrics_enabled:
+        from driftd.observability.metrics import Metrics
+
+        metrics = Metrics(registry, targets=list(targets))
+    else:
+        from driftd.observability.nullmetrics import NullMetrics
+
+        metrics = NullMetrics()
     node = NodeInfo(name=settings.resolved_node_name(), labels=dict(settings.node_labels))
     engine = Engine(
         targets=targets,
@@ -66,8 +77,11 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None) -> 
         escalate_after=settings.retry.escalate_after,
         clock=clock,
     )
-    esc = settings.retry.escalate_after
-    metrics.registry.register(StateCollector(lambda: state.summary(clock.time(), esc), targets=list(targets)))
+    if metrics_enabled:
+        from driftd.observability.metrics import StateCollector
+
+        esc = settings.retry.escalate_after
+        metrics.registry.register(StateCollector(lambda: state.summary(clock.time(), esc), targets=list(targets)))
     queue = KeyedQueue(clock=clock, backoff=Backoff(settings.retry.base_seconds, settings.retry.max_seconds))
     return Runtime(settings=settings, engine=engine, queue=queue, state=state, metrics=metrics)
 
@@ -144,7 +158,7 @@ def _cmd_run(args: argparse.Namespace, *, gc_was_enabled: bool) -> int:
     loaded_from = fingerprint(settings.baselines)  # before loading: a change while loading is reloaded later
     bset = _load_baselines(settings)
     try:
-        rt = build_runtime(settings)
+        rt = build_runtime(settings, metrics_enabled=not args.once)
     except StateError as e:
         print(f"driftd: {e}", file=sys.stderr)
         return ExitCode.ERROR

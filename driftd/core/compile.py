@@ -63,6 +63,7 @@ def _make(
         expected=expected,
         sensitive=sensitive,
         content=content,
+        payload={},  # given, not defaulted: model_construct's default_factory path costs an inspect.signature per call
     )
 
 

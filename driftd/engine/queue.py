@@ -145,8 +145,10 @@ class KeyedQueue:
         """Process keys in this thread until none is left (``driftd run --once``).
 
         ``handler`` returns True on success.  A key that failed ``max_failures`` times
-        stops being retried in this pass; waiting for backoff uses the injected clock.
+        stops being retried in this pass (failures of earlier passes do not count);
+        waiting for backoff uses the injected clock.
         """
+        failed_here: dict[str, int] = {}
         while True:
             wait = self.next_ready_in()
             if wait is None:
@@ -157,5 +159,7 @@ class KeyedQueue:
             if key is None:
                 continue
             ok = handler(key)
-            retry = not ok and self.failures(key) + 1 < max_failures
+            if not ok:
+                failed_here[key] = failed_here.get(key, 0) + 1
+            retry = not ok and failed_here[key] < max_failures
             self.done(key, failed=not ok, retry=retry)

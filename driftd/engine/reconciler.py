@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from driftd.baselines.loader import BaselineSet
 from driftd.core.diff import diff, reportable
@@ -23,10 +23,21 @@ from driftd.engine.clock import Clock, SystemClock
 from driftd.engine.queue import KeyedQueue
 from driftd.engine.state import DriftRecord, StateStore
 from driftd.models.baseline import Enforcement
-from driftd.models.resources import Action, DesiredResource
+from driftd.models.resources import REDACTED, Action, ActResult, DesiredResource, ObservedResource, Plan
 from driftd.observability.logging import Event, get_logger, set_baseline_version
-from driftd.observability.metrics import Metrics
-from driftd.targets.base import EventSource, NodeInfo, ResourceGoneError, Target, TargetError
+from driftd.targets.base import (
+    EventSource,
+    NodeInfo,
+    NodeRetirer,
+    Notifier,
+    Reporter,
+    ResourceGoneError,
+    Target,
+    TargetError,
+)
+
+if TYPE_CHECKING:
+    from driftd.observability.metrics import Metrics  # prometheus_client: not imported by a --once pass
 
 
 @dataclass
@@ -71,6 +82,7 @@ class Engine:
         dry_run: bool = False,
         escalate_after: int = 3,
         clock: Clock | None = None,
+        retirer: NodeRetirer | None = None,
     ) -> None:
         self.targets = targets
         self.state = state
@@ -79,6 +91,11 @@ class Engine:
         self.dry_run = dry_run
         self.escalate_after = escalate_after
         self.clock = clock or SystemClock()
+        self.notifiers: list[Notifier] = [t for t in targets.values() if isinstance(t, Notifier)]
+        self.reporters: list[Reporter] = [t for t in targets.values() if isinstance(t, Reporter)]
+        self._report_rows: dict[str, dict[str, Any]] = {}
+        self._report_dirty = False
+        self.retirer: NodeRetirer | None = retirer or next((t for t in targets.values() if isinstance(t, NodeRetirer)), None)
         self.log = get_logger()
         self.baselines = BaselineSet.empty()
         self._desired: dict[str, DesiredResource] = {}
@@ -129,6 +146,7 @@ class Engine:
         report = ScanReport(resources=len(desired), targets_down=down)
         self.log.debug(Event.SCAN_STARTED, resources=len(desired), full=full)
         active = self.state.active()
+        rows: dict[str, dict[str, Any]] = {}
         for key, d in desired.items():
             counts = per_target[d.target]
             counts[0] += 1
@@ -145,17 +163,26 @@ class Engine:
                     key=key, status="error", address=d.address, baseline=d.baseline, target=d.target, error=str(e)
                 )
                 self.log.warning(Event.OBSERVE_FAILED, key=key, target=d.target, baseline=d.baseline, error=str(e))
+                if self.reporters:
+                    rows[key] = self._row(d, "error", f"cannot observe: {e}")
                 continue
-            if diff(d, observed):
+            drift = diff(d, observed)
+            if drift:
                 report.drifted += 1
                 counts[1] += 1
                 queue.add(key)
             elif key in active:
                 queue.add(key)
+            if self.reporters:
+                rows[key] = self._row(d, "fail" if drift else "pass", ", ".join(f.field for f in drift) or "compliant")
         for key in active.keys() - desired.keys():
             if key.split(":", 1)[0] not in down:
                 queue.add(key)  # gone or no longer governed: the reconciler closes the record
         report.duration = time.perf_counter() - started
+        if self.reporters:
+            with self._swap:
+                self._report_rows = rows
+            self.publish_report()
         for name, (n, drifted, errors) in per_target.items():
             result = "error" if errors else ("drift" if drifted else "clean")
             self.metrics.scans.labels(name, result).inc()
@@ -227,6 +254,12 @@ class Engine:
             log.warning(
                 Event.DRIFT_DETECTED, address=d.address, drift=fields, deadline=rec.deadline, window_s=d.window.total_seconds()
             )
+            self._notify(
+                "DriftDetected",
+                d,
+                "drifted: "
+                + ", ".join(f"{f['field']}" + (f" ({'; '.join(f['changes'])})" if f.get("changes") else "") for f in fields),
+            )
         else:
             rec = self.state.open_drift(
                 key=key,
@@ -252,6 +285,8 @@ class Engine:
             deadline=rec.deadline,
         )
         if p.blocked:
+            if rec.last_result != "blocked":
+                self._notify("RemediationBlocked", d, p.blocked)
             self.state.record_action(rec, now=now, action="none", result="blocked", error=p.blocked, attempt=False)
             log.error(Event.REMEDIATION_BLOCKED, reason=p.blocked, drift=fields)
             out.status, out.error = "blocked", p.blocked
@@ -271,14 +306,20 @@ class Engine:
             return out
 
         action_names = "+".join(a.action.value for a in p.actions)
+        if action_names == Action.RETIRE_NODE.value and rec.last_action == action_names and rec.last_result == "succeeded":
+            out.status = "retired"
+            return out  # already retired for this drift: nothing more to do
         try:
-            result = target.apply(d, observed, p)
-            try:
-                verify = diff(d, target.observe(d))
-            except ResourceGoneError:
-                if Action.RETIRE not in result.applied:
-                    raise
-                verify = ()  # retired: being gone is the remedy
+            result = self._act(target, d, observed, p)
+            if Action.RETIRE_NODE in result.applied:
+                verify: tuple[Any, ...] = ()  # the node is retired; the host drift itself stays, reported
+            else:
+                try:
+                    verify = diff(d, target.observe(d))
+                except ResourceGoneError:
+                    if not {Action.RETIRE, Action.EVICT} & set(result.applied):
+                        raise
+                    verify = ()  # retired or evicted: being gone is the remedy
             if verify:
                 raise TargetError("verification failed: still drifted after acting: " + ", ".join(v.field for v in verify))
         except ResourceGoneError:
@@ -288,6 +329,8 @@ class Engine:
             for a in p.actions:
                 self.metrics.remediations.labels(d.target, a.action.value, "failed").inc()
             log.error(Event.REMEDIATION_FAILED, action=action_names, error=str(e), attempts=rec.attempts, transient=e.transient)
+            if rec.consecutive_failures == 1:
+                self._notify("RemediationFailed", d, f"{action_names} failed: {e}")
             if rec.consecutive_failures == self.escalate_after:
                 log.error(
                     Event.REMEDIATION_ESCALATED,
@@ -296,19 +339,114 @@ class Engine:
                     consecutive_failures=rec.consecutive_failures,
                     first_seen=rec.first_seen,
                 )
+                self._notify("RemediationEscalated", d, f"{action_names} failed {rec.consecutive_failures} times: {e}")
+                if d.payload.get("retire_on_failure") and not self.dry_run:
+                    self._retire_node_on_failure(d, str(e), log)
             out.status, out.error, out.retry = "failed", str(e), e.transient
             return out
 
-        for sid in result.snapshots:
+        # a content hash of a secret is itself a secret: sensitive resources show no snapshot ids
+        shown = [REDACTED] * len(result.snapshots) if d.sensitive else list(result.snapshots)
+        for sid in shown:
             self.metrics.snapshots.labels(d.target).inc()
             log.info(Event.SNAPSHOT_SAVED, snapshot=sid, address=d.address)
         rec = self.state.record_action(rec, now=now, action=action_names, result="succeeded", snapshots=result.snapshots)
         for done in result.applied:
             self.metrics.remediations.labels(d.target, done.value, "succeeded").inc()
-        log.info(Event.REMEDIATION_SUCCEEDED, action=action_names, snapshots=list(result.snapshots), drift=fields)
+        log.info(Event.REMEDIATION_SUCCEEDED, action=action_names, snapshots=shown, drift=fields)
+        if Action.RETIRE_NODE in result.applied:
+            self._notify("NodeRetired", d, f"node retired: {', '.join(f['field'] for f in fields)} drifted")
+            out.status, out.snapshots = "retired", shown
+            return out  # the record stays open: the drift is still there, on a node taken out of service
+        retired = {Action.RETIRE, Action.EVICT} & set(result.applied) and any(
+            a.action is Action.RETIRE or a.params.get("retire") for a in p.actions
+        )
+        self._notify(
+            "DriftRetired" if retired else "DriftReverted",
+            d,
+            f"{action_names}: {', '.join(f['field'] for f in fields)}",
+            warning=False,
+        )
         self._resolve(rec, d, self.clock.time(), "remediated", log)
-        out.status, out.snapshots = "remediated", list(result.snapshots)
+        self._update_row(d, "pass", f"{action_names} done; was: {', '.join(f['field'] for f in fields)}")
+        out.status, out.snapshots = "remediated", shown
         return out
+
+    # ------------------------------------------------------------------ reports
+    def _row(self, d: DesiredResource, result: str, message: str) -> dict[str, Any]:
+        """One PolicyReport result (field names only, never values)."""
+        row: dict[str, Any] = {
+            "source": "driftd",
+            "policy": d.baseline,
+            "rule": f"{d.target}/{d.kind}",
+            "result": result,
+            "severity": "high" if result == "fail" else "info",
+            "scored": True,
+            "message": f"{d.address}: {message}"[:500],
+            "timestamp": {"seconds": int(self.clock.time()), "nanos": 0},
+            "properties": {"key": d.key, "baselineHash": self.baselines.hashes.get(d.baseline, "")},
+        }
+        if d.kind == "pod":
+            row["resources"] = [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "namespace": d.payload.get("namespace", ""),
+                    "name": d.payload.get("name", ""),
+                    "uid": d.payload.get("uid") or "",
+                }
+            ]
+        return row
+
+    def _update_row(self, d: DesiredResource, result: str, message: str) -> None:
+        if self.reporters:
+            with self._swap:
+                self._report_rows[d.key] = self._row(d, result, message)
+                self._report_dirty = True
+
+    def publish_report(self, *, only_if_changed: bool = False) -> None:
+        """Hand the current per-resource results to every reporter (PolicyReport)."""
+        with self._swap:
+            if only_if_changed and not self._report_dirty:
+                return
+            rows = list(self._report_rows.values())
+            self._report_dirty = False
+        for r in self.reporters:
+            try:
+                r.publish_report(rows)
+            except Exception as e:  # a report failure must not stop enforcement
+                self.log.warning(Event.OBSERVE_FAILED, error=f"report not published: {e}")
+
+    def _act(self, target: Target, d: DesiredResource, observed: ObservedResource, p: Plan) -> ActResult:
+        """Apply a plan; node retirement goes to the retirer, everything else to the target."""
+        if any(a.action is Action.RETIRE_NODE for a in p.actions):
+            self._retire_node(d, "; ".join(a.reason for a in p.actions))
+            return ActResult(key=d.key, applied=(Action.RETIRE_NODE,))
+        return target.apply(d, observed, p)
+
+    def _retire_node(self, d: DesiredResource, reason: str) -> None:
+        if self.retirer is None:
+            raise TargetError(
+                "node retirement requested but no retirer is configured (enable the Kubernetes target or set retire_hook)",
+                transient=False,
+            )
+        self.retirer.retire_node(f"{d.baseline}: {d.address}: {reason}")
+
+    def _retire_node_on_failure(self, d: DesiredResource, error: str, log: Any) -> None:
+        try:
+            self._retire_node(d, f"cannot be restored: {error}")
+            self.metrics.remediations.labels(d.target, Action.RETIRE_NODE.value, "succeeded").inc()
+            self._notify("NodeRetired", d, f"node retired: {d.address} cannot be restored")
+        except TargetError as e:
+            self.metrics.remediations.labels(d.target, Action.RETIRE_NODE.value, "failed").inc()
+            log.error(Event.REMEDIATION_FAILED, action=Action.RETIRE_NODE.value, error=str(e))
+
+    def _notify(self, reason: str, d: DesiredResource, message: str, *, warning: bool = True) -> None:
+        for n in self.notifiers:
+            try:
+                n.notify(reason, d, message, warning=warning)
+            except Exception as e:  # telling people must never break remediation
+                self.log.warning(Event.OBSERVE_FAILED, key=d.key, error=f"notification failed: {e}")
 
     def _resolve(self, rec: DriftRecord, d: DesiredResource, now: float, resolution: str, log: Any) -> None:
         self.state.resolve(rec, now=now, resolution=resolution)
@@ -319,7 +457,7 @@ class Engine:
             resolution=resolution,
             first_seen=rec.first_seen,
             seconds_open=round(now - rec.first_seen, 3),
-            snapshots=rec.snapshots,
+            snapshots=[REDACTED] * len(rec.snapshots) if d.sensitive else rec.snapshots,
         )
 
     def _unmanaged(self, key: str, why: str = "no longer governed") -> Outcome:

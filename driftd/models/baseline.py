@@ -25,7 +25,7 @@ _MODE_RE = re.compile(r"^0?[0-7]{3,4}$")
 class Strict(BaseModel):
     """Base for every schema model: immutable, unknown fields rejected."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
 
 
 def parse_duration(value: object) -> timedelta:

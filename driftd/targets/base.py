@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from driftd.baselines.loader import BaselineSet
 from driftd.models.resources import ActResult, DesiredResource, ObservedResource, Plan
@@ -72,3 +72,24 @@ class EventSource(Protocol):
 
     def close(self) -> None:
         """Unblock ``watch`` (called on shutdown)."""
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """Tells people through the platform's own channel (Kubernetes Events)."""
+
+    def notify(self, reason: str, desired: DesiredResource, message: str, *, warning: bool = True) -> None: ...
+
+
+@runtime_checkable
+class Reporter(Protocol):
+    """Publishes the results of a full scan (one PolicyReport per node)."""
+
+    def publish_report(self, results: list[dict[str, Any]]) -> None: ...
+
+
+@runtime_checkable
+class NodeRetirer(Protocol):
+    """Takes this node out of service when a host rule with action retire fails."""
+
+    def retire_node(self, reason: str, *, dry_run: bool = False) -> dict[str, Any]: ...

@@ -24,6 +24,7 @@ import io
 import json
 import tarfile
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -46,7 +47,9 @@ from driftd.observability.logging import Event, get_logger
 from driftd.safety.snapshots import SnapshotError, SnapshotStore
 from driftd.targets.base import NodeInfo, ResourceGoneError, TargetError
 
-WATCHED_ACTIONS = frozenset({"create", "start", "restart", "update", "exec_create", "exec_start", "rename", "unpause"})
+# exec_die: an exec's writes are done only when it ends (exec_start comes before them)
+WATCHED_ACTIONS = frozenset({"create", "start", "restart", "update", "exec_create", "exec_start", "exec_die", "rename",
+                             "unpause"})
 KUBELET_LABEL = "io.kubernetes.pod.uid"
 _CONFIG_KEYS = (
     "Hostname", "Domainname", "User", "AttachStdin", "AttachStdout", "AttachStderr", "ExposedPorts", "Tty",
@@ -483,17 +486,26 @@ class DockerTarget:
 
     # ------------------------------------------------------------------ events
     def watch(self, on_key: Callable[[str], None], stop: threading.Event, *, max_backoff: float = 30.0) -> None:
-        """Feed container keys from the events stream into ``on_key`` until ``stop`` is set."""
+        """Feed container keys from the events stream into ``on_key`` until ``stop`` is set.
+
+        A reconnect asks the engine for the events since the last one seen (or since the
+        stream was opened), so what happened while the stream was down is not lost.
+        """
         backoff = 1.0
+        since: int | None = None
         while not stop.is_set():
             try:
                 api = self.api()
-                stream = api.events(decode=True, filters={"type": "container"})
+                opened = int(time.time())
+                stream = api.events(decode=True, filters={"type": "container"}, since=since)
                 self._stream = stream
                 backoff = 1.0
+                if since is None:
+                    since = opened
                 for ev in stream:
                     if stop.is_set():
                         break
+                    since = max(since, int(ev.get("time") or 0))
                     action = str(ev.get("Action") or ev.get("status") or "").split(":", 1)[0]
                     name = ((ev.get("Actor") or {}).get("Attributes") or {}).get("name")
                     if action in WATCHED_ACTIONS and name and OLD_SUFFIX not in name:

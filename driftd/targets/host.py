@@ -152,7 +152,7 @@ class HostTarget:
         except ParentMissingError as e:
             raise TargetError(str(e), transient=True) from None
         except OSError as e:
-            transient = e.errno not in (errno.EROFS, errno.EPERM)
+            transient = e.errno not in (errno.EROFS, errno.EPERM, errno.EFBIG)
             raise TargetError(f"{desired.address}: {e.strerror or e}", transient=transient) from None
 
     def _snapshot(self, path: str, observed: ObservedResource) -> str | None:

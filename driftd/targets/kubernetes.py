@@ -1,0 +1,516 @@
+"""Kubernetes target: pods on this node, Events, PolicyReport, node retirement (adapter).
+
+Pipeline position: the effectful ends of the pipeline for ``kind: PodBaseline``, an event
+source (one pod watch limited to this node), a notifier (Kubernetes Events) and a reporter
+(one PolicyReport per node).  This module is the only importer of the kubernetes client
+and is imported only when the Kubernetes target is enabled.
+
+Only this node: pods are listed and watched with ``fieldSelector=spec.nodeName=<node>``,
+never cluster-wide; a pod on another node is never acted on.  Reverting a pod means
+*evicting* it through the Eviction API so its controller recreates it from its template;
+a 429 from a PodDisruptionBudget is retried with backoff and reported, never bypassed by
+a delete.  Retiring the node cordons, taints and labels it and drains it the way
+``kubectl drain`` does, one node at a time per cluster (a Lease is the lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from driftd.baselines.loader import BaselineSet
+from driftd.core.pod_policy import compile_pod, evaluate, governing, is_mirror, pod_key
+from driftd.models.pod import PodBaseline
+from driftd.models.resources import Action, ActResult, DesiredResource, ObservedResource, Plan
+from driftd.observability.logging import Event, get_logger
+from driftd.safety.snapshots import SnapshotError, SnapshotStore
+from driftd.targets.base import NodeInfo, ResourceGoneError, TargetError
+
+TAINT_KEY = "driftd.io/non-compliant"
+RETIRED_LABEL = "driftd.io/retired"
+REPORT_API = "wgpolicyk8s.io/v1alpha2"
+
+
+class KubeError(TargetError):
+    """A non-2xx answer from the API server."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}", transient=status >= 500 or status in (409, 429))
+        self.status = status
+
+
+def _now_rfc3339(micro: bool = False) -> str:
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if micro else now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Kube:
+    """A thin JSON REST client over the kubernetes package's authenticated connection pool."""
+
+    def __init__(self, api_client: Any) -> None:
+        self.api_client = api_client
+
+    def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None, body: Any = None,
+                content_type: str | None = None, timeout: float = 30.0, stream: bool = False) -> Any:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type or "application/json"
+        params = self.api_client.param_serialize(
+            method=method, resource_path=path, query_params=[(k, v) for k, v in (query or {}).items() if v is not None],
+            header_params=headers, body=body, auth_settings=["BearerToken"])
+        try:
+            resp = self.api_client.call_api(*params, _request_timeout=None if stream else timeout)
+        except Exception as e:  # connection refused, TLS, timeouts: the API server is unreachable
+            raise TargetError(f"kubernetes API unreachable: {e}") from None
+        if stream:
+            if resp.status >= 300:
+                resp.read()
+                raise KubeError(resp.status, _message(resp.data))
+            return resp.response
+        resp.read()
+        if resp.status >= 300:
+            raise KubeError(resp.status, _message(resp.data))
+        return json.loads(resp.data) if resp.data else {}
+
+    def watch(self, path: str, query: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+        raw = self.request("GET", path, query={**query, "watch": "true"}, stream=True)
+        buf = b""
+        try:
+            for chunk in raw.stream(4096, decode_content=True):
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip():
+                        yield json.loads(line)
+        finally:
+            raw.release_conn()
+
+
+def _message(data: bytes | None) -> str:
+    try:
+        return str(json.loads(data or b"{}").get("message") or data)
+    except ValueError:
+        return (data or b"").decode("utf-8", "replace")[:500]
+
+
+def load_api_client(kubeconfig: str | None) -> Any:
+    """An authenticated ApiClient: from a kubeconfig file, or the in-cluster service account."""
+    from kubernetes import client, config
+
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    cfg = client.Configuration()
+    config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    return client.ApiClient(cfg)
+
+
+class KubernetesTarget:
+    """Adapter for the pods of one node, and the node itself."""
+
+    name = "kubernetes"
+    capabilities = frozenset({"pod", "evict", "events", "policyreport", "retire_node", "watch"})
+
+    def __init__(self, snapshots: SnapshotStore, *, node_name: str, namespace: str, api_client: Any = None,
+                 kubeconfig: str | None = None, report_max_results: int = 200, drain_timeout: float = 300.0,
+                 eviction_retry_seconds: float = 5.0, lease_name: str = "driftd-node-retirement",
+                 lease_duration_seconds: int = 900, events: bool = True, policy_report: bool = True,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.snapshots = snapshots
+        self.node_name = node_name
+        self.namespace = namespace
+        self.kube = Kube(api_client if api_client is not None else load_api_client(kubeconfig))
+        self.report_max_results = report_max_results
+        self.drain_timeout = drain_timeout
+        self.eviction_retry_seconds = eviction_retry_seconds
+        self.lease_name = lease_name
+        self.lease_duration_seconds = lease_duration_seconds
+        self.events_enabled = events
+        self.policy_report_enabled = policy_report
+        self.sleep = sleep
+        self.log = get_logger()
+        self._baselines: dict[str, PodBaseline] = {}
+        self._pods: dict[str, dict[str, Any]] = {}
+        self._stream: Any = None
+        self.up: bool | None = None
+        self.last_report: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def _set_up(self, up: bool, error: str = "") -> None:
+        if self.up is not up:
+            if up:
+                self.log.info(Event.TARGET_UP, target=self.name, node=self.node_name)
+            else:
+                self.log.error(Event.TARGET_DOWN, target=self.name, node=self.node_name, error=error)
+        self.up = up
+
+    def _req(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            out = self.kube.request(method, path, **kw)
+        except KubeError:
+            self._set_up(True)
+            raise
+        except TargetError as e:
+            self._set_up(False, str(e))
+            raise
+        self._set_up(True)
+        return out
+
+    def _pods_path(self) -> tuple[str, dict[str, str]]:
+        return "/api/v1/pods", {"fieldSelector": f"spec.nodeName={self.node_name}"}
+
+    @staticmethod
+    def _pod_path(ns: str, name: str) -> str:
+        return f"/api/v1/namespaces/{quote(ns)}/pods/{quote(name)}"
+
+    # ------------------------------------------------------------------ desired / discover
+    def desired(self, baselines: BaselineSet, node: NodeInfo) -> list[DesiredResource]:
+        self._baselines = {b.metadata.name: b for b in baselines.baselines if isinstance(b, PodBaseline)}
+        return []
+
+    def _governed(self, pod: dict[str, Any]) -> DesiredResource | None:
+        meta = pod.get("metadata") or {}
+        if (pod.get("spec") or {}).get("nodeName") != self.node_name:
+            return None  # never another node's pod
+        if is_mirror(pod) or meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in (
+                "Succeeded", "Failed"):
+            return None
+        b = governing(self._baselines.values(), pod)
+        if b is None:
+            return None
+        self._pods[pod_key(meta.get("namespace", ""), meta.get("name", ""))] = pod
+        return compile_pod(b, pod)
+
+    def discover(self) -> list[DesiredResource]:
+        if not self._baselines:
+            return []
+        path, query = self._pods_path()
+        items = self._req("GET", path, query=query).get("items") or []
+        self._pods.clear()
+        out = []
+        for pod in items:
+            d = self._governed(pod)
+            if d is not None:
+                out.append(d)
+        return out
+
+    def resolve(self, key: str) -> DesiredResource | None:
+        ns, _, name = key.removeprefix("pod:").partition("/")
+        try:
+            pod = self._req("GET", self._pod_path(ns, name))
+        except KubeError as e:
+            if e.status == 404:
+                return None
+            raise
+        return self._governed(pod)
+
+    # ------------------------------------------------------------------ observe
+    def begin_pass(self, *, full: bool) -> None:
+        return None
+
+    def observe(self, desired: DesiredResource) -> ObservedResource:
+        pod = self._pods.pop(desired.key, None)
+        if pod is None:
+            ns, name = desired.payload["namespace"], desired.payload["name"]
+            try:
+                pod = self._req("GET", self._pod_path(ns, name))
+            except KubeError as e:
+                if e.status == 404:
+                    raise ResourceGoneError(f"pod {desired.address} no longer exists") from None
+                raise
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp") or meta.get("uid") != desired.payload.get("uid"):
+            raise ResourceGoneError(f"pod {desired.address} is terminating or was replaced")
+        b = self._baselines.get(desired.baseline)
+        if b is None:
+            raise ResourceGoneError(f"baseline {desired.baseline} no longer active")
+        return ObservedResource.model_construct(key=desired.key, actual=evaluate(b, pod), note=None)
+
+    # ------------------------------------------------------------------ act
+    def apply(self, desired: DesiredResource, observed: ObservedResource, plan: Plan) -> ActResult:
+        applied: list[Action] = []
+        snaps: list[str] = []
+        for step in plan.actions:
+            if step.action is not Action.EVICT:
+                raise TargetError(f"kubernetes target cannot {step.action}", transient=False)
+            ns, name = desired.payload["namespace"], desired.payload["name"]
+            snaps.append(self._snapshot_pod(ns, name))
+            self.evict(ns, name, uid=desired.payload.get("uid"))
+            applied.append(step.action)
+        return ActResult(key=desired.key, applied=tuple(applied), snapshots=tuple(snaps))
+
+    def _snapshot_pod(self, ns: str, name: str) -> str:
+        try:
+            pod = self._req("GET", self._pod_path(ns, name))
+        except KubeError as e:
+            if e.status == 404:
+                raise ResourceGoneError(f"pod {ns}/{name} vanished before eviction") from None
+            raise
+        try:
+            return self.snapshots.put(json.dumps(pod, sort_keys=True).encode())
+        except SnapshotError as e:
+            raise TargetError(str(e), transient=False) from None
+
+    def evict(self, ns: str, name: str, *, uid: str | None = None) -> None:
+        """One eviction request; a PDB refusal (429) is a transient failure, never a delete."""
+        body: dict[str, Any] = {"apiVersion": "policy/v1", "kind": "Eviction",
+                                "metadata": {"name": name, "namespace": ns}}
+        if uid:
+            body["deleteOptions"] = {"preconditions": {"uid": uid}}
+        try:
+            self._req("POST", self._pod_path(ns, name) + "/eviction", body=body)
+        except KubeError as e:
+            if e.status == 404:
+                raise ResourceGoneError(f"pod {ns}/{name} no longer exists") from None
+            if e.status == 409 and uid:
+                raise ResourceGoneError(f"pod {ns}/{name} was replaced (uid changed)") from None
+            if e.status == 429:
+                raise TargetError(f"eviction of {ns}/{name} refused by a PodDisruptionBudget: {e}",
+                                  transient=True) from None
+            raise
+
+    # ------------------------------------------------------------------ watch
+    def watch(self, on_key: Callable[[str], None], stop: threading.Event, *, max_backoff: float = 30.0) -> None:
+        """One watch on this node's pods; resumes from the last resourceVersion, relists on 410."""
+        path, query = self._pods_path()
+        rv: str | None = None
+        backoff = 1.0
+        while not stop.is_set():
+            try:
+                if rv is None:
+                    listing = self._req("GET", path, query=query)
+                    rv = (listing.get("metadata") or {}).get("resourceVersion")
+                    for pod in listing.get("items") or []:
+                        meta = pod.get("metadata") or {}
+                        on_key(pod_key(meta.get("namespace", ""), meta.get("name", "")))
+                stream = self.kube.watch(path, {**query, "resourceVersion": rv, "allowWatchBookmarks": "true",
+                                                "timeoutSeconds": "300"})
+                self._stream = stream
+                self._set_up(True)
+                backoff = 1.0
+                for ev in stream:
+                    if stop.is_set():
+                        break
+                    obj = ev.get("object") or {}
+                    if ev.get("type") == "ERROR":
+                        if obj.get("code") == 410:
+                            rv = None  # too old: relist
+                        break
+                    meta = obj.get("metadata") or {}
+                    rv = meta.get("resourceVersion") or rv
+                    if ev.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                        on_key(pod_key(meta.get("namespace", ""), meta.get("name", "")))
+            except KubeError as e:
+                if e.status == 410:
+                    rv = None
+                    continue
+                self._backoff(stop, backoff, e)
+                backoff = min(max_backoff, backoff * 2)
+            except Exception as e:
+                if stop.is_set():
+                    break
+                self._backoff(stop, backoff, e)
+                backoff = min(max_backoff, backoff * 2)
+
+    def _backoff(self, stop: threading.Event, delay: float, error: Exception) -> None:
+        self._set_up(False, f"pod watch: {error}")
+        stop.wait(delay)
+
+    def close(self) -> None:
+        stream = self._stream
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
+
+    # ------------------------------------------------------------------ events
+    def notify(self, reason: str, desired: DesiredResource, message: str, *, warning: bool = True) -> None:
+        """A Kubernetes Event on the pod (pod keys) or on this node (everything else)."""
+        if not self.events_enabled:
+            return
+        if desired.target == self.name:
+            ns = desired.payload["namespace"]
+            involved = {"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": desired.payload["name"],
+                        "uid": desired.payload.get("uid")}
+        else:
+            ns = "default"
+            involved = {"apiVersion": "v1", "kind": "Node", "name": self.node_name, "uid": self.node_name}
+        now = _now_rfc3339()
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": "driftd-", "namespace": ns,
+                         "labels": {"app.kubernetes.io/managed-by": "driftd"}},
+            "involvedObject": involved, "reason": reason, "message": message[:1024],
+            "type": "Warning" if warning else "Normal", "source": {"component": "driftd", "host": self.node_name},
+            "reportingComponent": "driftd.io/agent", "reportingInstance": self.node_name,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            self._req("POST", f"/api/v1/namespaces/{quote(ns)}/events", body=body)
+        except TargetError as e:
+            self.log.warning(Event.OBSERVE_FAILED, target=self.name, error=f"event not recorded: {e}")
+
+    # ------------------------------------------------------------------ policy report
+    def publish_report(self, results: list[dict[str, Any]]) -> None:
+        """Replace this node's PolicyReport with ``results`` (failures first, capped)."""
+        if not self.policy_report_enabled:
+            return
+        ordered = sorted(results, key=lambda r: (r["result"] == "pass", r["policy"], r.get("rule", "")))
+        summary = {k: sum(1 for r in results if r["result"] == k) for k in ("pass", "fail", "warn", "error", "skip")}
+        name = f"driftd-{self.node_name}"
+        report: dict[str, Any] = {
+            "apiVersion": REPORT_API, "kind": "PolicyReport",
+            "metadata": {"name": name, "namespace": self.namespace,
+                         "labels": {"app.kubernetes.io/managed-by": "driftd", "driftd.io/node": self.node_name}},
+            "scope": {"apiVersion": "v1", "kind": "Node", "name": self.node_name},
+            "summary": summary, "results": ordered[: self.report_max_results],
+        }
+        if len(ordered) > self.report_max_results:
+            report["metadata"]["annotations"] = {"driftd.io/truncated": f"{len(ordered) - self.report_max_results}"}
+        base = f"/apis/{REPORT_API}/namespaces/{quote(self.namespace)}/policyreports"
+        try:
+            try:
+                current = self._req("GET", f"{base}/{quote(name)}")
+                report["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+                self._req("PUT", f"{base}/{quote(name)}", body=report)
+            except KubeError as e:
+                if e.status != 404:
+                    raise
+                self._req("POST", base, body=report)
+            self.last_report = report
+        except TargetError as e:
+            self.log.warning(Event.OBSERVE_FAILED, target=self.name, error=f"policy report not written: {e}")
+
+    # ------------------------------------------------------------------ node retirement
+    def retire_node(self, reason: str, *, dry_run: bool = False) -> dict[str, Any]:
+        """Cordon, taint, label and drain this node, holding the cluster-wide retirement Lease."""
+        if dry_run:
+            return {"node": self.node_name, "dry_run": True, "would_evict": [p for p, _ in self._drain_candidates()]}
+        if not self._acquire_lease():
+            raise TargetError("another node is being retired (retirement lease held); will retry", transient=True)
+        try:
+            slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in reason)[:63].strip("-_.") or "retired"
+            self.cordon_and_mark(slug, reason)
+            evicted = self.drain()
+            return {"node": self.node_name, "evicted": evicted}
+        finally:
+            self._release_lease()
+
+    def cordon_and_mark(self, slug: str, reason: str) -> None:
+        path = f"/api/v1/nodes/{quote(self.node_name)}"
+        node = self._req("GET", path)
+        taints = [t for t in (node.get("spec") or {}).get("taints") or [] if t.get("key") != TAINT_KEY]
+        taints.append({"key": TAINT_KEY, "value": slug, "effect": "NoSchedule"})
+        patch = {"metadata": {"labels": {RETIRED_LABEL: "true"},
+                              "annotations": {"driftd.io/retired-reason": reason[:1000],
+                                              "driftd.io/retired-at": _now_rfc3339()},
+                              "resourceVersion": node["metadata"]["resourceVersion"]},
+                 "spec": {"unschedulable": True, "taints": taints}}
+        self._req("PATCH", path, body=patch, content_type="application/merge-patch+json")
+
+    def _drain_candidates(self, *, terminating: bool = False) -> list[tuple[str, dict[str, Any]]]:
+        """Pods `kubectl drain --ignore-daemonsets` would evict: not DaemonSet-owned, not mirror pods."""
+        path, query = self._pods_path()
+        out = []
+        for pod in self._req("GET", path, query=query).get("items") or []:
+            meta = pod.get("metadata") or {}
+            if is_mirror(pod) or (meta.get("deletionTimestamp") and not terminating):
+                continue
+            if any(r.get("kind") == "DaemonSet" and r.get("controller") for r in meta.get("ownerReferences") or []):
+                continue
+            if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            out.append((f"{meta.get('namespace')}/{meta.get('name')}", pod))
+        return out
+
+    def drain(self) -> list[str]:
+        """Evict every drainable pod honouring PDBs, then wait until they are gone."""
+        deadline = time.monotonic() + self.drain_timeout
+        pending = dict(self._drain_candidates())
+        evicted: list[str] = []
+        uids: dict[str, str] = {}
+        while pending:
+            for ref, pod in list(pending.items()):
+                meta = pod["metadata"]
+                try:
+                    self.snapshots.put(json.dumps(pod, sort_keys=True).encode())
+                    self.evict(meta["namespace"], meta["name"], uid=meta.get("uid"))
+                    evicted.append(ref)
+                    uids[ref] = meta.get("uid", "")
+                    del pending[ref]
+                except ResourceGoneError:
+                    del pending[ref]
+                except TargetError as e:
+                    if not e.transient:
+                        raise
+                    self.log.warning(Event.REMEDIATION_FAILED, target=self.name, key=f"pod:{ref}",
+                                     action="evict", error=str(e))
+            if pending:
+                if time.monotonic() > deadline:
+                    raise TargetError(f"drain timed out; still blocked: {', '.join(sorted(pending))}", transient=True)
+                self.sleep(self.eviction_retry_seconds)
+        while time.monotonic() < deadline:
+            left = {ref for ref, pod in self._drain_candidates(terminating=True)
+                    if ref in uids and (pod.get("metadata") or {}).get("uid") == uids[ref]}
+            if not left:
+                return sorted(evicted)
+            self.sleep(min(2.0, self.eviction_retry_seconds))
+        raise TargetError("drain timed out waiting for evicted pods to terminate", transient=True)
+
+    def _lease_path(self) -> str:
+        return f"/apis/coordination.k8s.io/v1/namespaces/{quote(self.namespace)}/leases/{quote(self.lease_name)}"
+
+    def _acquire_lease(self) -> bool:
+        now = _now_rfc3339(micro=True)
+        spec = {"holderIdentity": self.node_name, "leaseDurationSeconds": self.lease_duration_seconds,
+                "acquireTime": now, "renewTime": now}
+        try:
+            lease = self._req("GET", self._lease_path())
+        except KubeError as e:
+            if e.status != 404:
+                raise
+            try:
+                self._req("POST", f"/apis/coordination.k8s.io/v1/namespaces/{quote(self.namespace)}/leases",
+                          body={"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                "metadata": {"name": self.lease_name, "namespace": self.namespace}, "spec": spec})
+                return True
+            except KubeError as e2:
+                if e2.status == 409:
+                    return False
+                raise
+        held = lease.get("spec") or {}
+        holder = held.get("holderIdentity")
+        if holder and holder != self.node_name and not _expired(held):
+            return False
+        lease["spec"] = spec
+        try:
+            self._req("PUT", self._lease_path(), body=lease)
+        except KubeError as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
+
+    def _release_lease(self) -> None:
+        try:
+            lease = self._req("GET", self._lease_path())
+            if (lease.get("spec") or {}).get("holderIdentity") == self.node_name:
+                lease["spec"]["holderIdentity"] = None
+                self._req("PUT", self._lease_path(), body=lease)
+        except TargetError as e:
+            self.log.warning(Event.OBSERVE_FAILED, target=self.name, error=f"lease not released: {e}")
+
+
+def _expired(spec: Mapping[str, Any]) -> bool:
+    renew = spec.get("renewTime") or spec.get("acquireTime")
+    if not renew:
+        return True
+    try:
+        t = datetime.strptime(renew.replace("Z", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z")
+    except ValueError:
+        return True
+    return (datetime.now(UTC) - t).total_seconds() > float(spec.get("leaseDurationSeconds") or 0)
