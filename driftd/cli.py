@@ -58,6 +58,27 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, met
             file_snapshot_max_bytes=d.file_snapshot_max_bytes,
             skip_kubelet_containers=d.skip_kubelet_containers,
         )
+    node_name = settings.resolved_node_name()
+    if settings.kubernetes.enabled:
+        from driftd.targets.kubernetes import KubernetesTarget  # the kubernetes client only when enabled
+
+        k = settings.kubernetes
+        targets["kubernetes"] = KubernetesTarget(
+            snapshots,
+            node_name=node_name,
+            namespace=k.namespace,
+            kubeconfig=k.kubeconfig,
+            report_max_results=k.report_max_results,
+            drain_timeout=k.drain_timeout_seconds,
+            eviction_retry_seconds=k.eviction_retry_seconds,
+            events=k.events,
+            policy_report=k.policy_report,
+        )
+    retirer = None
+    if settings.retire_hook and "kubernetes" not in targets:
+        from driftd.targets.hook import HookRetirer
+
+        retirer = HookRetirer(settings.retire_hook, node_name)
     metrics: Any
     if metrics_enabled:
         from driftd.observability.metrics import Metrics
@@ -67,7 +88,7 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, met
         from driftd.observability.nullmetrics import NullMetrics
 
         metrics = NullMetrics()
-    node = NodeInfo(name=settings.resolved_node_name(), labels=dict(settings.node_labels))
+    node = NodeInfo(name=node_name, labels=dict(settings.node_labels))
     engine = Engine(
         targets=targets,
         state=state,
@@ -76,6 +97,7 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, met
         dry_run=settings.dry_run,
         escalate_after=settings.retry.escalate_after,
         clock=clock,
+        retirer=retirer,
     )
     if metrics_enabled:
         from driftd.observability.metrics import StateCollector
@@ -103,6 +125,10 @@ def _settings(args: argparse.Namespace) -> Any:
         "http": {"address": getattr(args, "listen", None)},
         "log": {"format": getattr(args, "log_format", None), "level": getattr(args, "log_level", None)},
         "docker": {"enabled": True if getattr(args, "docker", False) else None, "url": getattr(args, "docker_url", None)},
+        "kubernetes": {
+            "enabled": True if getattr(args, "kubernetes", False) else None,
+            "kubeconfig": getattr(args, "kubeconfig", None),
+        },
     }
     for section, values in nested.items():
         given = {k: v for k, v in values.items() if v is not None}
@@ -313,6 +339,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", help="HTTP address host:port (default 127.0.0.1:9808)")
     run.add_argument("--interval", type=float, help="seconds between full scans (default 300)")
     run.add_argument("--docker", action="store_true", help="enable the Docker target")
+    run.add_argument("--kubernetes", action="store_true", help="enable the Kubernetes target (pods on this node)")
+    run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account)")
     run.add_argument("--docker-url", help="Docker Engine endpoint (default unix:///var/run/docker.sock)")
     run.add_argument("--log-format", choices=["auto", "json", "console"])
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

@@ -67,6 +67,17 @@ class DockerSettings(_Section):
     skip_kubelet_containers: bool = Field(True, description="Leave containers managed by the kubelet to the Kubernetes target.")
 
 
+class KubernetesSettings(_Section):
+    enabled: bool = Field(False, description="Enable the Kubernetes target (imports the kubernetes client).")
+    kubeconfig: str | None = Field(None, description="Kubeconfig file; unset = the pod's service account (in-cluster).")
+    namespace: str = Field("driftd", description="driftd's own namespace: its PolicyReports and the retirement Lease live here.")
+    report_max_results: int = Field(200, ge=1, description="Results kept in the node's PolicyReport (failures first).")
+    drain_timeout_seconds: float = Field(300.0, gt=0, description="How long a node drain may take before it is reported failed.")
+    eviction_retry_seconds: float = Field(5.0, gt=0, description="Pause between eviction rounds while PDBs refuse.")
+    events: bool = Field(True, description="Record Kubernetes Events on pods and the node.")
+    policy_report: bool = Field(True, description="Maintain one PolicyReport (wgpolicyk8s.io/v1alpha2) per node.")
+
+
 class Settings(BaseSettings):
     """Root of every driftd setting."""
 
@@ -91,6 +102,10 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     docker: DockerSettings = Field(default_factory=DockerSettings)
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    retire_hook: list[str] | None = Field(
+        None, description="On a plain server: command run to retire this machine (argv list); gets DRIFTD_NODE and DRIFTD_REASON."
+    )
 
     @classmethod
     def settings_customise_sources(

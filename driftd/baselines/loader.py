@@ -265,6 +265,8 @@ def _claims(doc: _Doc) -> Iterator[tuple[str, tuple[str | int, ...], object]]:
         yield f"path {f.path}", ("spec", "files", i, "path"), ("file", f)
     for i, d in enumerate(spec.directories):
         yield f"path {d.path}", ("spec", "directories", i, "path"), ("directory", d)
+    if spec.kernel is not None:
+        yield "kernel rule", ("spec", "kernel"), ("kernel", spec.kernel.model_dump())
     for i, s in enumerate(spec.sysctls):
         yield f"sysctl {s.key}", ("spec", "sysctls", i, "key"), ("sysctl", s)
 

@@ -63,7 +63,8 @@ def _make(
         expected=expected,
         sensitive=sensitive,
         content=content,
-        payload={},  # given, not defaulted: model_construct's default_factory path costs an inspect.signature per call
+        # given, not defaulted: model_construct's default_factory path costs an inspect.signature per call
+        payload={"retire_on_failure": True} if b.spec.retire_on_failure else {},
     )
 
 
@@ -80,6 +81,7 @@ def compile_host(
     dirs: list[DesiredResource] = []
     files: list[DesiredResource] = []
     sysctls: list[DesiredResource] = []
+    kernels: list[DesiredResource] = []
     labels = dict(node_labels)
     for b in baselines:
         if not isinstance(b, HostBaseline):
@@ -106,7 +108,17 @@ def compile_host(
             files.append(
                 make(file_key(f.path), "file", f.path, expected, frozenset({"content"}) if f.sensitive else frozenset(), content)
             )
+        if b.spec.kernel is not None:
+            kernels.append(
+                make(
+                    "host:kernel:release",
+                    "kernel",
+                    "kernel release",
+                    {"release": {"$version_at_least": b.spec.kernel.minimum_release}},
+                )
+            )
+            kernels[-1].payload["action"] = b.spec.kernel.action
         for s in b.spec.sysctls:
             sysctls.append(make(sysctl_key(s.key), "sysctl", s.key, {"value": s.value}))
     dirs.sort(key=lambda r: r.address.count("/"))
-    return dirs + files + sysctls
+    return dirs + files + sysctls + kernels

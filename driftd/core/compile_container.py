@@ -61,10 +61,17 @@ def runtime_expected(rt: RuntimePolicy) -> dict[str, Any]:
     """Expected observed fields for the runtime rules that are set."""
     exp: dict[str, Any] = {}
     simple = {
-        "user": rt.user, "nonRoot": rt.non_root, "privileged": rt.privileged, "capAdd": rt.cap_add,
-        "readOnlyRootFilesystem": rt.read_only_root_filesystem, "noNewPrivileges": rt.no_new_privileges,
-        "seccompProfile": rt.seccomp_profile, "apparmorProfile": rt.apparmor_profile, "pidMode": rt.pid_mode,
-        "ipcMode": rt.ipc_mode, "networkMode": rt.network_mode,
+        "user": rt.user,
+        "nonRoot": rt.non_root,
+        "privileged": rt.privileged,
+        "capAdd": rt.cap_add,
+        "readOnlyRootFilesystem": rt.read_only_root_filesystem,
+        "noNewPrivileges": rt.no_new_privileges,
+        "seccompProfile": rt.seccomp_profile,
+        "apparmorProfile": rt.apparmor_profile,
+        "pidMode": rt.pid_mode,
+        "ipcMode": rt.ipc_mode,
+        "networkMode": rt.network_mode,
     }
     exp.update({k: v for k, v in simple.items() if v is not None})
     if rt.cap_drop is not None:
@@ -77,8 +84,10 @@ def runtime_expected(rt: RuntimePolicy) -> dict[str, Any]:
         exp["forbiddenEnv"] = {"$none_of": sorted(rt.forbidden_env)}
     if rt.ports is not None:
         exp["ports"] = sorted(
-            ({"containerPort": p.container_port, "protocol": p.protocol, "hostIP": p.host_ip, "hostPort": p.host_port}
-             for p in rt.ports),
+            (
+                {"containerPort": p.container_port, "protocol": p.protocol, "hostIP": p.host_ip, "hostPort": p.host_port}
+                for p in rt.ports
+            ),
             key=lambda p: (p["containerPort"], p["protocol"], p["hostIP"], p["hostPort"]),
         )
     if rt.resources is not None:
@@ -93,8 +102,7 @@ def runtime_expected(rt: RuntimePolicy) -> dict[str, Any]:
 
 
 # observed field -> the runtime rule (YAML spelling) whose action applies to it
-_RULE_OF = {"forbiddenHostMounts": "forbiddenHostMounts", "memory": "resources", "cpus": "resources",
-            "pidsLimit": "resources"}
+_RULE_OF = {"forbiddenHostMounts": "forbiddenHostMounts", "memory": "resources", "cpus": "resources", "pidsLimit": "resources"}
 
 
 def compile_container(b: ContainerBaseline, c: ContainerSummary, approved_ids: list[str]) -> DesiredResource:
@@ -111,20 +119,38 @@ def compile_container(b: ContainerBaseline, c: ContainerSummary, approved_ids: l
         rule = _RULE_OF.get(f, f)
         actions[f] = spec.action_overrides.get(rule, spec.runtime_action).value
     return DesiredResource.model_construct(
-        key=container_key(c.name), target="docker", kind="container", address=c.name,
-        baseline=b.metadata.name, enforcement=spec.enforcement, window=spec.window,
-        expected=expected, sensitive=frozenset({"env"}), content=None,
-        payload={"actions": actions, "approved": sorted(set(approved_ids)),
-                 "runtime": spec.runtime.model_dump(by_alias=True, mode="json"), "id": c.id},
+        key=container_key(c.name),
+        target="docker",
+        kind="container",
+        address=c.name,
+        baseline=b.metadata.name,
+        enforcement=spec.enforcement,
+        window=spec.window,
+        expected=expected,
+        sensitive=frozenset({"env"}),
+        content=None,
+        payload={
+            "actions": actions,
+            "approved": sorted(set(approved_ids)),
+            "runtime": spec.runtime.model_dump(by_alias=True, mode="json"),
+            "id": c.id,
+        },
     )
 
 
 def compile_ungoverned(c: ContainerSummary, policy: Ungoverned) -> DesiredResource:
     """A container no baseline governs: drift by definition, handled by the ``ungoverned`` policy."""
     return DesiredResource.model_construct(
-        key=container_key(c.name), target="docker", kind="ungoverned", address=c.name,
-        baseline="(ungoverned)", enforcement=Enforcement.ENFORCE, window=timedelta(minutes=30),
-        expected={"governed": True}, sensitive=frozenset(), content=None,
+        key=container_key(c.name),
+        target="docker",
+        kind="ungoverned",
+        address=c.name,
+        baseline="(ungoverned)",
+        enforcement=Enforcement.ENFORCE,
+        window=timedelta(minutes=30),
+        expected={"governed": True},
+        sensitive=frozenset(),
+        content=None,
         payload={"policy": policy.value, "id": c.id},
     )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Any
 
-OPERATORS = ("$in", "$superset", "$none_of", "$contains", "$all_match")
+OPERATORS = ("$in", "$superset", "$none_of", "$contains", "$all_match", "$version_at_least")
 
 
 def is_matcher(value: Any) -> bool:
@@ -21,6 +21,10 @@ def is_matcher(value: Any) -> bool:
 def check(expected: dict[str, Any], actual: Any) -> tuple[bool, tuple[str, ...]]:
     """(ok, changes) for a matcher; ``changes`` name what violates it."""
     op, arg = next(iter(expected.items()))
+    if op == "$version_at_least":
+        running = version_tuple(str(actual or ""))
+        ok = bool(running) and running >= version_tuple(str(arg))
+        return ok, () if ok else (f"below:{arg}",)
     if op == "$in":
         return actual in arg, () if actual in arg else (f"not_in:{actual}",)
     items = actual if isinstance(actual, list | tuple | set | frozenset) else ([] if actual is None else [actual])
@@ -38,3 +42,14 @@ def check(expected: dict[str, Any], actual: Any) -> tuple[bool, tuple[str, ...]]
         diffs = sorted(k for k, v in arg.items() if have.get(k) != v)
         return not diffs, tuple(f"differs:{k}" for k in diffs)
     raise ValueError(f"unknown matcher {op}")  # pragma: no cover - guarded by is_matcher
+
+
+def version_tuple(release: str) -> tuple[int, ...]:
+    """Leading numeric components: '6.1.0-13-amd64' -> (6, 1, 0)."""
+    out: list[int] = []
+    for part in release.split("-", 1)[0].split("."):
+        digits = "".join(ch for ch in part if ch.isdigit()) if part[:1].isdigit() else ""
+        if not digits:
+            break
+        out.append(int(digits))
+    return tuple(out)

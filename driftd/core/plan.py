@@ -146,12 +146,25 @@ def _plan_pod(
     if chosen is RuleAction.REVERT:
         if not controller:
             return [], "bare pod with no controller: eviction would not bring it back (set action retire to remove it)"
-        return [PlannedAction(action=Action.EVICT, reason=f"{broken}; {controller['kind']} {controller['name']} "
-                              "recreates it from its template")], None
+        return [
+            PlannedAction(
+                action=Action.EVICT, reason=f"{broken}; {controller['kind']} {controller['name']} recreates it from its template"
+            )
+        ], None
+    return [], None
+
+
+def _plan_kernel(
+    desired: DesiredResource, observed: ObservedResource, drift: dict[str, FieldDrift]
+) -> tuple[list[PlannedAction], str | None]:
+    if desired.payload.get("action") == "retire":
+        release = observed.actual.get("release")
+        return [PlannedAction(action=Action.RETIRE_NODE, reason=f"kernel {release} is out of patch")], None
     return [], None
 
 
 PLANNERS: dict[tuple[str, str], Planner] = {
+    ("host", "kernel"): _plan_kernel,
     ("kubernetes", "pod"): _plan_pod,
     ("docker", "container"): _plan_container,
     ("docker", "ungoverned"): _plan_ungoverned,

@@ -97,10 +97,19 @@ def evaluate(b: PodBaseline, pod: Mapping[str, Any]) -> dict[str, list[str]]:
 
     if b.spec.images is not None:
         approved = {_digest(r) for r in b.spec.images.approved}
-        statuses = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or []),
-                    *(status.get("ephemeralContainerStatuses") or [])]
-        each("unapprovedImages", (f"{s.get('name')}={s.get('imageID')}" for s in statuses
-                                  if s.get("imageID") and _digest(s["imageID"]) not in approved))
+        statuses = [
+            *(status.get("initContainerStatuses") or []),
+            *(status.get("containerStatuses") or []),
+            *(status.get("ephemeralContainerStatuses") or []),
+        ]
+        each(
+            "unapprovedImages",
+            (
+                f"{s.get('name')}={s.get('imageID')}"
+                for s in statuses
+                if s.get("imageID") and _digest(s["imageID"]) not in approved
+            ),
+        )
 
     def csc(c: Mapping[str, Any]) -> Mapping[str, Any]:
         return c.get("securityContext") or {}
@@ -110,25 +119,40 @@ def evaluate(b: PodBaseline, pod: Mapping[str, Any]) -> dict[str, list[str]]:
     if rules.allow_privilege_escalation is False:
         each("allowPrivilegeEscalation", (c["name"] for c in containers if csc(c).get("allowPrivilegeEscalation") is not False))
     if rules.run_as_non_root:
+
         def root(c: Mapping[str, Any]) -> bool:
             non_root = csc(c).get("runAsNonRoot", psc.get("runAsNonRoot"))
             user = csc(c).get("runAsUser", psc.get("runAsUser"))
             return non_root is not True or user == 0
+
         each("runAsNonRoot", (c["name"] for c in containers if root(c)))
     if rules.required_drop_capabilities is not None:
         need = {x.upper() for x in rules.required_drop_capabilities}
-        each("capabilitiesNotDropped", (
-            c["name"] for c in containers
-            if not need <= {x.upper() for x in (csc(c).get("capabilities") or {}).get("drop") or []}))
+        each(
+            "capabilitiesNotDropped",
+            (
+                c["name"]
+                for c in containers
+                if not need <= {x.upper() for x in (csc(c).get("capabilities") or {}).get("drop") or []}
+            ),
+        )
     if rules.allowed_capabilities is not None:
         allowed = {x.upper() for x in rules.allowed_capabilities}
-        each("capabilitiesAdded", (
-            f"{c['name']}={x}" for c in containers
-            for x in (csc(c).get("capabilities") or {}).get("add") or [] if x.upper() not in allowed))
+        each(
+            "capabilitiesAdded",
+            (
+                f"{c['name']}={x}"
+                for c in containers
+                for x in (csc(c).get("capabilities") or {}).get("add") or []
+                if x.upper() not in allowed
+            ),
+        )
     if rules.seccomp_profiles is not None:
+
         def seccomp(c: Mapping[str, Any]) -> str | None:
             prof = csc(c).get("seccompProfile") or psc.get("seccompProfile") or {}
             return prof.get("type")
+
         each("seccompProfile", (c["name"] for c in containers if seccomp(c) not in rules.seccomp_profiles))
     if rules.read_only_root_filesystem:
         each("readOnlyRootFilesystem", (c["name"] for c in containers if csc(c).get("readOnlyRootFilesystem") is not True))
@@ -136,18 +160,37 @@ def evaluate(b: PodBaseline, pod: Mapping[str, Any]) -> dict[str, list[str]]:
         each("hostNamespaces", (k for k in ("hostNetwork", "hostPID", "hostIPC") if spec.get(k)))
     if b.spec.allowed_host_paths is not None:
         allowed_paths = b.spec.allowed_host_paths
-        each("hostPathVolumes", (
-            f"{v.get('name')}={v['hostPath'].get('path')}" for v in spec.get("volumes") or [] if v.get("hostPath")
-            and not any((v["hostPath"].get("path") or "").startswith(p) for p in allowed_paths)))
+        each(
+            "hostPathVolumes",
+            (
+                f"{v.get('name')}={v['hostPath'].get('path')}"
+                for v in spec.get("volumes") or []
+                if v.get("hostPath") and not any((v["hostPath"].get("path") or "").startswith(p) for p in allowed_paths)
+            ),
+        )
     if b.spec.forbid_ephemeral_containers:
         each("ephemeralContainers", (c["name"] for c in spec.get("ephemeralContainers") or []))
     regular = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
     if b.spec.resources.require_limits:
-        each("missingLimits", (f"{c['name']}={k}" for c in regular for k in b.spec.resources.require_limits
-                               if k not in ((c.get("resources") or {}).get("limits") or {})))
+        each(
+            "missingLimits",
+            (
+                f"{c['name']}={k}"
+                for c in regular
+                for k in b.spec.resources.require_limits
+                if k not in ((c.get("resources") or {}).get("limits") or {})
+            ),
+        )
     if b.spec.resources.require_requests:
-        each("missingRequests", (f"{c['name']}={k}" for c in regular for k in b.spec.resources.require_requests
-                                 if k not in ((c.get("resources") or {}).get("requests") or {})))
+        each(
+            "missingRequests",
+            (
+                f"{c['name']}={k}"
+                for c in regular
+                for k in b.spec.resources.require_requests
+                if k not in ((c.get("resources") or {}).get("requests") or {})
+            ),
+        )
     return out
 
 
@@ -162,10 +205,21 @@ def compile_pod(b: PodBaseline, pod: Mapping[str, Any]) -> DesiredResource:
     actions = b.spec.actions.model_dump()
     fields = governed_fields(b)
     return DesiredResource.model_construct(
-        key=pod_key(ns, name), target="kubernetes", kind="pod", address=f"{ns}/{name}",
-        baseline=b.metadata.name, enforcement=b.spec.enforcement, window=b.spec.window,
-        expected={f: [] for f in fields}, sensitive=frozenset(), content=None,
-        payload={"actions": {f: actions[RULE_GROUP[f]] for f in fields}, "controller": controller_of(pod),
-                 "uid": meta.get("uid"), "namespace": ns, "name": name},
+        key=pod_key(ns, name),
+        target="kubernetes",
+        kind="pod",
+        address=f"{ns}/{name}",
+        baseline=b.metadata.name,
+        enforcement=b.spec.enforcement,
+        window=b.spec.window,
+        expected={f: [] for f in fields},
+        sensitive=frozenset(),
+        content=None,
+        payload={
+            "actions": {f: actions[RULE_GROUP[f]] for f in fields},
+            "controller": controller_of(pod),
+            "uid": meta.get("uid"),
+            "namespace": ns,
+            "name": name,
+        },
     )
-

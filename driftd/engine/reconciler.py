@@ -345,8 +345,9 @@ class Engine:
             out.status, out.error, out.retry = "failed", str(e), e.transient
             return out
 
-        # a content hash of a secret is itself a secret: sensitive resources show no snapshot ids
-        shown = [REDACTED] * len(result.snapshots) if d.sensitive else list(result.snapshots)
+        # a content hash of a secret is itself a secret: sensitive content shows no snapshot ids
+        # (a container's sensitive env is no reason to hide the ids of its snapshot)
+        shown = [REDACTED] * len(result.snapshots) if "content" in d.sensitive else list(result.snapshots)
         for sid in shown:
             self.metrics.snapshots.labels(d.target).inc()
             log.info(Event.SNAPSHOT_SAVED, snapshot=sid, address=d.address)
@@ -457,7 +458,7 @@ class Engine:
             resolution=resolution,
             first_seen=rec.first_seen,
             seconds_open=round(now - rec.first_seen, 3),
-            snapshots=[REDACTED] * len(rec.snapshots) if d.sensitive else rec.snapshots,
+            snapshots=[REDACTED] * len(rec.snapshots) if "content" in d.sensitive else rec.snapshots,
         )
 
     def _unmanaged(self, key: str, why: str = "no longer governed") -> Outcome:

@@ -206,6 +206,22 @@ class HostSelector(Strict):
     )
 
 
+class KernelRule(Strict):
+    """The running kernel must be at least this release (read from <host-root>/proc/sys/kernel/osrelease)."""
+
+    minimum_release: str = Field(alias="minimumRelease", description="e.g. '6.1.0'; compared numerically.")
+    action: Literal["retire", "report"] = Field(
+        "retire", description="An out-of-patch kernel cannot be reverted: retire the node, or only report."
+    )
+
+    @field_validator("minimum_release")
+    @classmethod
+    def _v_release(cls, v: str) -> str:
+        if not re.match(r"^\d+(\.\d+){0,3}$", v):
+            raise ValueError("minimumRelease must look like '6.1' or '6.1.0'")
+        return v
+
+
 class HostSpec(Strict):
     enforcement: Enforcement = Enforcement.ENFORCE
     window: timedelta = Field(
@@ -215,6 +231,12 @@ class HostSpec(Strict):
     files: list[ManagedFile] = Field(default_factory=list)
     directories: list[ManagedDirectory] = Field(default_factory=list)
     sysctls: list[Sysctl] = Field(default_factory=list)
+    kernel: KernelRule | None = None
+    retire_on_failure: bool = Field(
+        False,
+        alias="retireOnFailure",
+        description="Retire the node when a remediation of this baseline keeps failing (a file that cannot be restored).",
+    )
 
     @field_validator("window", mode="before")
     @classmethod

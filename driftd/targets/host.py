@@ -98,6 +98,10 @@ class HostTarget:
         try:
             if desired.kind == "sysctl":
                 return self._observe_sysctl(desired)
+            if desired.kind == "kernel":
+                raw = self.fs.read("/proc/sys/kernel/osrelease", 4096)
+                return ObservedResource.model_construct(
+                    key=desired.key, actual={"release": raw.decode("utf-8", "replace").strip()}, note=None)
             return self._observe_path(desired)
         except UnsafePathError as e:
             raise TargetError(str(e), transient=False) from None

@@ -1,0 +1,172 @@
+"""The fast paths behind the benchmark (bench/bench_host.py) keep behaviour identical.
+
+* the daemon's pass does not re-hash a file whose size, mtime, ctime and inode are
+  unchanged, and still re-hashes everything at the configured full-rehash cadence;
+* the one-walk YAML constructor of the loader gives exactly what PyYAML's constructor
+  plus the duplicate-key walk give, and hands everything unusual to PyYAML;
+* the metrics stand-in of ``run --once`` accepts every call the real metrics take.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import host_baseline
+
+from driftd.baselines.loader import _Loader, _dup_keys, _fast_construct, _SlowPath
+from driftd.engine.clock import FakeClock
+from driftd.observability.metrics import Metrics
+from driftd.observability.nullmetrics import NullMetrics
+
+# --------------------------------------------------------------------------- hash cache
+
+
+def _counting(rt: Any) -> list[str]:
+    """Record every path the host target hashes."""
+    fs = rt.engine.targets["host"].fs
+    hashed: list[str] = []
+    real = fs.sha256
+
+    def sha256(path: str) -> str:
+        hashed.append(path)
+        return real(path)
+
+    fs.sha256 = sha256
+    return hashed
+
+
+def test_unchanged_files_are_not_rehashed_until_the_full_rehash_is_due(host_root: Path, baselines_dir, make_runtime) -> None:
+    files = [f"/etc/f{i}.conf" for i in range(5)]
+    for p in files:
+        (host_root / p.lstrip("/")).write_text("v\n")
+    spec = "files:\n" + "".join(f'  - {{path: {p}, content: "v\\n", mode: "0644"}}\n' for p in files)
+    clock = FakeClock()
+    rt = make_runtime(baselines_dir({"b.yaml": host_baseline(spec=spec)}), clock=clock)
+    hashed = _counting(rt)
+
+    rt.engine.scan(rt.queue, full_rehash_interval=3600)
+    assert sorted(hashed) == files  # first pass: everything
+    hashed.clear()
+    clock.advance(60)
+    report = rt.engine.scan(rt.queue, full_rehash_interval=3600)
+    assert (hashed, report.drifted) == ([], 0)  # warm pass: nothing re-hashed
+
+    changed = host_root / "etc/f3.conf"
+    changed.write_text("w\n")  # same size, new mtime/ctime
+    clock.advance(60)
+    report = rt.engine.scan(rt.queue, full_rehash_interval=3600)
+    assert (hashed, report.drifted) == (["/etc/f3.conf"], 1)  # only the changed file
+
+    changed.write_text("v\n")
+    hashed.clear()
+    clock.advance(3600)
+    report = rt.engine.scan(rt.queue, full_rehash_interval=3600)
+    assert (sorted(hashed), report.drifted) == (files, 0)  # the full re-hash came due: everything again
+    rt.state.close()
+
+
+def test_a_zero_interval_rehashes_every_pass(host_root: Path, baselines_dir, make_runtime) -> None:
+    (host_root / "etc/motd").write_text("v\n")
+    rt = make_runtime(baselines_dir({"b.yaml": host_baseline(spec='files:\n  - {path: /etc/motd, content: "v\\n"}\n')}))
+    hashed = _counting(rt)
+    for _ in range(3):
+        rt.engine.scan(rt.queue, full_rehash_interval=0)
+    assert hashed == ["/etc/motd"] * 3
+    rt.state.close()
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+def _slow(text: str) -> list[tuple[Any, list[tuple[int, str, str]]]]:
+    out = []
+    for root in yaml.compose_all(text, Loader=_Loader):
+        if root is not None:
+            out.append((yaml.SafeLoader("").construct_document(root), list(_dup_keys(root))))
+    return out
+
+
+def _fast(text: str) -> list[tuple[Any, list[tuple[int, str, str]]]]:
+    return [_fast_construct(root) for root in yaml.compose_all(text, Loader=_Loader) if root is not None]
+
+
+PLAIN = [
+    Path(__file__).resolve().parent.parent.joinpath("baselines", name).read_text()
+    for name in sorted(os.listdir(Path(__file__).resolve().parent.parent / "baselines"))
+    if name.endswith(".yaml")
+] + [
+    "a: 1\nb: 1.5\nc: true\nd: null\ne: ~\nf: 2001-12-14\ng: 2001-12-14t21:59:43.10-05:00\nh: !!binary aGVsbG8=\n",
+    "a: '0644'\nb: 0644\nc: 0o17\nd: 0x1F\ne: .inf\nf: -.nan\ng: yes\nh: 'yes'\n1: int key\n'1': str key\n",
+    "spec:\n  files:\n    - path: /a\n      mode: '0600'\n      mode: '0644'\n    - {path: /b, path: /c}\n",
+    "a: 1\na: 2\nb: {c: 1, c: 2, d: [ {e: 1, e: 1} ]}\n",
+    "top: [1, [2, [3, {k: v}]], '', \"\"]\nempty: {}\nnone:\n",
+    "---\na: 1\n---\n- 1\n- 2\n---\nplain scalar\n",
+    "multi: |\n  line 1\n  line 2\nfolded: >\n  a\n  b\n",
+]
+
+
+@pytest.mark.parametrize("text", PLAIN, ids=range(len(PLAIN)))
+def test_fast_construct_equals_pyyaml(text: str) -> None:
+    fast, slow = _fast(text), _slow(text)
+    assert fast == slow
+    assert [type(d) for d, _ in fast] == [type(d) for d, _ in slow]
+
+
+UNUSUAL = [
+    "base: &b {x: 1}\nuse: *b\n",  # alias
+    "base: &b {x: 1}\nuse:\n  <<: *b\n  y: 2\n",  # merge key
+    "s: !!set {a, b}\n",  # explicit collection tag
+    "o: !!omap [a: 1, b: 2]\n",
+    "? [a, b]\n: complex key\n",
+    "x: !custom 1\n",  # unknown tag: PyYAML raises
+    "= : value key\n",
+]
+
+
+@pytest.mark.parametrize("text", UNUSUAL, ids=range(len(UNUSUAL)))
+def test_unusual_documents_go_to_pyyaml(text: str) -> None:
+    roots = [r for r in yaml.compose_all(text, Loader=_Loader) if r is not None]
+    with pytest.raises(_SlowPath):
+        for root in roots:
+            _fast_construct(root)
+
+
+def test_loader_reports_the_same_problems_for_unusual_documents(baselines_dir) -> None:
+    from driftd.baselines.loader import load_set
+
+    bdir = baselines_dir({
+        "a.yaml": "apiVersion: driftd.io/v1alpha1\nkind: HostBaseline\nmetadata: &m {name: a}\nspec:\n  files: []\n"
+                  "  files: []\n",
+        "b.yaml": "x: !custom 1\n",
+    })
+    bset, problems = load_set(bdir)
+    assert bset is None
+    reasons = sorted((Path(p.file).name, p.line, p.field) for p in problems)
+    assert reasons == [("a.yaml", 6, "spec.files"), ("b.yaml", 1, "(yaml)")]
+
+
+# --------------------------------------------------------------------------- metrics stand-in
+
+
+def test_null_metrics_accepts_every_metric_call() -> None:
+    from prometheus_client import CollectorRegistry
+
+    real = Metrics(CollectorRegistry())
+    null: Any = NullMetrics()
+    for name, value in vars(real).items():
+        if name == "registry":
+            continue
+        series = getattr(null, name)
+        for method in ("labels", "inc", "set", "observe", "clear"):
+            if hasattr(value, method):
+                assert callable(getattr(series, method)), (name, method)
+    null.scans.labels("host", "clean").inc()
+    null.scan_duration.labels("host").observe(0.1)
+    null.resources.labels("host").set(3)
+    null.set_baselines("v", [("a", "HostBaseline", "h")], 0.0)
+    with pytest.raises(AttributeError):
+        null.__wrapped__  # noqa: B018  (dunder lookups are not metrics)
