@@ -164,6 +164,13 @@ class Daemon:
             name="full scan",
             next_run_time=datetime.now(UTC),
         )
+        if self.engine.reporters:
+            sched.add_job(
+                lambda: self.engine.publish_report(only_if_changed=True),
+                IntervalTrigger(seconds=30),
+                id="report",
+                name="policy report refresh",
+            )
         sched.add_job(
             self.reload, IntervalTrigger(seconds=self.settings.reload_interval_seconds), id="reload", name="baseline reload"
         )

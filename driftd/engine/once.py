@@ -37,6 +37,7 @@ _PRIORITY = {
     "failed": ExitCode.REMEDIATION_FAILED,
     "blocked": ExitCode.DRIFT_REMAINED,
     "reported": ExitCode.DRIFT_REMAINED,
+    "retired": ExitCode.DRIFT_REMAINED,  # the node was taken out of service; its drift is still there
 }
 _ORDER = [ExitCode.ERROR, ExitCode.REMEDIATION_FAILED, ExitCode.DRIFT_REMAINED]
 
@@ -46,6 +47,8 @@ def run_once(engine: Engine, queue: KeyedQueue, *, attempts: int, full_rehash_in
     engine.outcomes.clear()
     report = engine.scan(queue, full_rehash_interval=full_rehash_interval)
     queue.drain(engine.handle, max_failures=attempts)
+    if engine.reporters:
+        engine.publish_report(only_if_changed=True)  # the report reflects what this pass did
     outcomes = sorted(engine.outcomes.values(), key=lambda o: o.key)
     counts: dict[str, int] = {}
     for o in outcomes:
@@ -67,7 +70,14 @@ def run_once(engine: Engine, queue: KeyedQueue, *, attempts: int, full_rehash_in
     )
 
 
-_SYMBOL = {"remediated": "fixed", "reported": "drift", "blocked": "BLOCKED", "failed": "FAILED", "error": "ERROR"}
+_SYMBOL = {
+    "retired": "RETIRED",
+    "remediated": "fixed",
+    "reported": "drift",
+    "blocked": "BLOCKED",
+    "failed": "FAILED",
+    "error": "ERROR",
+}
 
 
 def render_text(s: PassSummary) -> str:
@@ -92,6 +102,7 @@ def render_text(s: PassSummary) -> str:
         if o.error and o.drift:
             lines.append(f"           {o.error}")
     order = ["clean", "remediated", "reported", "blocked", "failed", "error"]
+    order += [k for k in ("retired", "gone") if s.counts.get(k)]
     lines.append(
         "result: "
         + ", ".join(f"{s.counts.get(k, 0)} {k}" for k in order)
