@@ -216,7 +216,15 @@ def _daemon(rt: Runtime, loaded_from: str | None = None) -> int:
     host, port = settings.http.host_port
 
     def drifts() -> list[dict[str, Any]]:
-        return [r.as_dict() for r in rt.state.active().values()]
+        out = []
+        desired = rt.engine.desired
+        for r in rt.state.active().values():
+            row = r.as_dict()
+            d = desired.get(r.key)
+            if d is not None and d.sensitive:  # a content hash of a secret is itself a secret
+                row["snapshots"] = ["<redacted>"] * len(r.snapshots)
+            out.append(row)
+        return out
 
     daemon: Daemon | None = None
     api = ApiServer(

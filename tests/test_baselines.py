@@ -183,7 +183,6 @@ class TestBadFiles:
 
     def test_permission_denied(self):
         """Permission denied on a baseline file is a clear error (checked as an unprivileged user)."""
-        import os
         import shutil
         import tempfile
 

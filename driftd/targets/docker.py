@@ -48,7 +48,7 @@ from driftd.safety.snapshots import SnapshotError, SnapshotStore
 from driftd.targets.base import NodeInfo, ResourceGoneError, TargetError
 
 # exec_die: an exec's writes are done only when it ends (exec_start comes before them)
-WATCHED_ACTIONS = frozenset({"create", "start", "restart", "update", "exec_create", "exec_start", "rename",
+WATCHED_ACTIONS = frozenset({"create", "start", "restart", "update", "exec_create", "exec_start", "exec_die", "rename",
                              "unpause"})
 KUBELET_LABEL = "io.kubernetes.pod.uid"
 _CONFIG_KEYS = (
@@ -358,7 +358,7 @@ class DockerTarget:
                 return ObservedResource.model_construct(key=desired.key, actual={"governed": False}, note=None)
             fs = None
             if "fsChanges" in desired.expected:
-                fs = leaf_changes(self._call(api.diff, ins["Id"]))
+                fs = leaf_changes(self._call(api.diff, ins["Id"]), _mount_points(ins))
         except docker_errors.NotFound:
             raise ResourceGoneError(f"container {desired.address} no longer exists") from None
         except docker_errors.APIError as e:
@@ -497,7 +497,7 @@ class DockerTarget:
             try:
                 api = self.api()
                 opened = int(time.time())
-                stream = api.events(decode=True, filters={"type": "container"}, since=None)
+                stream = api.events(decode=True, filters={"type": "container"}, since=since)
                 self._stream = stream
                 backoff = 1.0
                 if since is None:
