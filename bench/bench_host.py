@@ -181,9 +181,10 @@ def once_cmd(host: Path, bdir: Path, state: Path) -> list[str]:
 
 
 def bench_once(workdir: Path, host: Path, bdir: Path, n: int, repeat: int) -> dict[str, Any]:
-    env = {**os.environ, "DRIFTD_LOG__FORMAT": "json"}
+    env = dict(os.environ)
     drift_runs, clean_runs = [], []
     expected_drift = 0
+    run_child(once_cmd(host, bdir, workdir / "state-warmup"), env=env)  # warm-up (page cache), not measured
     for k in range(repeat):
         expected_drift = inject_drift(host, n)
         state = workdir / f"state-once-{k}"
@@ -208,7 +209,8 @@ def bench_once(workdir: Path, host: Path, bdir: Path, n: int, repeat: int) -> di
 
 
 DAEMON_SCAN = r"""
-import json, sys, time
+import gc, json, sys, time
+gc.disable()  # as `driftd run` starts up: no full collections over start-up objects
 from driftd.cli import build_runtime
 from driftd.cli import _load_baselines
 from driftd.engine.once import run_once
@@ -234,6 +236,9 @@ first = run_once(rt.engine, rt.queue, attempts=settings.retry.attempts_per_pass,
                  full_rehash_interval=settings.scan.full_rehash_interval_seconds)
 first_cpu = time.process_time() - t0
 first_hashed = hashed[0]
+gc.collect()
+gc.freeze()  # as the daemon does once started
+gc.enable()
 
 warm, warm_hashed, drifted = [], [], []
 for _ in range(repeat):
@@ -285,6 +290,43 @@ def bench_daemon_scan(workdir: Path, host: Path, bdir: Path, repeat: int) -> dic
     }
 
 
+# --------------------------------------------------------------------------- environment
+
+
+def ensure_bytecode() -> str:
+    """Compile driftd's modules to ``__pycache__`` as a pip install does.
+
+    Without it, a shell with PYTHONDONTWRITEBYTECODE=1 (set in some dev containers) makes
+    every run recompile the driftd sources it imports, which is not what an installed
+    driftd does; site-packages are already compiled by pip.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "driftd")], check=True, env=env)
+    return "driftd and site-packages precompiled (as installed by pip)"
+
+
+def fsync_latency_ms(directory: Path, samples: int = 50) -> dict[str, float]:
+    """Latency of write + fsync of a small new file, then of its directory (what one revert costs)."""
+    file_ms, dir_ms = [], []
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(samples):
+            p = directory / f".fsync-probe-{i}"
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.write(fd, b"x" * 100)
+            t = time.perf_counter()
+            os.fsync(fd)
+            file_ms.append((time.perf_counter() - t) * 1000)
+            os.close(fd)
+            t = time.perf_counter()
+            os.fsync(dfd)
+            dir_ms.append((time.perf_counter() - t) * 1000)
+            p.unlink()
+    finally:
+        os.close(dfd)
+    return {"file_median": round(statistics.median(file_ms), 3), "dir_median": round(statistics.median(dir_ms), 3)}
+
+
 # --------------------------------------------------------------------------- imports
 
 MODULES_PROBE = r"""
@@ -311,7 +353,7 @@ def parse_importtime(stderr: str) -> list[tuple[str, int, int, int]]:
 
 def bench_imports(host: Path, bdir: Path, workdir: Path, repeat: int) -> dict[str, Any]:
     args = ["run", "--once", "--host-root", str(host), "--baselines", str(bdir), "--state-dir", str(workdir / "state-imports")]
-    env = {**os.environ, "DRIFTD_LOG__FORMAT": "json"}
+    env = dict(os.environ)
     probe = run_child([sys.executable, "-c", MODULES_PROBE, *args], env=env)
     loaded = json.loads(probe["stdout"].splitlines()[-1])
     best: list[tuple[str, int, int, int]] | None = None
@@ -344,7 +386,12 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
         "# driftd host benchmark",
         "",
         f"{res['meta']['date']} · Python {res['meta']['python']} · {res['meta']['machine']} · "
-        f"{res['meta']['cpus']} CPUs · driftd {res['meta']['git']} · {res['meta']['repeat']} repeats",
+        f"{res['meta']['cpus']} CPUs · driftd {res['meta']['git']} · {res['meta']['repeat']} repeats · "
+        f"load {res['meta']['loadavg_1m_at_start']} at start",
+        "",
+        f"Work dir fsync latency (median): file {res['meta']['fsync_latency_ms']['file_median']} ms, directory "
+        f"{res['meta']['fsync_latency_ms']['dir_median']} ms; each content revert costs 3 fsyncs (snapshot, file, directory). "
+        f"Bytecode: {res['meta']['bytecode']}.",
         "",
         "`driftd run --once` as a subprocess (wall includes interpreter start-up; CPU = user+sys of the child):",
         "",
@@ -406,6 +453,7 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s]
     base = Path(tempfile.mkdtemp(prefix="driftd-bench-", dir=args.workdir))
     try:
+        bytecode = ensure_bytecode()
         git = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True)
         res: dict[str, Any] = {
             "meta": {
@@ -418,6 +466,9 @@ def main() -> int:
                 "workdir": str(base),
                 "content_drift": f"1 in {CONTENT_DRIFT_EVERY}",
                 "mode_drift": f"1 in {MODE_DRIFT_EVERY}",
+                "bytecode": bytecode,
+                "fsync_latency_ms": fsync_latency_ms(base),
+                "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
             },
             "sizes": {},
         }

@@ -24,7 +24,7 @@ from driftd.settings import load_settings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-pytest_plugins = ("docker_support",)
+pytest_plugins = ("docker_support", "k8s_support")
 
 
 def need(condition: bool, reason: str) -> None:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import host_baseline
 
-from driftd.baselines.loader import _Loader, _dup_keys, _fast_construct, _SlowPath
+from driftd.baselines.loader import _dup_keys, _fast_construct, _Loader, _SlowPath
 from driftd.engine.clock import FakeClock
 from driftd.observability.metrics import Metrics
 from driftd.observability.nullmetrics import NullMetrics

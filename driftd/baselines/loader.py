@@ -133,21 +133,28 @@ def _fast_construct(root: yaml.Node) -> tuple[Any, list[tuple[int, str, str]]]:
     of plain mappings, sequences and scalars (what baselines are) at a fraction of the
     cost; aliases, merge keys, explicit collection tags or complex keys raise _SlowPath.
     """
-    ctor = yaml.constructor.SafeConstructor()
-    scalars = ctor.yaml_constructors
-    dups: list[tuple[int, str, str]] = []
-    visited: set[int] = set()
+    builder = _Builder()
+    return builder.build(root, ""), builder.dups
 
-    def build(node: yaml.Node, path: str) -> Any:
-        if id(node) in visited:  # an alias: shared (maybe recursive) objects
+
+class _Builder:
+    """State of one ``_fast_construct`` walk (a class, not a closure: no reference cycle to outlive it)."""
+
+    def __init__(self) -> None:
+        self.ctor = yaml.constructor.SafeConstructor()
+        self.dups: list[tuple[int, str, str]] = []
+        self.visited: set[int] = set()
+
+    def build(self, node: yaml.Node, path: str) -> Any:
+        if id(node) in self.visited:  # an alias: shared (maybe recursive) objects
             raise _SlowPath
-        visited.add(id(node))
+        self.visited.add(id(node))
         tag = node.tag
         if isinstance(node, yaml.ScalarNode):
             if tag == _STR_TAG:
                 return node.value
             if tag in _SCALAR_TAGS:
-                return scalars[tag](ctor, node)
+                return self.ctor.yaml_constructors[tag](self.ctor, node)
             raise _SlowPath
         if isinstance(node, yaml.MappingNode) and tag == _MAP_TAG:
             out: dict[Any, Any] = {}
@@ -158,15 +165,13 @@ def _fast_construct(root: yaml.Node) -> tuple[Any, list[tuple[int, str, str]]]:
                 key = k.value
                 sub = f"{path}.{key}" if path else key
                 if key in seen:
-                    dups.append((k.start_mark.line + 1, sub, _DUP_REASON))
+                    self.dups.append((k.start_mark.line + 1, sub, _DUP_REASON))
                 seen.add(key)
-                out[build(k, "")] = build(v, sub)
+                out[self.build(k, "")] = self.build(v, sub)
             return out
         if isinstance(node, yaml.SequenceNode) and tag == _SEQ_TAG:
-            return [build(v, f"{path}[{i}]") for i, v in enumerate(node.value)]
+            return [self.build(v, f"{path}[{i}]") for i, v in enumerate(node.value)]
         raise _SlowPath
-
-    return build(root, ""), dups
 
 
 def _fmt_loc(loc: tuple[str | int, ...]) -> str:

@@ -164,7 +164,7 @@ class Daemon:
             name="full scan",
             next_run_time=datetime.now(UTC),
         )
-        if self.engine.reporters:
+        if getattr(self.engine, "reporters", ()):
             sched.add_job(
                 lambda: self.engine.publish_report(only_if_changed=True),
                 IntervalTrigger(seconds=30),

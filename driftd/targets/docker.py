@@ -244,6 +244,7 @@ class DockerTarget:
         self._policy = Ungoverned.REPORT
         self._approved_cache: dict[str, list[str]] = {}
         self._stream: Any = None
+        self._in_flight: set[str] = set()
         self.up: bool | None = None
 
     # ------------------------------------------------------------------ connection
@@ -322,16 +323,44 @@ class DockerTarget:
         self._approved_cache.clear()  # tags may point elsewhere now
         rows = self._call(api.containers, all=True)
         out = []
+        names_now = {(row.get("Names") or ["/"])[0].lstrip("/") for row in rows}
         for row in rows:
             names = row.get("Names") or []
             if not names:
                 continue
             c = ContainerSummary(id=row["Id"], name=names[0].lstrip("/"), image_id=row.get("ImageID", ""),
                                  labels=row.get("Labels") or {})
+            if OLD_SUFFIX in c.name:
+                self._recover_parked(api, c, names_now)
+                continue
             d = self._desired_for(c)
             if d is not None:
                 out.append(d)
         return out
+
+    def _recover_parked(self, api: Any, c: ContainerSummary, names_now: set[str]) -> None:
+        """Finish or undo a recreate that was interrupted (driftd or the engine died mid-way).
+
+        If the replacement exists, the recreate got that far: remove the parked original (its
+        snapshot was taken before it was parked).  Otherwise roll back: give the original its
+        name again, so it is governed (and recreated properly) on the next pass.
+        """
+        original = c.name.split(OLD_SUFFIX, 1)[0]
+        with self._lock:
+            if original in self._in_flight:
+                return  # a recreate of ours is running right now
+        try:
+            if original in names_now:
+                self._call(api.remove_container, c.id, v=False, force=True)
+                self.log.warning(Event.REMEDIATION_SUCCEEDED, key=container_key(original),
+                                 action="cleanup", note=f"removed {c.name} left by an interrupted recreate")
+            else:
+                self._call(api.rename, c.id, original)
+                self.log.warning(Event.REMEDIATION_FAILED, key=container_key(original), action="rollback",
+                                 error=f"interrupted recreate rolled back: {c.name} renamed to {original}")
+        except (docker_errors.APIError, TargetError) as e:
+            self.log.warning(Event.REMEDIATION_FAILED, key=container_key(original), action="recover",
+                             error=f"cannot recover {c.name}: {e}")
 
     def resolve(self, key: str) -> DesiredResource | None:
         name = key.removeprefix("docker:")
@@ -449,6 +478,16 @@ class DockerTarget:
         was_running = bool((ins.get("State") or {}).get("Running"))
         body = recreate_config(ins, runtime, image)
         parked = f"{name}{OLD_SUFFIX}{cid[:12]}"
+        with self._lock:
+            self._in_flight.add(name)
+        try:
+            self._recreate_parked(api, cid, name, parked, was_running, body)
+        finally:
+            with self._lock:
+                self._in_flight.discard(name)
+
+    def _recreate_parked(self, api: Any, cid: str, name: str, parked: str, was_running: bool,
+                         body: dict[str, Any]) -> None:
         try:
             self._call(api.rename, cid, parked)
         except docker_errors.NotFound:
