@@ -6,10 +6,12 @@
 #   bash scripts/k8s-testenv.sh start DIR   # prints the path of an admin kubeconfig (DIR/kubeconfig) on stdout
 #   bash scripts/k8s-testenv.sh stop DIR    # stops both processes and removes DIR (KEEP=1 keeps DIR for its logs)
 #   bash scripts/k8s-testenv.sh status DIR  # exit 0 when the API server answers /readyz
+#   bash scripts/k8s-testenv.sh restart-apiserver DIR [DOWN_SECONDS]  # same port, same etcd data
 #
 # Binaries: $ETCD and $KUBE_APISERVER, else ${DRIFTD_BIN_CACHE:-$HOME/.cache/driftd-bin}/env.sh
 # (written by scripts/k8s-bins.sh). DIR also gets: pki/ (ca, apiserver serving cert, admin client cert
-# O=system:masters, sa.key), env (ports, URLs, pids), etcd.log, kube-apiserver.log.
+# O=system:masters, sa.key), env (ports, URLs, pids), etcd.log, kube-apiserver.log, audit.log (every
+# write request at Metadata level, JSON lines).
 # Everything binds to 127.0.0.1 only. RBAC is on; the ServiceAccount admission plugin is off (no
 # controller-manager creates default ServiceAccounts), as in envtest.
 set -euo pipefail
@@ -99,12 +101,12 @@ spawn() {
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 stop_pid() {  # PIDFILE
-  local pidf=$1 pid i
+  local pidf=$1 pid
   [ -f "$pidf" ] || return 0
   pid=$(cat "$pidf")
   if kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && { kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; }
   fi
   rm -f "$pidf"
@@ -119,6 +121,31 @@ wait_http() {  # what URL TIMEOUT_S PIDFILE LOG [curl args...]
     [ "$(date +%s)" -lt "$deadline" ] || { log "$what not ready after ${timeout}s; last lines of $logf:"; tail -n 30 "$logf" >&2; return 1; }
     sleep 0.3
   done
+}
+
+# spawn_apiserver DIR ETCD_PORT API_PORT RUN: start kube-apiserver and wait for /readyz (non-zero if it fails)
+spawn_apiserver() {
+  local dir=$1 ec=$2 ap=$3 run=$4 pki="$1/pki"
+  # audit log of every write (Metadata level): lets tests prove which API calls were made
+  [ -f "$dir/audit-policy.yaml" ] || printf '%s\n' \
+    'apiVersion: audit.k8s.io/v1' 'kind: Policy' 'omitStages: [RequestReceived]' 'rules:' \
+    '- level: None' '  verbs: [get, list, watch]' '- level: Metadata' >"$dir/audit-policy.yaml"
+  # shellcheck disable=SC2086  # extra args are split on purpose
+  spawn "$dir/kube-apiserver.log" "$dir/kube-apiserver.pid" "$KUBE_APISERVER" \
+    --etcd-servers="http://127.0.0.1:$ec" --etcd-prefix="/registry-$run" \
+    --secure-port="$ap" --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --cert-dir="$pki" \
+    --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
+    --client-ca-file="$pki/ca.crt" --authorization-mode=RBAC \
+    --service-account-issuer="https://127.0.0.1:$ap/" \
+    --service-account-key-file="$pki/sa.key" --service-account-signing-key-file="$pki/sa.key" \
+    --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true \
+    --disable-admission-plugins=ServiceAccount --endpoint-reconciler-type=none \
+    --audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/audit.log" \
+    --audit-log-format=json --audit-log-mode=blocking \
+    ${K8S_TESTENV_APISERVER_ARGS:-}
+  wait_http kube-apiserver "https://127.0.0.1:$ap/readyz" "${K8S_TESTENV_TIMEOUT:-90}" \
+    "$dir/kube-apiserver.pid" "$dir/kube-apiserver.log" \
+    --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key"
 }
 
 cmd_start() {
@@ -148,18 +175,7 @@ cmd_start() {
   ok=0
   for attempt in 1 2 3; do
     [ "$attempt" = 1 ] || ap=$(free_port)
-    spawn "$dir/kube-apiserver.log" "$dir/kube-apiserver.pid" "$KUBE_APISERVER" \
-      --etcd-servers="http://127.0.0.1:$ec" --etcd-prefix="/registry-$run" \
-      --secure-port="$ap" --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --cert-dir="$pki" \
-      --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
-      --client-ca-file="$pki/ca.crt" --authorization-mode=RBAC \
-      --service-account-issuer="https://127.0.0.1:$ap/" \
-      --service-account-key-file="$pki/sa.key" --service-account-signing-key-file="$pki/sa.key" \
-      --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true \
-      --disable-admission-plugins=ServiceAccount ${K8S_TESTENV_APISERVER_ARGS:-}
-    if wait_http kube-apiserver "https://127.0.0.1:$ap/readyz" "${K8S_TESTENV_TIMEOUT:-90}" \
-         "$dir/kube-apiserver.pid" "$dir/kube-apiserver.log" \
-         --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key"; then ok=1; break; fi
+    if spawn_apiserver "$dir" "$ec" "$ap" "$run"; then ok=1; break; fi
     stop_pid "$dir/kube-apiserver.pid"
   done
   if [ $ok != 1 ]; then stop_pid "$dir/etcd.pid"; die "kube-apiserver did not become ready"; fi
@@ -167,6 +183,8 @@ cmd_start() {
   write_kubeconfig "$dir/kubeconfig" "$ap" "$pki"
   cat >"$dir/env" <<EOF
 ETCD_URL=http://127.0.0.1:$ec
+ETCD_PORT=$ec
+RUN=$run
 APISERVER_URL=https://127.0.0.1:$ap
 APISERVER_PORT=$ap
 ETCD_PID=$(cat "$dir/etcd.pid")
@@ -185,6 +203,28 @@ cmd_stop() {
   if [ -f "$dir/$MARK" ] && [ "${KEEP:-0}" != 1 ]; then rm -rf "$dir"; fi
 }
 
+# restart-apiserver DIR [DOWN_SECONDS]: stop kube-apiserver, stay down DOWN_SECONDS, start it again on the
+# same port against the same etcd (data kept); updates APISERVER_PID in DIR/env
+cmd_restart_apiserver() {
+  local dir=${1:?usage: restart-apiserver DIR [DOWN_SECONDS]} down=${2:-0}
+  [ -f "$dir/env" ] || die "$dir/env missing: not started"
+  load_bins
+  dir=$(cd "$dir" && pwd)
+  local ec ap run
+  ec=$(sed -n 's/^ETCD_PORT=//p' "$dir/env"); ap=$(sed -n 's/^APISERVER_PORT=//p' "$dir/env")
+  run=$(sed -n 's/^RUN=//p' "$dir/env")
+  stop_pid "$dir/kube-apiserver.pid"
+  sleep "$down"
+  local ok=0 attempt
+  for attempt in 1 2 3 4 5; do   # the port may linger briefly after the old process exits
+    if spawn_apiserver "$dir" "$ec" "$ap" "$run"; then ok=1; break; fi
+    stop_pid "$dir/kube-apiserver.pid"; sleep 1
+  done
+  [ $ok = 1 ] || die "kube-apiserver did not come back on port $ap"
+  sed -i "s/^APISERVER_PID=.*/APISERVER_PID=$(cat "$dir/kube-apiserver.pid")/" "$dir/env"
+  log "restarted: https://127.0.0.1:$ap"
+}
+
 cmd_status() {
   local dir=${1:?usage: status DIR}
   [ -f "$dir/env" ] || return 1
@@ -197,5 +237,6 @@ case "${1:-}" in
   start)  shift; cmd_start "$@" ;;
   stop)   shift; cmd_stop "$@" ;;
   status) shift; cmd_status "$@" ;;
-  *) echo "usage: $0 start DIR | stop DIR | status DIR" >&2; exit 2 ;;
+  restart-apiserver) shift; cmd_restart_apiserver "$@" ;;
+  *) echo "usage: $0 start DIR | stop DIR | status DIR | restart-apiserver DIR [DOWN_SECONDS]" >&2; exit 2 ;;
 esac

@@ -129,7 +129,7 @@ class Daemon:
             self.log.exception(Event.SCAN_FAILED, error=f"baseline reload: {e}")
 
     def _on_event(self, key: str) -> None:
-        self.metrics.events.labels(key.split(":", 1)[0]).inc()
+        self.metrics.events.labels(self.engine.target_name(key)).inc()
         self.log.debug(Event.WATCH_EVENT, key=key)
         self.queue.add(key)
 

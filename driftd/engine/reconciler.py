@@ -96,6 +96,8 @@ class Engine:
         self._report_rows: dict[str, dict[str, Any]] = {}
         self._report_dirty = False
         self.retirer: NodeRetirer | None = retirer or next((t for t in targets.values() if isinstance(t, NodeRetirer)), None)
+        # a key's prefix names its target, unless the target declares another (pods: "pod:<ns>/<name>")
+        self._by_prefix: dict[str, str] = {str(getattr(t, "key_prefix", name)): name for name, t in targets.items()}
         self.log = get_logger()
         self.baselines = BaselineSet.empty()
         self._desired: dict[str, DesiredResource] = {}
@@ -117,6 +119,11 @@ class Engine:
         self.metrics.set_baselines(
             bset.version, ((b.metadata.name, b.kind, bset.hashes[b.metadata.name]) for b in bset.baselines), self.clock.time()
         )
+
+    def target_name(self, key: str) -> str:
+        """The name of the target a key belongs to."""
+        prefix = key.split(":", 1)[0]
+        return self._by_prefix.get(prefix, prefix)
 
     @property
     def desired(self) -> dict[str, DesiredResource]:
@@ -176,7 +183,7 @@ class Engine:
             if self.reporters:
                 rows[key] = self._row(d, "fail" if drift else "pass", ", ".join(f.field for f in drift) or "compliant")
         for key in active.keys() - desired.keys():
-            if key.split(":", 1)[0] not in down:
+            if self.target_name(key) not in down:
                 queue.add(key)  # gone or no longer governed: the reconciler closes the record
         report.duration = time.perf_counter() - started
         if self.reporters:
@@ -205,7 +212,7 @@ class Engine:
         """Reconcile one key; never raises for adapter failures."""
         d = self.desired.get(key)
         if d is None:
-            dynamic = self.targets.get(key.split(":", 1)[0])
+            dynamic = self.targets.get(self.target_name(key))
             if dynamic is None or not isinstance(dynamic, EventSource):
                 return self._unmanaged(key)  # a static target (host): its baseline entry was removed
             try:

@@ -78,18 +78,42 @@ class Kube:
             raise KubeError(resp.status, _message(resp.data))
         return json.loads(resp.data) if resp.data else {}
 
-    def watch(self, path: str, query: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-        raw = self.request("GET", path, query={**query, "watch": "true"}, stream=True)
+    def watch(self, path: str, query: Mapping[str, Any]) -> WatchStream:
+        return WatchStream(self.request("GET", path, query={**query, "watch": "true"}, stream=True))
+
+
+class WatchStream:
+    """The events of one watch response; :meth:`close` from another thread unblocks a pending read."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         buf = b""
+        finished = False
         try:
-            for chunk in raw.stream(4096, decode_content=True):
+            for chunk in self._raw.stream(4096, decode_content=True):
                 buf += chunk
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     if line.strip():
                         yield json.loads(line)
+            finished = True
         finally:
-            raw.release_conn()
+            if not finished:  # left mid-response: the connection cannot be reused
+                with contextlib.suppress(Exception):
+                    self._raw.close()
+            self._raw.release_conn()
+
+    def close(self) -> None:
+        # closing a generator another thread is iterating fails ("already executing") and a
+        # plain close() does not wake a blocked recv(): shut the socket down instead
+        with contextlib.suppress(Exception):
+            shutdown = getattr(self._raw, "shutdown", None)  # urllib3 >= 2.3
+            if shutdown is not None:
+                shutdown()
+            else:
+                self._raw.close()
 
 
 def _message(data: bytes | None) -> str:
@@ -114,6 +138,7 @@ class KubernetesTarget:
     """Adapter for the pods of one node, and the node itself."""
 
     name = "kubernetes"
+    key_prefix = "pod"  # keys are pod:<namespace>/<name>
     capabilities = frozenset({"pod", "evict", "events", "policyreport", "retire_node", "watch"})
 
     def __init__(self, snapshots: SnapshotStore, *, node_name: str, namespace: str, api_client: Any = None,
@@ -167,6 +192,11 @@ class KubernetesTarget:
     @staticmethod
     def _pod_path(ns: str, name: str) -> str:
         return f"/api/v1/namespaces/{quote(ns)}/pods/{quote(name)}"
+
+    def node_labels(self) -> dict[str, str]:
+        """This node's labels, for HostBaseline selectors (the downward API cannot give them)."""
+        node = self._req("GET", f"/api/v1/nodes/{quote(self.node_name)}")
+        return dict((node.get("metadata") or {}).get("labels") or {})
 
     # ------------------------------------------------------------------ desired / discover
     def desired(self, baselines: BaselineSet, node: NodeInfo) -> list[DesiredResource]:
@@ -291,6 +321,9 @@ class KubernetesTarget:
                 stream = self.kube.watch(path, {**query, "resourceVersion": rv, "allowWatchBookmarks": "true",
                                                 "timeoutSeconds": "300"})
                 self._stream = stream
+                if stop.is_set():  # close() ran before the stream was registered
+                    stream.close()
+                    break
                 self._set_up(True)
                 backoff = 1.0
                 for ev in stream:
