@@ -8,7 +8,9 @@ COPY baselines ./baselines
 RUN python -m venv /opt/driftd \
  && /opt/driftd/bin/pip install --no-cache-dir --disable-pip-version-check -r requirements.lock \
  && /opt/driftd/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps . \
- && find /opt/driftd -name '__pycache__' -prune -exec rm -rf {} +
+ && /opt/driftd/bin/python -m compileall -q -j 0 /opt/driftd
+# Byte-code is compiled at build time: the root filesystem is read-only at run time, and
+# compiling on every start costs ~0.6 s CPU (bench/results/host.md).
 
 FROM python:3.11-slim-bookworm
 COPY --from=build /opt/driftd /opt/driftd

@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python bench/bench_host.py                 # N = 1,000 and 10,000, 5 repeats
+    .venv/bin/python bench/bench_host.py                 # N = 1,000 and 10,000, 5 repeats each
     .venv/bin/python bench/bench_host.py --sizes 1000 --repeat 3
 
 For every N it builds, in a temporary directory, a host tree with N managed files
@@ -10,7 +10,8 @@ For every N it builds, in a temporary directory, a host tree with N managed file
 and a baselines directory of ``HostBaseline`` YAML, then measures:
 
 * ``once_drift``: ``driftd run --once`` as a subprocess on the drifted tree (drift is
-  re-injected and the state directory is fresh before every repeat).  Wall time
+  re-injected before every repeat; the state directory persists across runs, as it does
+  for a periodic ``run --once``, and an unmeasured warm-up run created it).  Wall time
   includes interpreter start-up; CPU time (user + sys) and peak RSS come from
   ``os.wait4`` of that child.
 * ``once_clean``: the same command on the tree once it is compliant (no drift).
@@ -20,7 +21,12 @@ and a baselines directory of ``HostBaseline`` YAML, then measures:
   files are not re-hashed while a due full re-hash still hashes every file.
 
 Imports of the ``--once`` path are recorded too (``-X importtime`` and ``sys.modules``).
-Results go to ``bench/results/host.json`` and ``bench/results/host.md``.
+Every measurement is repeated (``--repeat``, default 5) and reported as median and min.
+Before measuring, driftd's modules are byte-compiled as a pip install does (a shell with
+PYTHONDONTWRITEBYTECODE=1 would otherwise recompile them on every run); the fsync latency
+of the work directory is recorded, as each content revert costs three fsyncs.  Results go
+to ``bench/results/host.json`` and ``bench/results/host.md`` (``--name`` changes the stem;
+``--workdir`` puts the trees elsewhere, e.g. on tmpfs to take the disk out of the numbers).
 """
 
 from __future__ import annotations
@@ -114,13 +120,17 @@ def build(workdir: Path, n: int) -> tuple[Path, Path]:
     return host, bdir
 
 
-def inject_drift(host: Path, n: int) -> int:
-    """10 % content drift, 5 % mode drift; returns the number of drifted files."""
+def inject_drift(host: Path, n: int, round_no: int = 0) -> int:
+    """10 % content drift, 5 % mode drift; returns the number of drifted files.
+
+    The drifted bytes differ per ``round_no``: snapshots are content-addressed, so content
+    already snapshotted by an earlier round would be deduplicated (one fsync fewer per file).
+    """
     drifted = 0
     for i in range(n):
         p = host / _rel(i).lstrip("/")
         if i % CONTENT_DRIFT_EVERY == 0:
-            p.write_text(f"# drifted {i}\nsetting_{i} = tampered\n")
+            p.write_text(f"# drifted {i} (round {round_no})\nsetting_{i} = tampered\n")
             drifted += 1
         elif i % MODE_DRIFT_EVERY == 5:
             os.chmod(p, 0o666)
@@ -184,10 +194,12 @@ def bench_once(workdir: Path, host: Path, bdir: Path, n: int, repeat: int) -> di
     env = dict(os.environ)
     drift_runs, clean_runs = [], []
     expected_drift = 0
-    run_child(once_cmd(host, bdir, workdir / "state-warmup"), env=env)  # warm-up (page cache), not measured
+    # One state directory for every run, as a periodic `run --once` keeps it; the warm-up run
+    # (not measured) creates the database and fills the page cache.
+    state = workdir / "state-once"
+    run_child(once_cmd(host, bdir, state), env=env)
     for k in range(repeat):
-        expected_drift = inject_drift(host, n)
-        state = workdir / f"state-once-{k}"
+        expected_drift = inject_drift(host, n, round_no=k)
         r = run_child(once_cmd(host, bdir, state), env=env)
         if r["rc"] != 0:
             raise SystemExit(f"driftd run --once (drift) exited {r['rc']}:\n{r['stdout'][-2000:]}\n{r['stderr'][-2000:]}")
@@ -195,8 +207,6 @@ def bench_once(workdir: Path, host: Path, bdir: Path, n: int, repeat: int) -> di
         if not m or int(m.group(2)) != expected_drift:
             raise SystemExit(f"unexpected summary (wanted {expected_drift} remediated):\n{r['stdout'][-500:]}")
         drift_runs.append(r)
-        shutil.rmtree(state)
-    state = workdir / "state-clean"
     for _ in range(repeat):
         r = run_child(once_cmd(host, bdir, state), env=env)
         if r["rc"] != 0 or f"result: {n} clean, 0 remediated" not in r["stdout"]:
@@ -329,15 +339,18 @@ def fsync_latency_ms(directory: Path, samples: int = 50) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- imports
 
+# Runs `driftd run --once` in-process exactly as the console script does (importing nothing
+# of its own first, so -X importtime attributes every import to the --once path), then
+# writes which heavy modules got loaded to the file named by argv[1].
 MODULES_PROBE = r"""
-import io, json, sys, contextlib
+import sys
 from driftd.cli import main
-out = io.StringIO()
-with contextlib.redirect_stdout(out):
-    rc = main(sys.argv[1:])
+rc = main(sys.argv[2:])
+import json
 heavy = ["docker", "kubernetes", "apscheduler", "deepdiff", "prometheus_client", "structlog",
-         "pydantic", "pydantic_settings", "yaml", "sqlite3", "http.server"]
-print(json.dumps({"rc": rc, "loaded": {m: m in sys.modules for m in heavy}, "modules": len(sys.modules)}))
+         "pydantic", "pydantic_settings", "yaml", "sqlite3", "http.server", "rich"]
+with open(sys.argv[1], "w") as fh:
+    json.dump({"rc": rc, "loaded": {m: m in sys.modules for m in heavy}, "modules": len(sys.modules)}, fh)
 """
 
 
@@ -354,18 +367,31 @@ def parse_importtime(stderr: str) -> list[tuple[str, int, int, int]]:
 def bench_imports(host: Path, bdir: Path, workdir: Path, repeat: int) -> dict[str, Any]:
     args = ["run", "--once", "--host-root", str(host), "--baselines", str(bdir), "--state-dir", str(workdir / "state-imports")]
     env = dict(os.environ)
-    probe = run_child([sys.executable, "-c", MODULES_PROBE, *args], env=env)
-    loaded = json.loads(probe["stdout"].splitlines()[-1])
+    out = workdir / "imports.json"
+    probe = run_child([sys.executable, "-c", MODULES_PROBE, str(out), *args], env=env)
+    if probe["rc"] not in (0, 3):
+        raise SystemExit(f"import probe failed:\n{probe['stderr'][-2000:]}")
+    loaded = json.loads(out.read_text())
+
+    def once_path(rows: list[tuple[str, int, int, int]]) -> list[tuple[str, int, int, int]]:
+        """Top-level imports from driftd.cli on (interpreter start-up before it is not the --once path's)."""
+        first = next(i for i, row in enumerate(rows) if row[0] == "driftd" or row[0].startswith("driftd."))
+        first = max(i for i in range(first + 1) if i == 0 or rows[i - 1][3] == 0)  # whole import tree of that row
+        return rows[first:]
+
     best: list[tuple[str, int, int, int]] | None = None
     for _ in range(repeat):
-        r = run_child([sys.executable, "-X", "importtime", "-c", MODULES_PROBE, *args], env=env)
-        rows = parse_importtime(r["stderr"])
-        total = sum(c for _, _, c, d in rows if d == 0)
-        if best is None or total < sum(c for _, _, c, d in best if d == 0):
+        r = run_child([sys.executable, "-X", "importtime", "-c", MODULES_PROBE, str(out), *args], env=env)
+        rows = once_path(parse_importtime(r["stderr"]))
+        if best is None or sum(row[2] for row in rows if row[3] == 0) < sum(row[2] for row in best if row[3] == 0):
             best = rows
     assert best is not None
     top = sorted((row for row in best if row[3] == 0), key=lambda x: -x[2])
-    driftd_total = sum(c for name, _, c, d in best if d == 0 and not name.startswith(("encodings", "site")))
+    driftd_total = sum(row[2] for row in best if row[3] == 0)
+    by_package: dict[str, int] = {}
+    for name, self_us, _, _ in best:
+        by_package[name.split(".")[0]] = by_package.get(name.split(".")[0], 0) + self_us
+    packages = sorted(by_package.items(), key=lambda kv: -kv[1])
     startup = [run_child([sys.executable, "-c", "pass"])["wall_s"] for _ in range(repeat)]
     cli_import = [run_child([sys.executable, "-c", "import driftd.cli"])["wall_s"] for _ in range(repeat)]
     return {
@@ -373,6 +399,7 @@ def bench_imports(host: Path, bdir: Path, workdir: Path, repeat: int) -> dict[st
         "once_path_module_count": loaded["modules"],
         "importtime_total_ms": round(driftd_total / 1000, 1),
         "importtime_top_level_ms": {name: round(c / 1000, 1) for name, _, c, _ in top[:15]},
+        "importtime_self_by_package_ms": {name: round(us / 1000, 1) for name, us in packages[:20]},
         "python_startup_wall_s": stats(startup),
         "python_import_driftd_cli_wall_s": stats(cli_import),
     }
@@ -393,7 +420,8 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
         f"{res['meta']['fsync_latency_ms']['dir_median']} ms; each content revert costs 3 fsyncs (snapshot, file, directory). "
         f"Bytecode: {res['meta']['bytecode']}.",
         "",
-        "`driftd run --once` as a subprocess (wall includes interpreter start-up; CPU = user+sys of the child):",
+        "`driftd run --once` as a subprocess (wall includes interpreter start-up; CPU = user+sys of the child; "
+        "drift = 10 % content + 5 % mode drift, all reverted; the state directory persists across runs):",
         "",
         "| N | scenario | wall median (s) | wall min (s) | CPU median (s) | CPU min (s) | peak RSS median (MiB) |",
         "|---:|---|---:|---:|---:|---:|---:|",
@@ -429,6 +457,11 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
         "",
         f"Loaded by `--once`: {loaded}.",
         "",
+        "Import self-time by package on the `--once` path (ms, `-X importtime`): "
+        + ", ".join(f"{k} {v}" for k, v in list(imp["importtime_self_by_package_ms"].items())[:12])
+        + ". (`rich` is not a driftd dependency: structlog imports it when it is installed, as in a dev venv "
+        "where import-linter pulls it in.)",
+        "",
         "Targets:",
         "",
         "| target | limit | measured | met |",
@@ -446,6 +479,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(HERE / "results"), help="results directory")
     ap.add_argument("--workdir", help="where to build the trees (default: a fresh temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the temp trees")
+    ap.add_argument("--name", default="host", help="results file stem: <out>/<name>.json and <name>.md (default host)")
     args = ap.parse_args()
 
     if not DRIFTD.exists():
@@ -522,9 +556,9 @@ def main() -> int:
         res["targets"] = targets
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "host.json").write_text(json.dumps(res, indent=2) + "\n")
-        write_markdown(out / "host.md", res)
-        print(f"wrote {out / 'host.json'} and {out / 'host.md'}", file=sys.stderr)
+        (out / f"{args.name}.json").write_text(json.dumps(res, indent=2) + "\n")
+        write_markdown(out / f"{args.name}.md", res)
+        print(f"wrote {out / (args.name + '.json')} and {out / (args.name + '.md')}", file=sys.stderr)
         return 0 if all(t["met"] for t in targets) else 1
     finally:
         if not args.keep:

@@ -1,5 +1,3 @@
-import sys
+from driftd.cli import console
 
-from driftd.cli import main
-
-sys.exit(main())
+console()

@@ -10,6 +10,7 @@ import argparse
 import atexit
 import gc
 import json
+import os
 import signal
 import sys
 import threading
@@ -186,6 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 _freeze_registered = False
+_once_finished = False  # a run --once pass completed: console() may exit without interpreter teardown
 
 
 def _freeze_heap_at_exit() -> None:
@@ -225,6 +227,8 @@ def _cmd_run(args: argparse.Namespace, *, gc_was_enabled: bool) -> int:
             print(json.dumps(summary.as_dict(), indent=2, default=str))
         else:
             print(render_text(summary))
+        global _once_finished
+        _once_finished = True
         return summary.exit_code
     gc.collect()
     gc.freeze()  # start-up objects live as long as the daemon: keep them out of every full collection
@@ -417,5 +421,30 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.CLEAN
 
 
+def console() -> None:
+    """The ``driftd`` command (console script, ``python -m driftd``): :func:`main`, then exit.
+
+    After a completed ``run --once`` the process flushes its output and leaves through
+    ``os._exit``: tearing the interpreter down would free every module and object one by
+    one (tens of milliseconds after a pass, for memory the OS takes back at once), and
+    nothing needs it by then: the state database is closed, no other thread runs, and the
+    logs went straight to stderr.  Every other command exits the usual way.
+    """
+    code = main()
+    if _once_finished and threading.active_count() == 1:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if "logging" in sys.modules:  # handlers a library may have set up
+                import logging
+
+                logging.shutdown()
+        except Exception:  # noqa: S110 - a failing flush is reported by the normal exit below
+            pass
+        else:
+            os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console()

@@ -197,14 +197,37 @@ class KubeEnv:
     def alive(self) -> bool:
         return self._script("status", str(self.dir), timeout=30).returncode == 0
 
-    def audit(self, *, namespace: str | None = None, name: str | None = None, resource: str | None = None,
-              verb: str | None = None) -> list[dict[str, Any]]:
-        """Audit events (every write request, Metadata level) matching the given objectRef fields."""
-        out = []
+    def _audit_lines(self) -> list[str]:
         path = self.dir / "audit.log"
-        if not path.exists():
-            return out
-        for line in path.read_text().splitlines():
+        return path.read_text().splitlines() if path.exists() else []
+
+    def audit_sync(self, timeout: float = 10.0) -> None:
+        """Wait until requests answered so far are in the audit log.
+
+        A client can see a response before the server has logged it, so this sends one
+        more write (a SelfSubjectReview: nothing stored) and waits until it is logged.
+        """
+        def count() -> int:
+            return sum('"selfsubjectreviews"' in line for line in self._audit_lines())
+
+        before = count()
+        rest = KubeRest(new_api_client(self.kubeconfig, "driftd-tests-audit-sync"))
+        try:
+            rest.post("/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                      {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        finally:
+            rest.api.close()
+        deadline = time.monotonic() + timeout
+        while count() <= before and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def audit(self, *, namespace: str | None = None, name: str | None = None, resource: str | None = None,
+              verb: str | None = None, sync: bool = True) -> list[dict[str, Any]]:
+        """Audit events (every write request, Metadata level) matching the given objectRef fields."""
+        if sync:
+            self.audit_sync()
+        out = []
+        for line in self._audit_lines():
             try:
                 ev = json.loads(line)
             except ValueError:

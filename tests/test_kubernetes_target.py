@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -62,16 +63,16 @@ def wait_for(cond: Any, timeout: float = 20.0, interval: float = 0.1) -> Any:
         time.sleep(interval)
 
 
-def remediation_count(rt: Any, action: str, result: str) -> float:
+def remediation_count(rt: Any, action: str, result: str, target: str = "kubernetes") -> float:
     return rt.metrics.registry.get_sample_value(
-        "driftd_remediations_total", {"target": "kubernetes", "action": action, "result": result}) or 0.0
+        "driftd_remediations_total", {"target": target, "action": action, "result": result}) or 0.0
 
 
 def driftd_writes(cluster: Any, name: str) -> list[tuple[str, str, int]]:
-    """(verb, subresource, HTTP code) of every write on one pod not made by the test's own helpers."""
+    """(verb, subresource, HTTP code) of every write on one pod not made by the tests (helpers, fake kubelet, kubectl)."""
     return [(e["verb"], e["objectRef"].get("subresource", ""), e["responseStatus"]["code"])
             for e in cluster.audit(name=name, resource="pods")
-            if not e.get("userAgent", "").startswith(("driftd-tests", KUBELET_AGENT))]
+            if not e.get("userAgent", "").startswith(("driftd-tests", KUBELET_AGENT, "kubectl"))]
 
 
 def report_of(cluster: Any, node: str) -> dict[str, Any]:
@@ -180,8 +181,7 @@ class TestEviction:
         assert after is not None and before is not None
         assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
         assert driftd_writes(c, "web-b") == [] and c.events("web-b") == []
-        with pytest.raises(TargetError):  # even asked directly, the adapter refuses another node's pod
-            target_of(rt).observe(target_of(rt)._governed(before) or _fake_desired(ns, "web-b"))
+        assert target_of(rt).resolve(key(ns, "web-b")) is None  # even asked directly: not governed here
 
     def test_bare_pod_is_blocked_not_evicted(self, setup):
         """A pod without a controller would not come back: it is reported as blocked and left running."""
@@ -196,13 +196,6 @@ class TestEviction:
         assert driftd_writes(c, "lonely") == []
         assert reasons(c.events("lonely")) == ["DriftDetected", "RemediationBlocked"]
         assert summary.exit_code != 0
-
-
-def _fake_desired(ns: str, name: str) -> Any:
-    from driftd.models.resources import DesiredResource
-
-    return DesiredResource.model_construct(key=key(ns, name), target="kubernetes", kind="pod", address=f"{ns}/{name}",
-                                           baseline="pod-restricted", payload={"namespace": ns, "name": name, "uid": "x"})
 
 
 # ---------------------------------------------------------------------------- node retirement
@@ -316,7 +309,7 @@ class TestNodeRetirement:
         assert c.pod("web-1") is None  # drained (the fake kubelet finished the termination)
         node_events = [e for e in c.events(ns="default") if e["involvedObject"].get("name") == node]
         assert "NodeRetired" in reasons(node_events)
-        assert remediation_count(rt, "retire_node", "succeeded") == 1
+        assert remediation_count(rt, "retire_node", "succeeded", target="host") == 1
 
     def test_node_events_show_in_kubectl_describe_node(self, setup, host_root, kubectl):
         """kubectl describe node lists driftd's node Events (the involvedObject uid is the Node's)."""
@@ -433,18 +426,36 @@ class TestWatch:
                         return True
             return False
 
+        downs: list[bool] = []
+        real_set_up = t._set_up
+        t._set_up = lambda up, error="": (downs.append(up), real_set_up(up, error))[1]  # type: ignore[method-assign]
         try:
             c.make_pod("before", node)
             assert arrives(key(ns, "before"))
             k8s_env.restart_apiserver(down_seconds=1.0)
-            assert t.up is False or wait_for(lambda: t.up is not None)  # the outage may be seen or not
             c.make_pod("after", node)
             assert arrives(key(ns, "after"))
-            assert t.up is True
+            assert False in downs and t.up is True  # the outage was seen, and is over
         finally:
             stop.set()
             t.close()
+            started = time.monotonic()
             th.join(timeout=15)
+        assert not th.is_alive() and time.monotonic() - started < 5  # close() unblocks the pending read
+
+    def test_close_unblocks_an_idle_watch(self, setup):
+        """close() ends a watch blocked waiting for events at once (daemon shutdown does not hang)."""
+        rt = setup.runtime()
+        t = target_of(rt)
+        seen: list[str] = []
+        stop = threading.Event()
+        th = threading.Thread(target=t.watch, args=(seen.append, stop), daemon=True)
+        th.start()
+        assert wait_for(lambda: t.up is True and t._stream is not None)
+        time.sleep(0.5)  # blocked in the read now
+        stop.set()
+        t.close()
+        th.join(timeout=5)
         assert not th.is_alive()
 
     def test_watch_sees_only_this_node(self, setup):
@@ -468,6 +479,34 @@ class TestWatch:
         assert key(ns, "other") not in seen
 
 
+class TestDaemon:
+    def test_pod_watch_event_is_reconciled_without_waiting_for_a_scan(self, setup):
+        """In the daemon a new drifted pod arrives through the watch and is evicted long before the next scan."""
+        from driftd.engine.daemon import BaselineManager, Daemon
+        from driftd.engine.queue import KeyedQueue
+
+        c, ns, node = setup.cluster, setup.ns, setup.node
+        rt = setup.runtime(scan={"interval_seconds": 3600, "jitter_seconds": 0})
+        manager = BaselineManager(rt.settings, rt.engine, rt.metrics, rt.engine.clock)
+        manager.prime()
+        daemon = Daemon(settings=rt.settings, engine=rt.engine, queue=KeyedQueue(), metrics=rt.metrics,
+                        manager=manager, api=None)
+        daemon.start()
+        try:
+            assert wait_for(lambda: daemon.scans_done == 1 and target_of(rt).up is True)
+            c.make_pod("late", node, privileged=True)
+            assert wait_for(lambda: terminating_or_gone(c.pod("late")), timeout=30)
+            assert daemon.scans_done == 1
+            assert rt.metrics.registry.get_sample_value("driftd_events_total", {"target": "kubernetes"}) >= 1
+            assert wait_for(lambda: "DriftReverted" in reasons(c.events("late")))
+            assert remediation_count(rt, "evict", "succeeded") == 1
+            assert rt.state.get_active(key(ns, "late")) is None  # the drift record was closed
+        finally:
+            started = time.monotonic()
+            daemon.stop()
+        assert time.monotonic() - started < 5  # the watch thread stops at once
+
+
 def test_engine_is_wired_with_the_kubernetes_target(setup):
     """With kubernetes enabled the target is the Engine's notifier, reporter and node retirer."""
     rt = setup.runtime()
@@ -485,7 +524,7 @@ def test_cli_once_against_the_api_server(setup, k8s_kubeconfig, tmp_path, host_r
     (bdir / "pods.yaml").write_text(pod_baseline(ns))
     cfg = tmp_path / "driftd.yaml"
     cfg.write_text(yaml.safe_dump({"kubernetes": {"namespace": ns}}))
-    r = subprocess.run([str(REPO / ".venv/bin/driftd"), "run", "--once", "--output", "json", "--config", str(cfg),
+    r = subprocess.run([sys.executable, "-m", "driftd.cli", "run", "--once", "--output", "json", "--config", str(cfg),
                         "--host-root", str(host_root), "--baselines", str(bdir), "--state-dir", str(tmp_path / "s"),
                         "--node-name", node, "--kubernetes", "--kubeconfig", k8s_kubeconfig],
                        capture_output=True, text=True, timeout=120, check=False)

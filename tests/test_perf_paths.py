@@ -170,3 +170,26 @@ def test_null_metrics_accepts_every_metric_call() -> None:
     null.set_baselines("v", [("a", "HostBaseline", "h")], 0.0)
     with pytest.raises(AttributeError):
         null.__wrapped__  # noqa: B018  (dunder lookups are not metrics)
+
+
+# --------------------------------------------------------------------------- console exit
+
+
+def test_console_fast_exit_keeps_exit_code_and_output(host_root: Path, baselines_dir, tmp_path: Path) -> None:
+    """``python -m driftd run --once`` (os._exit after the pass) still exits with the pass's code, output complete."""
+    import json
+    import subprocess
+    import sys
+
+    (host_root / "etc/motd").write_text("drifted\n")
+    bdir = baselines_dir({"b.yaml": host_baseline(spec='files:\n  - {path: /etc/motd, content: "hello\\n"}\n')})
+    cmd = [sys.executable, "-m", "driftd", "run", "--once", "--host-root", str(host_root), "--baselines", str(bdir),
+           "--state-dir", str(tmp_path / "state"), "--log-level", "info", "--log-format", "json"]
+    dry = subprocess.run([*cmd, "--dry-run", "--output", "json"], capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 3, dry.stderr
+    assert json.loads(dry.stdout)["exit_code"] == 3
+    assert any(json.loads(line)["event"] == "scan.finished" for line in dry.stderr.splitlines())
+    fixed = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert fixed.returncode == 0, fixed.stderr
+    assert fixed.stdout.rstrip().endswith("-> exit 0 (clean)")
+    assert (host_root / "etc/motd").read_text() == "hello\n"
