@@ -247,16 +247,17 @@ class Engine:
             return outcome("clean")
 
         fields = reportable(d, drift)
-        if rec is None:
-            rec = self.state.open_drift(
-                key=key,
-                target=d.target,
-                baseline=d.baseline,
-                address=d.address,
-                now=now,
-                window_seconds=d.window.total_seconds(),
-                fields=fields,
-            )
+        new = rec is None
+        rec = self.state.open_drift(
+            key=key,
+            target=d.target,
+            baseline=d.baseline,
+            address=d.address,
+            now=now,
+            window_seconds=d.window.total_seconds(),
+            fields=fields,
+        )
+        if new:
             self.metrics.drifts_detected.labels(d.target, d.baseline).inc()
             log.warning(
                 Event.DRIFT_DETECTED, address=d.address, drift=fields, deadline=rec.deadline, window_s=d.window.total_seconds()
@@ -266,16 +267,6 @@ class Engine:
                 d,
                 "drifted: "
                 + ", ".join(f"{f['field']}" + (f" ({'; '.join(f['changes'])})" if f.get("changes") else "") for f in fields),
-            )
-        else:
-            rec = self.state.open_drift(
-                key=key,
-                target=d.target,
-                baseline=d.baseline,
-                address=d.address,
-                now=now,
-                window_seconds=d.window.total_seconds(),
-                fields=fields,
             )
         if now > rec.deadline and not rec.breached:
             self.state.mark_breached(rec, now)
