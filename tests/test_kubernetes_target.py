@@ -241,6 +241,19 @@ class TestNodeRetirement:
         lease = c.rest.get(f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{LEASE}")
         assert not lease["spec"].get("holderIdentity")  # released after the drain
 
+    def test_bare_pod_is_left_and_reported_like_kubectl_without_force(self, setup, kubectl, fake_kubelet):
+        """kubectl drain refuses bare pods without --force; retire_node leaves them and reports them."""
+        c, ns, node = setup.cluster, setup.ns, setup.node
+        c.make_pod("web-1", node)
+        c.make_pod("lonely", node, owner=None)
+        r = kubectl("drain", node, "--ignore-daemonsets", "--dry-run=server", check=False)
+        assert r.returncode != 0 and "lonely" in r.stderr  # kubectl: "cannot delete Pods that declare no controller"
+        rt = setup.runtime()
+        fake_kubelet(node)
+        result = target_of(rt).retire_node("test")
+        assert result["evicted"] == [f"{ns}/web-1"] and result["not_evicted_bare"] == [f"{ns}/lonely"]
+        assert not terminating_or_gone(c.pod("lonely")) and driftd_writes(c, "lonely") == []
+
     def test_drain_waits_for_pdb_then_completes(self, setup, fake_kubelet):
         """A PDB refusal during drain is retried until the budget allows it, never bypassed by a delete."""
         c, node = setup.cluster, setup.node
@@ -287,7 +300,7 @@ class TestNodeRetirement:
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": LEASE},
             "spec": {"holderIdentity": "crashed-node", "leaseDurationSeconds": 60, "acquireTime": old, "renewTime": old}})
         rt = setup.runtime()
-        assert target_of(rt).retire_node("test") == {"node": node, "evicted": []}
+        assert target_of(rt).retire_node("test") == {"node": node, "evicted": [], "not_evicted_bare": []}
         assert c.node(node)["spec"]["unschedulable"] is True
 
     def test_kernel_below_minimum_retires_the_node_in_one_pass(self, setup, host_root, fake_kubelet):
@@ -345,8 +358,9 @@ class TestDryRun:
         for p in pods:
             assert driftd_writes(c, p) == []
         assert remediation_count(rt, "evict", "skipped") == 2
+        # like kubectl drain without --force, a bare pod is never evicted by a drain
         assert rt.engine.targets["kubernetes"].retire_node("x", dry_run=True)["would_evict"] == [
-            f"{ns}/{p}" for p in sorted(pods)]
+            f"{ns}/{p}" for p in sorted(pods) if p != "lonely"]
         assert c.node(node)["metadata"]["resourceVersion"] == node_rv
         assert c.rest.get_or_none(f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{LEASE}") is None
 

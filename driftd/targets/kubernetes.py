@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 from driftd.baselines.loader import BaselineSet
-from driftd.core.pod_policy import compile_pod, evaluate, governing, is_mirror, pod_key
+from driftd.core.pod_policy import compile_pod, controller_of, evaluate, governing, is_mirror, pod_key
 from driftd.models.pod import PodBaseline
 from driftd.models.resources import Action, ActResult, DesiredResource, ObservedResource, Plan
 from driftd.observability.logging import Event, get_logger
@@ -65,7 +65,9 @@ class Kube:
             method=method, resource_path=path, query_params=[(k, v) for k, v in (query or {}).items() if v is not None],
             header_params=headers, body=body, auth_settings=["BearerToken"])
         try:
-            resp = self.api_client.call_api(*params, _request_timeout=None if stream else timeout)
+            # a watch gets a read timeout past the server's timeoutSeconds (300), so a half-open
+            # connection is noticed instead of hanging the watch forever
+            resp = self.api_client.call_api(*params, _request_timeout=(10, 360) if stream else timeout)
         except Exception as e:  # connection refused, TLS, timeouts: the API server is unreachable
             raise TargetError(f"kubernetes API unreachable: {e}") from None
         if stream:
@@ -162,6 +164,7 @@ class KubernetesTarget:
         self._baselines: dict[str, PodBaseline] = {}
         self._pods: dict[str, dict[str, Any]] = {}
         self._stream: Any = None
+        self.skipped_bare: set[str] = set()
         self.up: bool | None = None
         self.last_report: dict[str, Any] | None = None
 
@@ -333,7 +336,8 @@ class KubernetesTarget:
                     if ev.get("type") == "ERROR":
                         if obj.get("code") == 410:
                             rv = None  # too old: relist
-                        break
+                            break
+                        raise KubeError(int(obj.get("code") or 500), str(obj.get("message") or "watch error"))
                     meta = obj.get("metadata") or {}
                     rv = meta.get("resourceVersion") or rv
                     if ev.get("type") in ("ADDED", "MODIFIED", "DELETED"):
@@ -428,8 +432,13 @@ class KubernetesTarget:
         try:
             slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in reason)[:63].strip("-_.") or "retired"
             self.cordon_and_mark(slug, reason)
+            self.skipped_bare.clear()
             evicted = self.drain()
-            return {"node": self.node_name, "evicted": evicted}
+            if self.skipped_bare:
+                self.log.warning(Event.REMEDIATION_BLOCKED, target=self.name, action="drain",
+                                 reason="bare pods (no controller) left on the retired node; nothing would recreate "
+                                        "them elsewhere", pods=sorted(self.skipped_bare))
+            return {"node": self.node_name, "evicted": evicted, "not_evicted_bare": sorted(self.skipped_bare)}
         finally:
             self._release_lease()
 
@@ -457,7 +466,12 @@ class KubernetesTarget:
                 continue
             if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 continue
-            out.append((f"{meta.get('namespace')}/{meta.get('name')}", pod))
+            ref = f"{meta.get('namespace')}/{meta.get('name')}"
+            if controller_of(pod) is None:
+                # like `kubectl drain` without --force: evicting a bare pod deletes it for good
+                self.skipped_bare.add(ref)
+                continue
+            out.append((ref, pod))
         return out
 
     def drain(self) -> list[str]:
