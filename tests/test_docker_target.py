@@ -627,3 +627,24 @@ class TestInterruptedRecreate:
         rt.engine.targets["docker"].discover()
         assert gone(docker_client, f"{replacement.name}{OLD_SUFFIX}0123456789ab")
         assert state(docker_client, replacement.name)[0] == replacement.id
+
+
+class TestTagPinning:
+    def test_tag_is_pinned_when_the_baseline_loads(self, docker_client, make, docker_runtime, image_ids, scope):
+        """An approved tag resolves to the image it names at load; moving the tag later approves nothing new."""
+        tag = f"driftd-test/pin-{scope}:approved"
+        docker_client.images.get(IMAGE_V1).tag(tag)
+        try:
+            v1 = make("v1", **HARDENED)
+            rt = docker_runtime({"c.yaml": container_baseline(scope, [tag])})
+            (d,) = [r for r in rt.engine.targets["docker"].discover() if r.address == v1.name]
+            assert d.expected["image"] == {"$in": [image_ids[IMAGE_V1]]}
+            docker_client.images.get(IMAGE_V2).tag(tag)  # the tag moves to another image
+            v2 = make("v2", IMAGE_V2, **HARDENED)
+            by_name = {r.address: r for r in rt.engine.targets["docker"].discover()}
+            assert by_name[v2.name].expected["image"] == {"$in": [image_ids[IMAGE_V1]]}
+            summary = enforce(rt)
+            assert outcome_of(summary, v2.name).status == "remediated" and gone(docker_client, v2.name)
+            assert state(docker_client, v1.name)[0] == v1.id
+        finally:
+            docker_client.images.remove(tag, force=False, noprune=True)

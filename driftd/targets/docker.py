@@ -242,7 +242,7 @@ class DockerTarget:
         self._lock = threading.Lock()
         self._baselines: tuple[ContainerBaseline, ...] = ()
         self._policy = Ungoverned.REPORT
-        self._approved_cache: dict[str, list[str]] = {}
+        self._approved_cache: dict[str, dict[str, str]] = {}  # baseline -> ref -> pinned image id
         self._stream: Any = None
         self._in_flight: set[str] = set()
         self.up: bool | None = None
@@ -292,21 +292,28 @@ class DockerTarget:
         return []  # containers are discovered every scan
 
     def _approved(self, b: ContainerBaseline) -> list[str]:
-        cached = self._approved_cache.get(b.metadata.name)
-        if cached is not None:
-            return cached
-        api = self.api()
-        ids = []
+        """Approved image ids; a tag is resolved once per baseline load and then stays pinned.
+
+        A reference that cannot be resolved yet (image not pulled, engine down) is retried on
+        the next scan; references already resolved keep the id they had.
+        """
+        pinned = self._approved_cache.setdefault(b.metadata.name, {})
+        api = None
         for ref in b.spec.images.approved:
+            if ref in pinned:
+                continue
+            api = api or self.api()
             try:
-                ids.append(self._call(api.inspect_image, ref)["Id"])
+                pinned[ref] = self._call(api.inspect_image, ref)["Id"]
+                if ref not in b.spec.images.unpinned():
+                    continue
+                self.log.info(Event.BASELINE_LOADED, baseline=b.metadata.name, pinned=ref, image_id=pinned[ref])
             except docker_errors.NotFound:
                 if ref.startswith("sha256:"):
-                    ids.append(ref)  # an id not present here still approves nothing else
+                    pinned[ref] = ref  # an id not present here still approves nothing else
             except docker_errors.APIError as e:
                 raise TargetError(f"cannot resolve image {ref}: {e}") from None
-        self._approved_cache[b.metadata.name] = ids
-        return ids
+        return [pinned[r] for r in b.spec.images.approved if r in pinned]
 
     def _desired_for(self, c: ContainerSummary) -> DesiredResource | None:
         if OLD_SUFFIX in c.name or (self.skip_kubelet_containers and KUBELET_LABEL in c.labels):
@@ -320,7 +327,6 @@ class DockerTarget:
 
     def discover(self) -> list[DesiredResource]:
         api = self.api()
-        self._approved_cache.clear()  # tags may point elsewhere now
         rows = self._call(api.containers, all=True)
         out = []
         names_now = {(row.get("Names") or ["/"])[0].lstrip("/") for row in rows}
