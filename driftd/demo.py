@@ -110,9 +110,10 @@ def run_demo(workdir: Path, baselines: Path | None = None) -> int:
     print()
     first = run_once(rt.engine, rt.queue, attempts=settings.retry.attempts_per_pass)
     print(render_text(first))
-    snap = next((s for o in first.outcomes for s in o.snapshots), None)
+    rewritten = [o for o in first.outcomes if "write_file" in o.actions and o.snapshots]
+    snap = next((s for o in rewritten + first.outcomes for s in o.snapshots), None)
     if snap:
-        print(f"\nsnapshot of the drifted bytes: driftd snapshot show {snap} --state-dir {state}")
+        print(f"\nthe drifted bytes were kept before the revert: driftd snapshot {snap} --state-dir {state}")
     print("\nsecond pass (idempotence: nothing left to do):")
     second = run_once(rt.engine, rt.queue, attempts=settings.retry.attempts_per_pass)
     print(render_text(second))
