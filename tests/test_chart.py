@@ -42,6 +42,7 @@ NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
 
 # value sets every render-level check runs over
 ALL_ON: dict[str, Any] = {
+    "settings": {"dryRun": False},
     "docker": {"enabled": True},
     "sysctl": {"enabled": True},
     "serviceMonitor": {"enabled": True},
@@ -307,7 +308,7 @@ def test_daemonset_env_is_accepted_by_driftd_settings(monkeypatch: pytest.Monkey
         assert s.http.host_port == ("0.0.0.0", 9808)
         assert s.resolved_node_name() == "node-a"
         assert s.docker.enabled is (variant == "all-on")
-        assert s.dry_run is False
+        assert s.dry_run is (variant == "defaults")  # a default install only reports
 
 
 # ---------------------------------------------------------------------------- the baselines ConfigMap
