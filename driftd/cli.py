@@ -74,6 +74,7 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, met
             drain_timeout=k.drain_timeout_seconds,
             eviction_retry_seconds=k.eviction_retry_seconds,
             events=k.events,
+            template_guard_seconds=k.template_guard_seconds,
             policy_report=k.policy_report,
         )
     retirer = None

@@ -74,6 +74,9 @@ class KubernetesSettings(_Section):
     report_max_results: int = Field(200, ge=1, description="Results kept in the node's PolicyReport (failures first).")
     drain_timeout_seconds: float = Field(300.0, gt=0, description="How long a node drain may take before it is reported failed.")
     eviction_retry_seconds: float = Field(5.0, gt=0, description="Pause between eviction rounds while PDBs refuse.")
+    template_guard_seconds: float = Field(
+        900.0, ge=0, description="After evicting a controller's pod, do not evict its replacement for the same rules this long."
+    )
     events: bool = Field(True, description="Record Kubernetes Events on pods and the node.")
     policy_report: bool = Field(True, description="Maintain one PolicyReport (wgpolicyk8s.io/v1alpha2) per node.")
 

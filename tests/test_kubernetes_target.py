@@ -124,6 +124,23 @@ class TestEviction:
         assert c.events("web-2") == []
         assert remediation_count(rt, "evict", "succeeded") == 1
 
+    def test_replacement_from_a_non_compliant_template_is_not_evicted_again(self, setup):
+        """When the controller's next pod breaks the same rule, its template is at fault: no eviction loop."""
+        c, ns = setup.cluster, setup.ns
+        c.make_pod("web-1", setup.node, privileged=True)
+        rt = setup.runtime()
+        first = run_once(rt.engine, rt.queue, attempts=1)
+        assert [(o.key, o.status) for o in first.outcomes] == [(key(ns, "web-1"), "remediated")]
+        c.make_pod("web-2", setup.node, privileged=True)  # what the ReplicaSet recreates from its template
+        second = run_once(rt.engine, rt.queue, attempts=3)
+        (o,) = [o for o in second.outcomes if o.key == key(ns, "web-2")]
+        assert o.status == "failed" and not o.retry and "pod template violates the baseline" in (o.error or "")
+        assert not terminating_or_gone(c.pod("web-2")) and driftd_writes(c, "web-2") == []
+        c.make_pod("web-3", setup.node, owner_name="other")  # another controller is unaffected
+        c.make_pod("api-1", setup.node, owner_name="api", privileged=True)
+        third = run_once(rt.engine, rt.queue, attempts=1)
+        assert {o.key: o.status for o in third.outcomes}[key(ns, "api-1")] == "remediated"
+
     def test_events_show_in_kubectl_describe_pod(self, setup, kubectl):
         """kubectl describe pod lists driftd's Events (involvedObject matches the pod's uid)."""
         setup.cluster.make_pod("web-1", setup.node, privileged=True)

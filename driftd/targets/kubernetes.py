@@ -147,7 +147,8 @@ class KubernetesTarget:
                  kubeconfig: str | None = None, report_max_results: int = 200, drain_timeout: float = 300.0,
                  eviction_retry_seconds: float = 5.0, lease_name: str = "driftd-node-retirement",
                  lease_duration_seconds: int = 900, events: bool = True, policy_report: bool = True,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, template_guard_seconds: float = 900.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.snapshots = snapshots
         self.node_name = node_name
         self.namespace = namespace
@@ -165,6 +166,9 @@ class KubernetesTarget:
         self._pods: dict[str, dict[str, Any]] = {}
         self._stream: Any = None
         self.skipped_bare: set[str] = set()
+        self.template_guard_seconds = template_guard_seconds
+        self.clock = clock
+        self._evicted_for: dict[tuple[str, str, str], tuple[float, frozenset[str]]] = {}
         self.up: bool | None = None
         self.last_report: dict[str, Any] | None = None
 
@@ -272,10 +276,34 @@ class KubernetesTarget:
             if step.action is not Action.EVICT:
                 raise TargetError(f"kubernetes target cannot {step.action}", transient=False)
             ns, name = desired.payload["namespace"], desired.payload["name"]
+            owner = desired.payload.get("controller")
+            guard = (ns, owner["kind"], owner["name"]) if owner and not step.params.get("retire") else None
+            if guard is not None:
+                self._check_template_guard(guard, observed)
             snaps.append(self._snapshot_pod(ns, name))
             self.evict(ns, name, uid=desired.payload.get("uid"))
+            if guard is not None:
+                self._evicted_for[guard] = (self.clock(), _broken(observed))
             applied.append(step.action)
         return ActResult(key=desired.key, applied=tuple(applied), snapshots=tuple(snaps))
+
+    def _check_template_guard(self, guard: tuple[str, str, str], observed: ObservedResource) -> None:
+        """Refuse to evict again when the controller's last replacement broke the same rules.
+
+        Eviction only helps when the controller's template is compliant; if the pod it made
+        after our last eviction drifts the same way, the template itself violates the
+        baseline and evicting in a loop would only churn the workload (an outage risk).
+        """
+        last = self._evicted_for.get(guard)
+        if last is None:
+            return
+        at, rules = last
+        if self.clock() - at < self.template_guard_seconds and rules & _broken(observed):
+            ns, kind, name = guard
+            raise TargetError(
+                f"the replacement from {kind} {ns}/{name} broke {', '.join(sorted(rules & _broken(observed)))} again: "
+                f"its pod template violates the baseline; not evicting again for {int(self.template_guard_seconds)}s "
+                "(fix the template)", transient=False)
 
     def _snapshot_pod(self, ns: str, name: str) -> str:
         try:
@@ -561,3 +589,9 @@ def _expired(spec: Mapping[str, Any]) -> bool:
     except ValueError:
         return True
     return (datetime.now(UTC) - t).total_seconds() > float(spec.get("leaseDurationSeconds") or 0)
+
+
+def _broken(observed: ObservedResource) -> frozenset[str]:
+    """The pod rules with offenders in an observation."""
+    return frozenset(k for k, v in observed.actual.items() if v)
+
