@@ -93,3 +93,25 @@ class NodeRetirer(Protocol):
     """Takes this node out of service when a host rule with action retire fails."""
 
     def retire_node(self, reason: str, *, dry_run: bool = False) -> dict[str, Any]: ...
+
+
+class Reachability:
+    """Whether a target's endpoint answers; logs ``target.down``/``target.up`` once per change."""
+
+    def __init__(self, target: str, **context: Any) -> None:
+        from driftd.observability.logging import get_logger
+
+        self.target = target
+        self.context = context
+        self.up: bool | None = None
+        self._log = get_logger()
+
+    def set(self, up: bool, error: str = "") -> None:
+        from driftd.observability.logging import Event
+
+        if self.up is not up:
+            if up:
+                self._log.info(Event.TARGET_UP, target=self.target, **self.context)
+            else:
+                self._log.error(Event.TARGET_DOWN, target=self.target, error=error, **self.context)
+        self.up = up

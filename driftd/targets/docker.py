@@ -45,7 +45,7 @@ from driftd.models.container import ContainerBaseline, Ungoverned
 from driftd.models.resources import Action, ActResult, DesiredResource, ObservedResource, Plan
 from driftd.observability.logging import Event, get_logger
 from driftd.safety.snapshots import SnapshotError, SnapshotStore
-from driftd.targets.base import NodeInfo, ResourceGoneError, TargetError
+from driftd.targets.base import NodeInfo, Reachability, ResourceGoneError, TargetError
 
 # exec_die: an exec's writes are done only when it ends (exec_start comes before them)
 WATCHED_ACTIONS = frozenset({"create", "start", "restart", "update", "exec_create", "exec_start", "exec_die", "rename",
@@ -245,7 +245,7 @@ class DockerTarget:
         self._approved_cache: dict[str, dict[str, str]] = {}  # baseline -> ref -> pinned image id
         self._stream: Any = None
         self._in_flight: set[str] = set()
-        self.up: bool | None = None
+        self.reach = Reachability(self.name, endpoint=self.base_url)
 
     # ------------------------------------------------------------------ connection
     def api(self) -> Any:
@@ -261,12 +261,12 @@ class DockerTarget:
             return self._api_client
 
     def _set_up(self, up: bool, error: str = "") -> None:
-        if self.up is not up:
-            if up:
-                self.log.info(Event.TARGET_UP, target=self.name, endpoint=self.base_url)
-            else:
-                self.log.error(Event.TARGET_DOWN, target=self.name, endpoint=self.base_url, error=error)
-        self.up = up
+        self.reach.set(up, error)
+
+    @property
+    def up(self) -> bool | None:
+        """None until the endpoint was first tried, then whether it last answered."""
+        return self.reach.up
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run an API call; connection failures drop the client so the next call reconnects."""

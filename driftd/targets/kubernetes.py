@@ -30,7 +30,7 @@ from driftd.models.pod import PodBaseline
 from driftd.models.resources import Action, ActResult, DesiredResource, ObservedResource, Plan
 from driftd.observability.logging import Event, get_logger
 from driftd.safety.snapshots import SnapshotError, SnapshotStore
-from driftd.targets.base import NodeInfo, ResourceGoneError, TargetError
+from driftd.targets.base import NodeInfo, Reachability, ResourceGoneError, TargetError
 
 TAINT_KEY = "driftd.io/non-compliant"
 RETIRED_LABEL = "driftd.io/retired"
@@ -169,17 +169,17 @@ class KubernetesTarget:
         self.template_guard_seconds = template_guard_seconds
         self.clock = clock
         self._evicted_for: dict[tuple[str, str, str], tuple[float, frozenset[str]]] = {}
-        self.up: bool | None = None
+        self.reach = Reachability(self.name, node=self.node_name)
         self.last_report: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ helpers
     def _set_up(self, up: bool, error: str = "") -> None:
-        if self.up is not up:
-            if up:
-                self.log.info(Event.TARGET_UP, target=self.name, node=self.node_name)
-            else:
-                self.log.error(Event.TARGET_DOWN, target=self.name, node=self.node_name, error=error)
-        self.up = up
+        self.reach.set(up, error)
+
+    @property
+    def up(self) -> bool | None:
+        """None until the endpoint was first tried, then whether it last answered."""
+        return self.reach.up
 
     def _req(self, method: str, path: str, **kw: Any) -> Any:
         try:
