@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import host_baseline, need_root, tree_digest
+from conftest import host_baseline, need, need_root, tree_digest
 from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
@@ -248,8 +248,7 @@ class TestSnapshots:
 
     def test_cli_snapshot_in_a_subprocess(self, host_root, baselines_dir, make_runtime):
         """The installed `driftd` command prints a snapshot byte for byte."""
-        if not DRIFTD.exists():
-            pytest.skip(f"{DRIFTD} not installed")
+        need(DRIFTD.exists(), f"{DRIFTD} not installed (pip install -e .)")
         (host_root / "etc/hosts.equiv").write_bytes(BINARY_DRIFT)
         rt = make_runtime(baselines_dir({"b.yaml": host_baseline(spec="""
             files:
