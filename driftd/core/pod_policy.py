@@ -171,26 +171,13 @@ def evaluate(b: PodBaseline, pod: Mapping[str, Any]) -> dict[str, list[str]]:
     if b.spec.forbid_ephemeral_containers:
         each("ephemeralContainers", (c["name"] for c in spec.get("ephemeralContainers") or []))
     regular = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
-    if b.spec.resources.require_limits:
-        each(
-            "missingLimits",
-            (
-                f"{c['name']}={k}"
-                for c in regular
-                for k in b.spec.resources.require_limits
-                if k not in ((c.get("resources") or {}).get("limits") or {})
-            ),
-        )
-    if b.spec.resources.require_requests:
-        each(
-            "missingRequests",
-            (
-                f"{c['name']}={k}"
-                for c in regular
-                for k in b.spec.resources.require_requests
-                if k not in ((c.get("resources") or {}).get("requests") or {})
-            ),
-        )
+    for field, kinds, section in (
+        ("missingLimits", b.spec.resources.require_limits, "limits"),
+        ("missingRequests", b.spec.resources.require_requests, "requests"),
+    ):
+        if kinds:
+            each(field, (f"{c['name']}={k}" for c in regular for k in kinds
+                         if k not in ((c.get("resources") or {}).get(section) or {})))
     return out
 
 

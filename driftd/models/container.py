@@ -8,6 +8,7 @@ Fields use the Docker/Kubernetes camelCase spelling in YAML.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import timedelta
 from enum import StrEnum
 from typing import Literal
@@ -35,6 +36,11 @@ def parse_bytes(value: object) -> int:
     if isinstance(value, str) and (m := _SIZE_RE.match(value)):
         return int(float(m.group(1)) * _UNITS[m.group(2)])
     raise ValueError(f"invalid size {value!r}: use e.g. '256Mi', '1G' or a number of bytes")
+
+
+def normalize_caps(values: Iterable[str] | None) -> list[str]:
+    """Capabilities as Docker reports them: upper case, no CAP_ prefix, sorted, unique."""
+    return sorted({v.upper().removeprefix("CAP_") for v in values or []})
 
 
 class RuleAction(StrEnum):
@@ -139,13 +145,11 @@ class RuntimePolicy(Strict):
     def _v_caps(cls, v: list[str] | None) -> list[str] | None:
         if v is None:
             return None
-        out = []
-        for c in v:
-            c = c.upper().removeprefix("CAP_")
+        out = normalize_caps(v)
+        for c in out:
             if not re.match(r"^[A-Z_]+$", c):
                 raise ValueError(f"invalid capability {c!r}")
-            out.append(c)
-        return sorted(set(out))
+        return out
 
     @field_validator("forbidden_host_mounts")
     @classmethod

@@ -41,7 +41,7 @@ from driftd.core.compile_container import (
     governing,
     ungoverned_policy,
 )
-from driftd.models.container import ContainerBaseline, Ungoverned
+from driftd.models.container import ContainerBaseline, Ungoverned, normalize_caps
 from driftd.models.resources import Action, ActResult, DesiredResource, ObservedResource, Plan
 from driftd.observability.logging import Event, get_logger
 from driftd.safety.snapshots import SnapshotError, SnapshotStore
@@ -59,10 +59,6 @@ _CONFIG_KEYS = (
 
 
 # --------------------------------------------------------------------------- pure helpers
-
-
-def _caps(values: Iterable[str] | None) -> list[str]:
-    return sorted({v.upper().removeprefix("CAP_") for v in values or []})
 
 
 def _secopt(opts: list[str], kind: str) -> str | None:
@@ -116,8 +112,8 @@ def normalize(ins: dict[str, Any], fs_changes: list[str] | None, env_keys: Itera
         "user": user,
         "nonRoot": user.split(":")[0] not in ("", "root", "0"),
         "privileged": bool(hc.get("Privileged")),
-        "capAdd": _caps(hc.get("CapAdd")),
-        "capDrop": _caps(hc.get("CapDrop")),
+        "capAdd": normalize_caps(hc.get("CapAdd")),
+        "capDrop": normalize_caps(hc.get("CapDrop")),
         "readOnlyRootFilesystem": bool(hc.get("ReadonlyRootfs")),
         "noNewPrivileges": "no-new-privileges" in opts or (nnp is not None and nnp.lower() != "false"),
         "seccompProfile": _secopt(opts, "seccomp") or "default",
@@ -162,7 +158,7 @@ def recreate_config(ins: dict[str, Any], runtime: dict[str, Any], image: str) ->
     if r.get("capAdd") is not None:
         hc["CapAdd"] = list(r["capAdd"]) or None
     if r.get("capDrop") is not None:
-        hc["CapDrop"] = sorted(set(_caps(hc.get("CapDrop"))) | set(r["capDrop"]))
+        hc["CapDrop"] = sorted(set(normalize_caps(hc.get("CapDrop"))) | set(r["capDrop"]))
     opts = [o for o in hc.get("SecurityOpt") or []]
     if r.get("privileged") is False:
         # --privileged implies label=disable; it must not outlive the privilege
