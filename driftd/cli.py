@@ -315,11 +315,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     try:
-        state = StateStore(settings.state_dir)
+        state = StateStore(settings.state_dir, readonly=True)  # a read-only command creates nothing
+        active = sorted(state.active().values(), key=lambda r: r.first_seen)
+        state.close()
     except StateError as e:
         print(f"driftd: {e}", file=sys.stderr)
         return ExitCode.ERROR
-    active = sorted(state.active().values(), key=lambda r: r.first_seen)
     if args.output == "json":
         print(json.dumps([r.as_dict() for r in active], indent=2, default=str))
     else:
@@ -340,13 +341,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    from driftd.safety.snapshots import SnapshotStore
+    from driftd.safety.snapshots import SnapshotError, SnapshotStore
 
     settings = _settings(args)
+    state_dir = Path(settings.state_dir)
+    if not (state_dir / "state.db").is_file():
+        print(f"driftd: no state at {state_dir} (no state.db; is --state-dir right?)", file=sys.stderr)
+        return ExitCode.ERROR
     try:
-        data = SnapshotStore(Path(settings.state_dir) / "snapshots").get(args.id)
+        data = SnapshotStore(state_dir / "snapshots").get(args.id)
     except KeyError as e:
         print(f"driftd: {e.args[0]}", file=sys.stderr)
+        return ExitCode.ERROR
+    except SnapshotError as e:
+        print(f"driftd: {e}", file=sys.stderr)
         return ExitCode.ERROR
     sys.stdout.buffer.write(data)
     return ExitCode.CLEAN
@@ -402,7 +410,7 @@ def parser() -> argparse.ArgumentParser:
 
     snap = sub.add_parser("snapshot", help="print the bytes of a snapshot (drifted content kept before a revert)")
     _common(snap)
-    snap.add_argument("id", help="snapshot id, sha256:<hex>")
+    snap.add_argument("id", help="snapshot id, sha256:<hex> (or a unique prefix of at least 12 hex digits)")
     snap.set_defaults(func=cmd_snapshot)
 
     demo = sub.add_parser("demo", help="build a demo host tree, inject drift, enforce once, show the result")

@@ -126,6 +126,55 @@ class _SlowPath(Exception):
     """The document uses a YAML feature left to PyYAML's constructor."""
 
 
+MAX_DEPTH = 64  # nesting of collections; real baselines stay below 10
+MAX_NODES = 1_000_000  # YAML nodes a document may expand to once aliases are followed
+
+
+class _Hostile(Exception):
+    """A document no baseline needs: nested too deep, or expanding (through aliases) past MAX_NODES."""
+
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(reason)
+        self.line = line
+
+
+def _check_bounds(root: yaml.Node) -> None:
+    """Refuse alias bombs ("billion laughs"), recursive aliases and deep nesting, in time linear in the text.
+
+    An iterative post-order walk over the node graph: each node's expanded size and depth
+    are computed once (aliases share node objects), so a document of a few hundred bytes
+    that would expand to 10^9 nodes is refused after visiting its few dozen real nodes.
+    """
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        nid = id(node)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for kv in node.value for n in kv]
+        if done:
+            on_path.discard(nid)
+            size[nid] = 1 + sum(size[id(c)] for c in children)
+            depth[nid] = 1 + max((depth[id(c)] for c in children), default=0)
+            if size[nid] > MAX_NODES:
+                raise _Hostile(node.start_mark.line + 1, f"document expands to more than {MAX_NODES} YAML nodes through aliases (an alias bomb?); refused")
+            if depth[nid] > MAX_DEPTH:
+                raise _Hostile(node.start_mark.line + 1, f"collections nested deeper than {MAX_DEPTH} levels; refused")
+            continue
+        if nid in size:
+            continue
+        if nid in on_path:
+            raise _Hostile(node.start_mark.line + 1, "recursive alias (a node contains itself); refused")
+        on_path.add(nid)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in size)
+
+
 def _fast_construct(root: yaml.Node) -> tuple[Any, list[tuple[int, str, str]]]:
     """Plain data of a composed document and its duplicate keys, in one walk.
 
@@ -145,9 +194,11 @@ class _Builder:
         self.dups: list[tuple[int, str, str]] = []
         self.visited: set[int] = set()
 
-    def build(self, node: yaml.Node, path: str) -> Any:
+    def build(self, node: yaml.Node, path: str, depth: int = 0) -> Any:
         if id(node) in self.visited:  # an alias: shared (maybe recursive) objects
             raise _SlowPath
+        if depth > MAX_DEPTH:
+            raise _Hostile(node.start_mark.line + 1, f"collections nested deeper than {MAX_DEPTH} levels; refused")
         self.visited.add(id(node))
         tag = node.tag
         if isinstance(node, yaml.ScalarNode):
@@ -167,10 +218,10 @@ class _Builder:
                 if key in seen:
                     self.dups.append((k.start_mark.line + 1, sub, _DUP_REASON))
                 seen.add(key)
-                out[self.build(k, "")] = self.build(v, sub)
+                out[self.build(k, "", depth + 1)] = self.build(v, sub, depth + 1)
             return out
         if isinstance(node, yaml.SequenceNode) and tag == _SEQ_TAG:
-            return [self.build(v, f"{path}[{i}]") for i, v in enumerate(node.value)]
+            return [self.build(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node.value)]
         raise _SlowPath
 
 
@@ -213,13 +264,18 @@ def _parse(rel: str, raw: bytes, problems: list[Problem]) -> list[_Doc]:
         problems.append(Problem(rel, line, "(file)", f"not valid UTF-8 (byte {e.start})"))
         return []
     docs: list[_Doc] = []
+    seen_any = False
     try:
         for root in yaml.compose_all(text, Loader=_Loader):
             if root is None:
                 continue
+            seen_any = True
             try:
                 data, dups = _fast_construct(root)
+            except _Hostile:
+                raise
             except Exception:  # anything unusual: PyYAML's own constructor decides (and raises)
+                _check_bounds(root)  # aliases: refuse a bomb before anything expands it
                 dups = list(_dup_keys(root))
                 for line, fld, reason in dups:
                     problems.append(Problem(rel, line, fld, reason))
@@ -228,10 +284,21 @@ def _parse(rel: str, raw: bytes, problems: list[Problem]) -> list[_Doc]:
                 for line, fld, reason in dups:
                     problems.append(Problem(rel, line, fld, reason))
             docs.append(_Doc(file=rel, root=root, data=data))
+    except _Hostile as e:
+        problems.append(Problem(rel, e.line, "(yaml)", str(e)))
+        return []
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
         problems.append(Problem(rel, line, "(yaml)", str(getattr(e, "problem", None) or e)))
+        return docs
+    except RecursionError:  # the pure-Python composer on deep nesting
+        problems.append(Problem(rel, 1, "(yaml)", f"collections nested deeper than {MAX_DEPTH} levels; refused"))
+        return []
+    if not seen_any:
+        problems.append(
+            Problem(rel, 1, "(file)", "holds no YAML document (empty, or truncated?): its rules would silently stop being enforced")
+        )
     return docs
 
 
@@ -271,7 +338,7 @@ def _claims(doc: _Doc) -> Iterator[tuple[str, tuple[str | int, ...], object]]:
     for i, d in enumerate(spec.directories):
         yield f"path {d.path}", ("spec", "directories", i, "path"), ("directory", d)
     if spec.kernel is not None:
-        yield "kernel rule", ("spec", "kernel"), ("kernel", spec.kernel.model_dump())
+        yield "kernel rule", ("spec", "kernel"), ("kernel", spec.kernel)
     for i, s in enumerate(spec.sysctls):
         yield f"sysctl {s.key}", ("spec", "sysctls", i, "key"), ("sysctl", s)
 
@@ -329,6 +396,26 @@ def _check_set(docs: list[_Doc], problems: list[Problem]) -> None:
             claims.setdefault(what, []).append((doc, loc, value))
         if isinstance(doc.model, ContainerBaseline):
             _check_container(doc, doc.model, problems)
+        if isinstance(doc.model, HostBaseline):
+            _check_host(doc, doc.model, problems)
+
+
+_SPECIAL_BITS = {0o4000: "set-uid", 0o2000: "set-gid", 0o1000: "sticky"}
+
+
+def _check_host(doc: _Doc, b: HostBaseline, problems: list[Problem]) -> None:
+    """Warnings on host rules a reviewer must look at twice (they do not block loading)."""
+    for i, f in enumerate(b.spec.files):
+        if f.mode is None:
+            continue
+        bits = [name for bit, name in _SPECIAL_BITS.items() if int(f.mode, 8) & bit]
+        if bits:
+            loc = ("spec", "files", i, "mode")
+            problems.append(
+                Problem(doc.file, doc.line_of(loc), _fmt_loc(loc),
+                        f"mode {f.mode} sets {' and '.join(bits)} on {f.path}: every node gets a privileged file; "
+                        "make sure the baseline means it", "warning")
+            )
 
 
 def _check_container(doc: _Doc, b: ContainerBaseline, problems: list[Problem]) -> None:
@@ -386,7 +473,18 @@ def _yaml_files(directory: Path) -> list[Path]:
 def load_set(
     directory: str | os.PathLike[str], *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
 ) -> tuple[BaselineSet | None, list[Problem]]:
-    """Load every baseline below ``directory``: a complete set, or None and the problems."""
+    """Load every baseline below ``directory``: a complete set, or None and the problems.
+
+    Never raises: a crash anywhere in loading is a rejected set with the error as a problem,
+    so the daemon counts it and keeps its last good set.
+    """
+    try:
+        return _load_set(directory, max_file_bytes)
+    except Exception as e:  # a bug here must reject the set, not take the agent down
+        return None, [Problem(str(directory), 1, "(loader)", f"internal error while loading: {type(e).__name__}: {e}")]
+
+
+def _load_set(directory: str | os.PathLike[str], max_file_bytes: int) -> tuple[BaselineSet | None, list[Problem]]:
     root = Path(directory)
     problems: list[Problem] = []
     if not root.is_dir():

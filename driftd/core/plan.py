@@ -39,15 +39,33 @@ def _unresolved(desired: DesiredResource) -> str | None:
     return None
 
 
+SETID_BITS = 0o6000
+
+
 def _attrs_params(desired: DesiredResource, observed: ObservedResource) -> dict[str, Any]:
     """Mode/owner/group a rewritten file must carry: governed values, else the current ones.
 
     Current values are kept only from a resource of the right type: a symlink's 0777 mode
     and its owner must not carry over to the file that replaces it (defaults apply).
+    A current mode never carries set-uid/set-gid into the rewritten file: only the baseline's
+    own ``mode`` may name them (a rewrite must not re-issue a set-id binary's privilege).
     """
     exp, act = desired.expected, observed.actual
     same_type = act.get("type") == desired.expected.get("type", desired.kind)
-    return {f: exp.get(f, act.get(f) if same_type else None) for f in ("mode", "owner", "group")}
+    out = {f: exp.get(f, act.get(f) if same_type else None) for f in ("mode", "owner", "group")}
+    if "mode" not in exp and isinstance(out["mode"], str) and desired.kind == "file":
+        out["mode"] = f"{int(out['mode'], 8) & ~SETID_BITS:04o}"
+    return out
+
+
+def _hard_linked(observed: ObservedResource) -> str | None:
+    links = observed.actual.get("links")
+    if observed.actual.get("type") == "file" and isinstance(links, int) and links > 1:
+        return (
+            f"file has {links} hard links: changing its mode or owner would change every linked name, "
+            "maybe outside the host root; refusing (break the link, or rewrite the content)"
+        )
+    return None
 
 
 def _attr_actions(drift: dict[str, FieldDrift], desired: DesiredResource) -> list[PlannedAction]:
@@ -55,13 +73,10 @@ def _attr_actions(drift: dict[str, FieldDrift], desired: DesiredResource) -> lis
     if "mode" in drift:
         out.append(PlannedAction(action=Action.CHMOD, reason="mode differs", params={"mode": desired.expected["mode"]}))
     if "owner" in drift or "group" in drift:
-        out.append(
-            PlannedAction(
-                action=Action.CHOWN,
-                reason="ownership differs",
-                params={"owner": desired.expected.get("owner"), "group": desired.expected.get("group")},
-            )
-        )
+        params = {"owner": desired.expected.get("owner"), "group": desired.expected.get("group")}
+        if "mode" in desired.expected:  # set-id bits survive a chown only when the baseline names them
+            params["mode"] = desired.expected["mode"]
+        out.append(PlannedAction(action=Action.CHOWN, reason="ownership differs", params=params))
     return out
 
 
@@ -83,6 +98,8 @@ def _plan_file(
             return [], "file must be rewritten but the baseline gives no content"
         reason = {"present": "missing", "type": f"is a {actual_type}"}.get(next(iter(drift)), "content differs")
         return [PlannedAction(action=Action.WRITE_FILE, reason=reason, params=_attrs_params(desired, observed))], None
+    if (linked := _hard_linked(observed)) is not None:
+        return [], linked
     return _attr_actions(drift, desired), None
 
 

@@ -11,6 +11,8 @@ Pipeline position: this is where observe → diff → plan → act is wired toge
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,9 +23,9 @@ from driftd.core.diff import diff, reportable
 from driftd.core.plan import plan as make_plan
 from driftd.engine.clock import Clock, SystemClock
 from driftd.engine.queue import KeyedQueue
-from driftd.engine.state import DriftRecord, StateStore
+from driftd.engine.state import DriftRecord, StateError, StateStore
 from driftd.models.baseline import Enforcement
-from driftd.models.resources import REDACTED, Action, ActResult, DesiredResource, ObservedResource, Plan
+from driftd.models.resources import REDACTED, Action, ActResult, DesiredResource, FieldDrift, ObservedResource, Plan
 from driftd.observability.logging import Event, get_logger, set_baseline_version
 from driftd.targets.base import (
     EventSource,
@@ -104,6 +106,16 @@ class Engine:
         self._swap = threading.Lock()
         self.outcomes: dict[str, Outcome] = {}
         self._last_full = -float("inf")
+        for t in targets.values():
+            if hasattr(t, "journal"):  # adapters that record snapshot ids durably before overwriting
+                t.journal = self._journal
+
+    def _journal(self, key: str, snapshots: tuple[str, ...]) -> None:
+        """Snapshot-before-overwrite as a precondition: no durable record of the snapshot, no overwrite."""
+        try:
+            self.state.journal_snapshots(key, snapshots, self.clock.time())
+        except StateError as e:
+            raise TargetError(f"snapshot saved but not recorded ({e}); not overwriting", escalate=True) from None
 
     # ------------------------------------------------------------------ baselines
     def set_baselines(self, bset: BaselineSet) -> None:
@@ -209,7 +221,18 @@ class Engine:
 
     # ------------------------------------------------------------------ reconcile
     def reconcile(self, key: str) -> Outcome:
-        """Reconcile one key; never raises for adapter failures."""
+        """Reconcile one key; never raises for adapter or state failures."""
+        try:
+            return self._reconcile(key)
+        except StateError as e:
+            d = self.desired.get(key)
+            self.log.error(Event.STATE_FAILED, key=key, error=str(e))
+            out = Outcome(key=key, status="error", address=d.address if d else "", baseline=d.baseline if d else "",
+                          target=d.target if d else self.target_name(key), error=str(e), retry=True)
+            self.outcomes[key] = out
+            return out
+
+    def _reconcile(self, key: str) -> Outcome:
         d = self.desired.get(key)
         if d is None:
             dynamic = self.targets.get(self.target_name(key))
@@ -307,10 +330,18 @@ class Engine:
         if action_names == Action.RETIRE_NODE.value and rec.last_action == action_names and rec.last_result == "succeeded":
             out.status = "retired"
             return out  # already retired for this drift: nothing more to do
+        if rec.held is not None:
+            if rec.held.get("fingerprint") == self._fingerprint(d, drift):
+                # acting again cannot help: the same action already "succeeded" and left this very drift
+                log.warning(Event.REMEDIATION_HELD, action=action_names, reason=rec.held.get("reason"))
+                out.status, out.error = "failed", f"held: {rec.held.get('reason')} (not acting until the baseline or the resource changes)"
+                return out
+            rec = self.state.record_action(rec, now=now, action="none", result="released", attempt=False)
+        terminal: str | None = None
         try:
             result = self._act(target, d, observed, p)
             if Action.RETIRE_NODE in result.applied:
-                verify: tuple[Any, ...] = ()  # the node is retired; the host drift itself stays, reported
+                verify: tuple[FieldDrift, ...] = ()  # the node is retired; the host drift itself stays, reported
             else:
                 try:
                     verify = diff(d, target.observe(d))
@@ -319,17 +350,28 @@ class Engine:
                         raise
                     verify = ()  # retired or evicted: being gone is the remedy
             if verify:
+                same = sorted({v.field for v in verify} & {f.field for f in drift})
+                if same:
+                    terminal = self._fingerprint(d, verify)
+                    raise TargetError(
+                        f"{action_names} succeeded but verification still finds the same drift ({', '.join(same)}): "
+                        "the baseline or the adapter cannot fix this; stopped acting on it",
+                        transient=False,
+                        escalate=True,
+                    )
                 raise TargetError("verification failed: still drifted after acting: " + ", ".join(v.field for v in verify))
         except ResourceGoneError:
             return self._unmanaged(key, "gone")
         except TargetError as e:
-            rec = self.state.record_action(rec, now=now, action=action_names, result="failed", error=str(e))
+            held = {"fingerprint": terminal, "reason": str(e), "at": now} if terminal else None
+            rec = self.state.record_action(rec, now=now, action=action_names, result="failed", error=str(e), held=held)
             for a in p.actions:
                 self.metrics.remediations.labels(d.target, a.action.value, "failed").inc()
             log.error(Event.REMEDIATION_FAILED, action=action_names, error=str(e), attempts=rec.attempts, transient=e.transient)
             if rec.consecutive_failures == 1:
                 self._notify("RemediationFailed", d, f"{action_names} failed: {e}")
-            if rec.consecutive_failures == self.escalate_after:
+            at_threshold = rec.consecutive_failures == self.escalate_after
+            if at_threshold or (e.escalate and rec.consecutive_failures == 1):
                 log.error(
                     Event.REMEDIATION_ESCALATED,
                     action=action_names,
@@ -338,7 +380,7 @@ class Engine:
                     first_seen=rec.first_seen,
                 )
                 self._notify("RemediationEscalated", d, f"{action_names} failed {rec.consecutive_failures} times: {e}")
-                if d.payload.get("retire_on_failure") and not self.dry_run:
+                if d.payload.get("retire_on_failure") and not self.dry_run and (at_threshold or terminal):
                     self._retire_node_on_failure(d, str(e), log)
             out.status, out.error, out.retry = "failed", str(e), e.transient
             return out
@@ -370,6 +412,12 @@ class Engine:
         self._update_row(d, "pass", f"{action_names} done; was: {', '.join(f['field'] for f in fields)}")
         out.status, out.snapshots = "remediated", shown
         return out
+
+    def _fingerprint(self, d: DesiredResource, drift: tuple[FieldDrift, ...]) -> str:
+        """What a terminal hold is tied to: the baseline's content and the drifted fields' live values."""
+        h = hashlib.sha256(self.baselines.hashes.get(d.baseline, d.baseline).encode())
+        h.update(json.dumps([[f.field, f.actual] for f in sorted(drift, key=lambda f: f.field)], sort_keys=True, default=str).encode())
+        return h.hexdigest()[:24]
 
     # ------------------------------------------------------------------ reports
     def _row(self, d: DesiredResource, result: str, message: str) -> dict[str, Any]:

@@ -5,19 +5,31 @@ first-seen wall-clock time, deadline (first seen + window), attempts, last actio
 result, and the ids of snapshots taken before overwriting.  Because first-seen is
 persisted, a restart does not reset the 30-minute clock.  An ``actions`` table keeps
 every action taken, for ``driftd status`` and the drifts API.
+
+Safety: the directory is 0700 and every file 0600 whatever the umask (modes are fixed
+on every open, also of a directory that already exists looser), nothing inside it may be
+a symlink, read-only commands open it read-only and never create it, and every SQLite
+failure (``database or disk is full``) surfaces as :class:`StateError` with the real
+cause — a failed ROLLBACK never masks it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import sqlite3
+import stat
 import threading
+import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+DB_NAME = "state.db"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -39,7 +51,8 @@ CREATE TABLE IF NOT EXISTS drift (
   breached INTEGER NOT NULL DEFAULT 0,
   resolved_at REAL,
   resolution TEXT,
-  updated_at REAL NOT NULL
+  updated_at REAL NOT NULL,
+  held TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS drift_active_key ON drift(key) WHERE resolved_at IS NULL;
 CREATE INDEX IF NOT EXISTS drift_resolved ON drift(resolved_at);
@@ -52,6 +65,12 @@ CREATE TABLE IF NOT EXISTS actions (
   result TEXT NOT NULL,
   error TEXT,
   snapshots TEXT NOT NULL DEFAULT '[]'
+);
+CREATE TABLE IF NOT EXISTS guards (
+  scope TEXT PRIMARY KEY,
+  until REAL NOT NULL,
+  data TEXT NOT NULL DEFAULT '{}',
+  updated_at REAL NOT NULL
 );
 """
 
@@ -76,18 +95,19 @@ class DriftRecord:
     resolved_at: float | None = None
     resolution: str | None = None
     updated_at: float = 0.0
+    held: dict[str, Any] | None = None  # terminal failure: not acted on again while this fingerprint holds
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 class StateError(Exception):
-    pass
+    """The state directory cannot be opened, read or written; the message carries the real cause."""
 
 
 _COLS = (
     "id, key, target, baseline, address, first_seen, deadline, attempts, consecutive_failures, "
-    "last_action, last_result, last_error, fields, snapshots, breached, resolved_at, resolution, updated_at"
+    "last_action, last_result, last_error, fields, snapshots, breached, resolved_at, resolution, updated_at, held"
 )
 
 
@@ -111,65 +131,140 @@ def _row(r: tuple[Any, ...]) -> DriftRecord:
         resolved_at=r[15],
         resolution=r[16],
         updated_at=r[17],
+        held=json.loads(r[18]) if r[18] else None,
     )
 
 
-class StateStore:
-    """Thread-safe access to ``<state-dir>/state.db``."""
+def _secure_file(dirfd: int, name: str, *, create: bool) -> None:
+    """``name`` in the state directory: never a symlink, a regular file, mode 0600."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(name, flags, 0o600, dir_fd=dirfd)
+    except FileNotFoundError:
+        if create:
+            raise
+        return
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise StateError(f"{name} in the state directory is a symlink; refusing to follow it") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StateError(f"{name} in the state directory is not a regular file")
+        if stat.S_IMODE(st.st_mode) != 0o600:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
-    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+
+class StateStore:
+    """Thread-safe access to ``<state-dir>/state.db``.
+
+    ``readonly`` (status, snapshot and other read-only commands): nothing is created or
+    changed; a directory without a state database is an error ("no state at PATH").
+    """
+
+    def __init__(self, state_dir: str | os.PathLike[str], *, readonly: bool = False) -> None:
         self.dir = Path(state_dir)
+        self.readonly = readonly
+        db = self.dir / DB_NAME
         try:
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._conn = sqlite3.connect(self.dir / "state.db", check_same_thread=False, isolation_level=None, timeout=30)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(_SCHEMA)
+            if readonly:
+                if not db.is_file() or db.is_symlink():
+                    raise StateError(f"no state at {self.dir} (no {DB_NAME}; is --state-dir right?)")
+                # no WAL beside it: every byte is in state.db, and `immutable` keeps SQLite from creating
+                # -wal/-shm files; with a WAL (a daemon is running) read through it, read-only
+                live = (self.dir / (DB_NAME + "-wal")).exists()
+                path = urllib.parse.quote(str(db.absolute()))
+                uri = f"file:{path}?mode=ro" if live else f"file:{path}?mode=ro&immutable=1"
+                self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30)
+                self._conn.execute("SELECT 1 FROM drift LIMIT 1").fetchall()
+            else:
+                self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    if stat.S_IMODE(os.fstat(dfd).st_mode) != 0o700:
+                        os.fchmod(dfd, 0o700)  # e.g. a hostPath DirectoryOrCreate made it 0755
+                    _secure_file(dfd, DB_NAME, create=True)
+                    for side in ("-wal", "-shm", "-journal"):  # SQLite gives them the database's mode
+                        _secure_file(dfd, DB_NAME + side, create=False)
+                finally:
+                    os.close(dfd)
+                self._conn = sqlite3.connect(db, check_same_thread=False, isolation_level=None, timeout=30)
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.execute("PRAGMA journal_size_limit=4194304")
+                self._conn.executescript(_SCHEMA)
+                self._migrate()
             row = self._conn.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
-            if row is None:
+            if row is None and not readonly:
                 self._conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
+            elif row is not None and int(row[0]) > SCHEMA_VERSION:
                 raise StateError(f"state schema {row[0]} is newer than this driftd ({SCHEMA_VERSION})")
         except (OSError, sqlite3.Error) as e:
-            raise StateError(f"cannot open state in {self.dir}: {e}") from e
+            raise StateError(f"cannot open state in {self.dir}: {getattr(e, 'strerror', None) or e}") from e
         self._lock = threading.Lock()
+
+    def _migrate(self) -> None:
+        cols = {r[1] for r in self._conn.execute("PRAGMA table_info(drift)").fetchall()}
+        if "held" not in cols:  # schema 1 -> 2
+            self._conn.execute("ALTER TABLE drift ADD COLUMN held TEXT")
+        self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
+    @contextlib.contextmanager
+    def _tx(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock; the real SQLite error, never a ROLLBACK's, is raised."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise StateError(f"cannot {what} in {self.dir / DB_NAME}: {e}") from e
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, args).fetchall()
+            except sqlite3.Error as e:
+                raise StateError(f"cannot read {self.dir / DB_NAME}: {e}") from e
+
     # ------------------------------------------------------------------ reads
     def active(self) -> dict[str, DriftRecord]:
-        with self._lock:
-            rows = self._conn.execute(f"SELECT {_COLS} FROM drift WHERE resolved_at IS NULL").fetchall()  # noqa: S608
+        rows = self._read(f"SELECT {_COLS} FROM drift WHERE resolved_at IS NULL")  # noqa: S608
         return {r[1]: _row(r) for r in rows}
 
     def get_active(self, key: str) -> DriftRecord | None:
-        with self._lock:
-            r = self._conn.execute(f"SELECT {_COLS} FROM drift WHERE key=? AND resolved_at IS NULL", (key,)).fetchone()  # noqa: S608
-        return _row(r) if r else None
+        rows = self._read(f"SELECT {_COLS} FROM drift WHERE key=? AND resolved_at IS NULL", (key,))  # noqa: S608
+        return _row(rows[0]) if rows else None
 
     def recent(self, limit: int = 50) -> list[DriftRecord]:
-        with self._lock:
-            rows = self._conn.execute(f"SELECT {_COLS} FROM drift ORDER BY updated_at DESC LIMIT ?", (limit,)).fetchall()  # noqa: S608
+        rows = self._read(f"SELECT {_COLS} FROM drift ORDER BY updated_at DESC LIMIT ?", (limit,))  # noqa: S608
         return [_row(r) for r in rows]
 
     def actions(self, drift_id: int) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT at, action, result, error, snapshots FROM actions WHERE drift_id=? ORDER BY id", (drift_id,)
-            ).fetchall()
+        rows = self._read("SELECT at, action, result, error, snapshots FROM actions WHERE drift_id=? ORDER BY id", (drift_id,))
         return [{"at": r[0], "action": r[1], "result": r[2], "error": r[3], "snapshots": json.loads(r[4])} for r in rows]
 
     def summary(self, now: float, escalate_after: int) -> dict[str, Any]:
         """Aggregates for the metrics collector."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT target, baseline, COUNT(*), MIN(first_seen), "
-                "SUM(consecutive_failures >= ?), SUM(deadline < ?) "
-                "FROM drift WHERE resolved_at IS NULL GROUP BY target, baseline",
-                (escalate_after, now),
-            ).fetchall()
+        rows = self._read(
+            "SELECT target, baseline, COUNT(*), MIN(first_seen), "
+            "SUM(consecutive_failures >= ? OR held IS NOT NULL), SUM(deadline < ?) "
+            "FROM drift WHERE resolved_at IS NULL GROUP BY target, baseline",
+            (escalate_after, now),
+        )
         out: dict[str, Any] = {"active": {}, "oldest_age": {}, "failing": {}, "past_deadline": {}}
         for target, baseline, n, oldest, failing, past in rows:
             out["active"][(target, baseline)] = n
@@ -191,26 +286,18 @@ class StateStore:
         fields: list[dict[str, Any]],
     ) -> DriftRecord:
         """The active record for ``key``, created with first_seen=now if there is none."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                r = self._conn.execute(f"SELECT {_COLS} FROM drift WHERE key=? AND resolved_at IS NULL", (key,)).fetchone()  # noqa: S608
-                if r is None:
-                    self._conn.execute(
-                        "INSERT INTO drift (key, target, baseline, address, first_seen, deadline, fields, updated_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (key, target, baseline, address, now, now + window_seconds, json.dumps(fields), now),
-                    )
-                else:
-                    self._conn.execute(
-                        "UPDATE drift SET fields=?, baseline=?, updated_at=? WHERE id=?",
-                        (json.dumps(fields), baseline, now, r[0]),
-                    )
-                r = self._conn.execute(f"SELECT {_COLS} FROM drift WHERE key=? AND resolved_at IS NULL", (key,)).fetchone()  # noqa: S608
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        sel = f"SELECT {_COLS} FROM drift WHERE key=? AND resolved_at IS NULL"  # noqa: S608
+        with self._tx("record the drift") as c:
+            r = c.execute(sel, (key,)).fetchone()
+            if r is None:
+                c.execute(
+                    "INSERT INTO drift (key, target, baseline, address, first_seen, deadline, fields, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key, target, baseline, address, now, now + window_seconds, json.dumps(fields), now),
+                )
+            else:
+                c.execute("UPDATE drift SET fields=?, baseline=?, updated_at=? WHERE id=?", (json.dumps(fields), baseline, now, r[0]))
+            r = c.execute(sel, (key,)).fetchone()
         return _row(r)
 
     def record_action(
@@ -223,41 +310,78 @@ class StateStore:
         error: str | None = None,
         snapshots: tuple[str, ...] = (),
         attempt: bool = True,
+        held: dict[str, Any] | None = None,
     ) -> DriftRecord:
-        """Log one action against a drift and update its counters."""
+        """Log one action against a drift and update its counters (``held``: a terminal failure's fingerprint)."""
         failed = result == "failed"
-        rec.attempts += 1 if attempt else 0
-        rec.consecutive_failures = rec.consecutive_failures + 1 if failed else 0
-        rec.last_action, rec.last_result, rec.last_error = action, result, error
-        rec.snapshots = list(dict.fromkeys([*rec.snapshots, *snapshots]))
-        rec.updated_at = now
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.execute(
-                    "UPDATE drift SET attempts=?, consecutive_failures=?, last_action=?, last_result=?, "
-                    "last_error=?, snapshots=?, updated_at=? WHERE id=?",
-                    (rec.attempts, rec.consecutive_failures, action, result, error, json.dumps(rec.snapshots), now, rec.id),
-                )
-                self._conn.execute(
-                    "INSERT INTO actions (at, drift_id, key, action, result, error, snapshots) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (now, rec.id, rec.key, action, result, error, json.dumps(list(snapshots))),
-                )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        attempts = rec.attempts + (1 if attempt else 0)
+        consecutive = rec.consecutive_failures + 1 if failed else 0
+        with self._tx("record the action") as c:
+            r = c.execute("SELECT snapshots FROM drift WHERE id=?", (rec.id,)).fetchone()
+            journaled = json.loads(r[0]) if r else []  # ids recorded before an overwrite (journal_snapshots)
+            merged = list(dict.fromkeys([*rec.snapshots, *journaled, *snapshots]))
+            c.execute(
+                "UPDATE drift SET attempts=?, consecutive_failures=?, last_action=?, last_result=?, "
+                "last_error=?, snapshots=?, updated_at=?, held=? WHERE id=?",
+                (attempts, consecutive, action, result, error, json.dumps(merged), now,
+                 json.dumps(held, sort_keys=True) if held else None, rec.id),
+            )
+            c.execute(
+                "INSERT INTO actions (at, drift_id, key, action, result, error, snapshots) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (now, rec.id, rec.key, action, result, error, json.dumps(list(snapshots))),
+            )
+        rec.attempts, rec.consecutive_failures, rec.snapshots, rec.updated_at = attempts, consecutive, merged, now
+        rec.last_action, rec.last_result, rec.last_error, rec.held = action, result, error, held
         return rec
+
+    def journal_snapshots(self, key: str, snapshots: tuple[str, ...], now: float) -> None:
+        """Durably (synchronous=FULL) add snapshot ids to the active drift of ``key`` before an overwrite."""
+        with self._lock:
+            try:
+                self._conn.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error as e:
+                raise StateError(f"cannot record snapshots in {self.dir / DB_NAME}: {e}") from e
+        try:
+            with self._tx("record the snapshots") as c:
+                r = c.execute("SELECT id, snapshots FROM drift WHERE key=? AND resolved_at IS NULL", (key,)).fetchone()
+                if r is None:
+                    raise StateError(f"no open drift record for {key}; not overwriting without one")
+                merged = list(dict.fromkeys([*json.loads(r[1]), *snapshots]))
+                c.execute("UPDATE drift SET snapshots=?, updated_at=? WHERE id=?", (json.dumps(merged), now, r[0]))
+        finally:
+            with self._lock, contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA synchronous=NORMAL")
 
     def mark_breached(self, rec: DriftRecord, now: float) -> None:
+        with self._tx("mark the window breach") as c:
+            c.execute("UPDATE drift SET breached=1, updated_at=? WHERE id=?", (now, rec.id))
         rec.breached = True
-        with self._lock:
-            self._conn.execute("UPDATE drift SET breached=1, updated_at=? WHERE id=?", (now, rec.id))
 
     def resolve(self, rec: DriftRecord, *, now: float, resolution: str) -> DriftRecord:
+        with self._tx("resolve the drift") as c:
+            c.execute("UPDATE drift SET resolved_at=?, resolution=?, updated_at=? WHERE id=?", (now, resolution, now, rec.id))
         rec.resolved_at, rec.resolution, rec.updated_at = now, resolution, now
-        with self._lock:
-            self._conn.execute(
-                "UPDATE drift SET resolved_at=?, resolution=?, updated_at=? WHERE id=?", (now, resolution, now, rec.id)
-            )
         return rec
+
+    # ------------------------------------------------------------------ guards (targets.base.GuardStore)
+    def get_guard(self, scope: str, now: float) -> dict[str, Any] | None:
+        """The payload of the unexpired guard ``scope``, or None."""
+        rows = self._read("SELECT until, data FROM guards WHERE scope=?", (scope,))
+        if not rows or rows[0][0] <= now:
+            return None
+        data: dict[str, Any] = json.loads(rows[0][1])
+        return data
+
+    def set_guard(self, scope: str, *, until: float, data: dict[str, Any], now: float) -> None:
+        """Create or replace a guard that holds until ``until`` (wall clock); expired ones are pruned."""
+        with self._tx("record a guard") as c:
+            c.execute(
+                "INSERT INTO guards (scope, until, data, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(scope) DO UPDATE SET until=excluded.until, data=excluded.data, updated_at=excluded.updated_at",
+                (scope, until, json.dumps(data, sort_keys=True), now),
+            )
+            c.execute("DELETE FROM guards WHERE until <= ?", (now,))
+
+    def clear_guard(self, scope: str) -> None:
+        with self._tx("clear a guard") as c:
+            c.execute("DELETE FROM guards WHERE scope=?", (scope,))

@@ -31,6 +31,8 @@ class Event(StrEnum):
     REMEDIATION_SUCCEEDED = "remediation.succeeded"
     REMEDIATION_FAILED = "remediation.failed"
     REMEDIATION_ESCALATED = "remediation.escalated"
+    REMEDIATION_HELD = "remediation.held"
+    STATE_FAILED = "state.failed"
     SNAPSHOT_SAVED = "snapshot.saved"
     BASELINE_LOADED = "baseline.loaded"
     BASELINE_REJECTED = "baseline.rejected"

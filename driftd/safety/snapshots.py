@@ -2,21 +2,83 @@
 
 Pipeline position: called by adapters during **act**, before anything is overwritten
 or removed.  A snapshot id is ``sha256:<hex>`` of the bytes; the same bytes are stored
-once.  Writes are atomic, so a snapshot either exists whole or not at all, and an
+once.  ``put`` returns only once the bytes are durable and verified: written whole to a
+temp file (short writes and ENOSPC handled), read back against the digest, fsynced,
+renamed, and the directory fsynced.  An existing entry whose bytes do not match its
+name is replaced, never trusted.  Any failure raises :class:`SnapshotError`, and an
 adapter that cannot snapshot must not overwrite.
+
+Paths inside the store are walked with ``O_NOFOLLOW | O_DIRECTORY`` relative to the
+store's descriptor, so a symlink planted inside the state directory (``sha256/ab ->
+/etc/cron.d``) is refused instead of followed; folders are 0700 and files 0600 whatever
+the process umask.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import re
 import secrets
+import stat
+from collections.abc import Iterator
 from pathlib import Path
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_HEX = re.compile(r"[0-9a-f]+")
+MIN_PREFIX = 12  # hex digits of an abbreviated id, as printed by the pass summary (like git)
+_CHUNK = 1 << 20
 
 
 class SnapshotError(Exception):
-    """The drifted state could not be saved; the caller must not overwrite it."""
+    """The drifted state could not be saved (or read back whole); the caller must not overwrite it."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    off = 0
+    while off < len(view):
+        n = os.write(fd, view[off : off + _CHUNK])
+        if n <= 0:
+            raise OSError(errno.ENOSPC, "no progress writing (device full?)")
+        off += n
+
+
+def _read_all(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := os.read(fd, _CHUNK):
+        total += len(chunk)
+        if total > limit:
+            raise OSError(errno.EFBIG, "snapshot larger than the cap")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def secure_dir(parent_fd: int, name: str, *, create: bool = True) -> int:
+    """Descriptor of directory ``name`` below ``parent_fd``: never a symlink, always 0700."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise SnapshotError(f"{name} in the state directory is a symlink or not a directory; refusing it") from None
+        raise
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class SnapshotStore:
@@ -25,44 +87,123 @@ class SnapshotStore:
         self.max_bytes = max_bytes
         self.count = 0
 
-    def _path(self, hexdigest: str) -> Path:
-        return self.root / "sha256" / hexdigest[:2] / hexdigest
+    @contextlib.contextmanager
+    def _bucket(self, hexdigest: str, *, create: bool) -> Iterator[int]:
+        """Descriptor of ``<root>/sha256/<first two hex>``, reached without following links."""
+        opened: list[int] = []
+        try:
+            if create:
+                self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            parent = self.root.parent
+            fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            opened.append(fd)
+            for name in (self.root.name, "sha256", hexdigest[:2]):
+                fd = secure_dir(fd, name, create=create)
+                opened.append(fd)
+            yield fd
+        finally:
+            for fd in reversed(opened):
+                os.close(fd)
 
     def put(self, data: bytes) -> str:
-        """Store ``data`` (idempotent) and return its id."""
+        """Store ``data`` durably (idempotent) and return its id; raises SnapshotError."""
         if len(data) > self.max_bytes:
             raise SnapshotError(
                 f"drifted content is {len(data)} bytes, over the snapshot cap of {self.max_bytes}; refusing to overwrite it"
             )
         digest = hashlib.sha256(data).hexdigest()
-        final = self._path(digest)
-        if final.exists():
-            return f"sha256:{digest}"
+        sid = f"sha256:{digest}"
         try:
-            final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = final.with_name(f".{digest}.{secrets.token_hex(4)}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, final)
+            with self._bucket(digest, create=True) as bfd:
+                if self._intact(bfd, digest):
+                    return sid
+                tmp = f".{digest}.{secrets.token_hex(4)}"
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=bfd)
+                try:
+                    try:
+                        os.fchmod(fd, 0o600)  # whatever the umask
+                        _write_all(fd, data)
+                        os.fsync(fd)
+                        os.lseek(fd, 0, os.SEEK_SET)
+                        if hashlib.sha256(_read_all(fd, self.max_bytes)).hexdigest() != digest:
+                            raise OSError(errno.EIO, "snapshot read back does not match its digest")
+                    finally:
+                        os.close(fd)
+                    os.rename(tmp, digest, src_dir_fd=bfd, dst_dir_fd=bfd)  # replaces a corrupt entry too
+                    os.fsync(bfd)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp, dir_fd=bfd)
+                    raise
+        except SnapshotError:
+            raise
         except OSError as e:
-            with contextlib.suppress(Exception):
-                os.unlink(tmp)
-            raise SnapshotError(f"cannot save snapshot: {e}") from e
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+            raise SnapshotError(f"cannot save snapshot in {self.root}: {e.strerror or e}", transient=full) from e
         self.count += 1
-        return f"sha256:{digest}"
+        return sid
+
+    def _intact(self, bfd: int, digest: str) -> bool:
+        """Whether the entry named ``digest`` exists as a regular file holding exactly those bytes."""
+        try:
+            fd = os.open(digest, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=bfd)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                os.unlink(digest, dir_fd=bfd)  # a planted symlink: never write through it
+                return False
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise SnapshotError(f"snapshot entry {digest} is not a regular file; refusing it")
+            try:
+                data = _read_all(fd, self.max_bytes)
+            except OSError:
+                return False
+            return hashlib.sha256(data).hexdigest() == digest
+        finally:
+            os.close(fd)
+
+    def resolve(self, snapshot_id: str) -> str:
+        """The full id of ``snapshot_id``, which may be abbreviated to a unique prefix of >= 12 hex digits."""
+        algo, _, digest = snapshot_id.partition(":")
+        if algo != "sha256" or not _HEX.fullmatch(digest) or len(digest) > 64:
+            raise KeyError(f"not a snapshot id: {snapshot_id!r} (expected sha256:<hex>)")
+        if len(digest) == 64:
+            return snapshot_id
+        if len(digest) < MIN_PREFIX:
+            raise KeyError(f"snapshot id {snapshot_id!r} is too short: give at least {MIN_PREFIX} hex digits")
+        bucket = self.root / "sha256" / digest[:2]
+        try:
+            names = [n for n in os.listdir(bucket) if n.startswith(digest) and len(n) == 64 and _HEX.fullmatch(n)]
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
+        if not names:
+            raise KeyError(f"no snapshot {snapshot_id}")
+        if len(names) > 1:
+            raise KeyError(f"snapshot id {snapshot_id} is ambiguous ({len(names)} snapshots start with it)")
+        return f"sha256:{names[0]}"
 
     def get(self, snapshot_id: str) -> bytes:
-        algo, _, digest = snapshot_id.partition(":")
-        if algo != "sha256" or len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
-            raise KeyError(f"not a snapshot id: {snapshot_id!r}")
+        """The bytes of a snapshot; KeyError when unknown, SnapshotError when corrupt."""
+        sid = self.resolve(snapshot_id)
+        digest = sid.partition(":")[2]
         try:
-            data = self._path(digest).read_bytes()
+            with self._bucket(digest, create=False) as bfd:
+                fd = os.open(digest, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=bfd)
+                try:
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        raise SnapshotError(f"snapshot {sid} is not a regular file")
+                    data = _read_all(fd, max(self.max_bytes, os.fstat(fd).st_size))
+                finally:
+                    os.close(fd)
         except FileNotFoundError:
-            raise KeyError(f"no snapshot {snapshot_id}") from None
+            raise KeyError(f"no snapshot {sid}") from None
+        except SnapshotError:
+            raise
+        except OSError as e:
+            raise SnapshotError(f"cannot read snapshot {sid}: {e.strerror or e}") from None
         if hashlib.sha256(data).hexdigest() != digest:
-            raise SnapshotError(f"snapshot {snapshot_id} is corrupt")
+            raise SnapshotError(f"snapshot {sid} is corrupt: its bytes do not match its id")
         return data

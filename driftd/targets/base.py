@@ -25,11 +25,16 @@ class NodeInfo:
 
 
 class TargetError(Exception):
-    """An observe or act failure.  ``transient`` failures are retried with backoff."""
+    """An observe or act failure.  ``transient`` failures are retried with backoff.
 
-    def __init__(self, message: str, *, transient: bool = True) -> None:
+    ``escalate`` asks for an alert at the first failure rather than after several: the
+    cause (a full disk, an I/O error) needs a person, and retrying will not fix it alone.
+    """
+
+    def __init__(self, message: str, *, transient: bool = True, escalate: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+        self.escalate = escalate
 
 
 class ResourceGoneError(TargetError):
@@ -93,6 +98,25 @@ class NodeRetirer(Protocol):
     """Takes this node out of service when a host rule with action retire fails."""
 
     def retire_node(self, reason: str, *, dry_run: bool = False) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class GuardStore(Protocol):
+    """Durable guards an adapter consults before acting (kept in the engine's state store).
+
+    A guard is a named scope (``"evict-owner:<ns>/<Kind>/<name>"``) that holds until a wall-clock
+    time, with a small JSON-able payload; it survives restarts, so "do not do X again before T"
+    is not forgotten when the agent is rolled out.
+    """
+
+    def get_guard(self, scope: str, now: float) -> dict[str, Any] | None:
+        """The payload of an unexpired guard, or None."""
+
+    def set_guard(self, scope: str, *, until: float, data: dict[str, Any], now: float) -> None:
+        """Create or replace a guard holding until ``until`` (wall-clock seconds)."""
+
+    def clear_guard(self, scope: str) -> None:
+        """Drop a guard (the resource or the baseline changed)."""
 
 
 class Reachability:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from typing import Any
 
 from driftd.baselines.loader import BaselineSet
@@ -26,7 +27,7 @@ from driftd.models.resources import (
 )
 from driftd.safety.snapshots import SnapshotError, SnapshotStore
 from driftd.targets.base import NodeInfo, TargetError
-from driftd.targets.safefs import ParentMissingError, SafeRoot, UnsafePathError, ftype
+from driftd.targets.safefs import NO_SPACE_ERRNOS, ParentMissingError, SafeRoot, UnsafePathError, ftype
 
 _StatKey = tuple[int, int, int, int, int]
 
@@ -55,6 +56,9 @@ class HostTarget:
         self.fs = SafeRoot(host_root)
         self.snapshots = snapshots
         self._hash_cache: dict[str, tuple[_StatKey, str]] = {}
+        # set by the engine: records snapshot ids durably in state before anything is overwritten
+        # (raises TargetError when it cannot; then nothing is overwritten)
+        self.journal: Callable[[str, tuple[str, ...]], None] | None = None
 
     # ------------------------------------------------------------------ desired
     def _id_db(self, path: str) -> dict[str, int]:
@@ -121,6 +125,8 @@ class HostTarget:
             "owner": st.st_uid,
             "group": st.st_gid,
         }
+        if kind == "file":
+            actual["links"] = st.st_nlink  # not governed: the planner refuses chmod/chown of a shared inode
         if kind == "file" and "content" in desired.expected:
             actual["content"] = self._digest(path, st)
         return ObservedResource.model_construct(key=desired.key, actual=actual, note=None)
@@ -151,12 +157,21 @@ class HostTarget:
     def apply(self, desired: DesiredResource, observed: ObservedResource, plan: Plan) -> ActResult:
         try:
             return self._apply(desired, observed, plan)
-        except (UnsafePathError, IsADirectoryError, SnapshotError) as e:
+        except SnapshotError as e:
+            raise TargetError(f"{e}; {desired.address} was not changed", transient=e.transient, escalate=True) from None
+        except (UnsafePathError, IsADirectoryError) as e:
             raise TargetError(str(e), transient=False) from None
         except ParentMissingError as e:
             raise TargetError(str(e), transient=True) from None
         except OSError as e:
-            transient = e.errno not in (errno.EROFS, errno.EPERM, errno.EFBIG)
+            if e.errno in NO_SPACE_ERRNOS:
+                raise TargetError(
+                    f"{desired.address}: cannot write the baseline content whole ({e.strerror or e}); "
+                    "the file was left as it was",
+                    transient=e.errno != errno.EFBIG,
+                    escalate=True,
+                ) from None
+            transient = e.errno not in (errno.EROFS, errno.EPERM)
             raise TargetError(f"{desired.address}: {e.strerror or e}", transient=transient) from None
 
     def _snapshot(self, path: str, observed: ObservedResource) -> str | None:
@@ -178,6 +193,8 @@ class HostTarget:
                 sid = self._snapshot(path, observed)
                 if sid is not None:
                     snaps.append(sid)
+                    if self.journal is not None:  # no durable record of the snapshot, no overwrite
+                        self.journal(desired.key, tuple(snaps))
             if step.action is Action.WRITE_FILE:
                 assert desired.content is not None
                 self.fs.write_atomic(
@@ -188,7 +205,7 @@ class HostTarget:
             elif step.action is Action.CHMOD:
                 self.fs.chmod(path, int(p["mode"], 8), is_dir=is_dir)
             elif step.action is Action.CHOWN:
-                self.fs.chown(path, _id(p.get("owner")), _id(p.get("group")), is_dir=is_dir)
+                self.fs.chown(path, _id(p.get("owner")), _id(p.get("group")), is_dir=is_dir, mode=_mode(p.get("mode")))
             elif step.action is Action.MKDIR:
                 self.fs.mkdir(path, _mode(p.get("mode")), _id(p.get("owner")), _id(p.get("group")))
             elif step.action is Action.WRITE_SYSCTL:

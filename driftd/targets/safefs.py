@@ -22,8 +22,35 @@ _CHUNK = 1 << 20
 TMP_MARK = ".driftd-tmp-"
 
 
+_SETID = stat.S_ISUID | stat.S_ISGID
+# a write that fails for one of these is the disk (or the device) refusing, not a bug of ours
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
+
+
 class UnsafePathError(Exception):
     """The path crosses a symlink or a non-directory, or would leave the root."""
+
+
+class HardLinkError(UnsafePathError):
+    """A regular file has more than one link: changing its inode may change a file outside the root."""
+
+
+def write_all(fd: int, data: bytes | memoryview, on_chunk: Callable[[int], None] | None = None) -> None:
+    """Write every byte of ``data`` to ``fd``, looping over short writes.
+
+    A short write is how a nearly full filesystem answers first; the next write then
+    raises ENOSPC/EDQUOT.  A write that makes no progress at all is reported as ENOSPC,
+    so a caller never treats a partial file as written.
+    """
+    view = memoryview(data)
+    off = 0
+    while off < len(view):
+        n = os.write(fd, view[off : off + _CHUNK])
+        if n <= 0:
+            raise OSError(errno.ENOSPC, "no progress writing (device full?)")
+        if on_chunk is not None:
+            on_chunk(off)
+        off += n
 
 
 class ParentMissingError(Exception):
@@ -183,15 +210,13 @@ class SafeRoot:
             tmp = f".{name}{TMP_MARK}{secrets.token_hex(4)}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
             try:
-                view = memoryview(data)
-                for off in range(0, len(data), _CHUNK):
-                    os.write(fd, view[off : off + _CHUNK])
-                    if on_chunk is not None:
-                        on_chunk(off)
+                write_all(fd, data, on_chunk)
                 if uid is not None or gid is not None:
                     os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
-                os.fchmod(fd, 0o644 if mode is None else mode)
+                os.fchmod(fd, 0o644 if mode is None else mode)  # after fchown, which clears set-id bits
                 os.fsync(fd)
+                if os.fstat(fd).st_size != len(data):  # belt and braces: never rename a partial file in
+                    raise OSError(errno.EIO, f"temp file for {path} holds {os.fstat(fd).st_size} of {len(data)} bytes")
                 os.close(fd)
                 fd = -1
                 os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
@@ -214,7 +239,12 @@ class SafeRoot:
         """Write a pseudo-file such as a sysctl (renaming is impossible under /proc)."""
         fd = self._open_leaf(path, os.O_WRONLY | os.O_TRUNC)
         try:
-            os.write(fd, data)
+            if stat.S_ISREG(os.fstat(fd).st_mode) and os.fstat(fd).st_nlink > 1:
+                raise HardLinkError(f"{path} has {os.fstat(fd).st_nlink} hard links; not writing it in place")
+            # a pseudo-file takes one write; a short write would set a truncated value
+            n = os.write(fd, data)
+            if n != len(data):
+                raise OSError(errno.EIO, f"short write to {path}: {n} of {len(data)} bytes")
         finally:
             os.close(fd)
 
@@ -233,6 +263,12 @@ class SafeRoot:
         if not (stat.S_ISDIR(st.st_mode) if want_dir else stat.S_ISREG(st.st_mode)):
             os.close(fd)
             raise UnsafePathError(f"{path} is not a {'directory' if want_dir else 'regular file'}")
+        if not want_dir and st.st_nlink > 1:
+            os.close(fd)
+            raise HardLinkError(
+                f"{path} has {st.st_nlink} hard links: its inode may be shared with a file outside the host root; "
+                "not changing its mode or owner"
+            )
         return fd
 
     def chmod(self, path: str, mode: int, *, is_dir: bool = False) -> None:
@@ -242,13 +278,28 @@ class SafeRoot:
         finally:
             os.close(fd)
 
-    def chown(self, path: str, uid: int | None, gid: int | None, *, is_dir: bool = False) -> None:
+    def chown(
+        self, path: str, uid: int | None, gid: int | None, *, is_dir: bool = False, mode: int | None = None
+    ) -> None:
+        """Change owner/group; on a file, set-uid/set-gid end up cleared unless ``mode`` (the baseline's) names them.
+
+        The kernel clears set-id bits on a chown of a regular file (and not always both, nor
+        on every filesystem); re-applying the old bits would hand an unprivileged user's
+        set-id binary to the new owner — a set-uid-root binary after ``owner: root``.
+        """
         fd = self._fd_of_leaf(path, is_dir)
         try:
-            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            before = stat.S_IMODE(os.fstat(fd).st_mode)
             os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
-            if mode & (stat.S_ISUID | stat.S_ISGID):
-                os.fchmod(fd, mode)  # chown clears set-id bits; the mode is not ours to change
+            if is_dir:
+                if mode is not None:
+                    os.fchmod(fd, mode)
+                elif stat.S_IMODE(os.fstat(fd).st_mode) != before:
+                    os.fchmod(fd, before)  # a directory's set-gid bit is inheritance, not privilege: keep it
+            else:
+                want = mode if mode is not None else before & ~_SETID
+                if stat.S_IMODE(os.fstat(fd).st_mode) != want:
+                    os.fchmod(fd, want)
         finally:
             os.close(fd)
 
