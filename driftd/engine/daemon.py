@@ -13,7 +13,7 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from driftd.baselines.loader import fingerprint, load_set
+from driftd.baselines.loader import Problem, fingerprint, load_set
 from driftd.engine.clock import Clock, SystemClock
 from driftd.engine.queue import KeyedQueue
 from driftd.engine.reconciler import Engine
@@ -45,6 +45,12 @@ class BaselineManager:
         if fp in (self._fingerprint, self.rejected_fingerprint):
             return False
         bset, problems = load_set(self.settings.baselines, max_file_bytes=self.settings.baseline_file_max_bytes)
+        if bset is not None:
+            try:
+                self.engine.set_baselines(bset)  # compiles and resolves first, swaps last: a crash keeps the old set
+            except Exception as e:
+                problems = [Problem(str(self.settings.baselines), 1, "(compile)", f"internal error: {type(e).__name__}: {e}")]
+                bset = None
         if bset is None:
             self.rejected_fingerprint = fp
             self.metrics.baseline_load_errors.inc()
@@ -56,7 +62,6 @@ class BaselineManager:
             )
             return False
         self._fingerprint, self.rejected_fingerprint = fp, None
-        self.engine.set_baselines(bset)
         self.log.info(
             Event.BASELINE_LOADED, directory=str(self.settings.baselines), baselines=len(bset.baselines), version=bset.version
         )
