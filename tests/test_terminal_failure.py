@@ -1,0 +1,125 @@
+"""An action that succeeds but leaves the same drift is terminal: stop, report, escalate; act again only on change.
+
+The engine logic is tested over a small in-memory target (pure pipeline); the real-component
+case (a Docker container with a tmpfs mount) is in tests/test_docker_safety.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from conftest import host_baseline
+from structlog.testing import capture_logs
+
+from driftd.engine.once import run_once
+from driftd.engine.reconciler import Engine
+from driftd.models.resources import ActResult, DesiredResource, ObservedResource, Plan
+
+
+class StuckTarget:
+    """One key-value resource; ``apply`` reports success but only changes the value when ``works``."""
+
+    name = "mem"
+    capabilities = frozenset({"value"})
+
+    def __init__(self, expected: str = "good") -> None:
+        self.value = "bad"
+        self.expected = expected
+        self.works = False
+        self.applied = 0
+
+    def desired(self, baselines: Any, node: Any) -> list[DesiredResource]:
+        name = baselines.baselines[0].metadata.name if baselines.baselines else "none"
+        return [DesiredResource(key="mem:thing", target="mem", kind="value", address="thing", baseline=name,
+                                expected={"value": self.expected})]
+
+    def discover(self) -> list[DesiredResource]:
+        return []
+
+    def resolve(self, key: str) -> None:
+        return None
+
+    def begin_pass(self, *, full: bool) -> None:
+        return None
+
+    def observe(self, desired: DesiredResource) -> ObservedResource:
+        return ObservedResource(key=desired.key, actual={"value": self.value})
+
+    def apply(self, desired: DesiredResource, observed: ObservedResource, plan: Plan) -> ActResult:
+        self.applied += 1
+        if self.works:
+            self.value = desired.expected["value"]
+        return ActResult(key=desired.key, applied=tuple(a.action for a in plan.actions))
+
+
+def engine_for(rt: Any, target: StuckTarget) -> Engine:
+    e = Engine(targets={"mem": target}, state=rt.state, metrics=rt.metrics, node=rt.engine.node, clock=rt.engine.clock)
+    e.set_baselines(rt.engine.baselines)
+    return e
+
+
+def _plan_value(monkeypatch: Any) -> None:
+    """The memory target's kind gets a planner (the production planners know host/docker/pod kinds only)."""
+    from driftd.core import plan as plan_mod
+    from driftd.models.resources import Action, PlannedAction
+
+    def plan_value(desired: Any, observed: Any, drift: Any) -> tuple[list[PlannedAction], None]:
+        return [PlannedAction(action=Action.WRITE_SYSCTL, reason="value differs", params={})], None
+
+    monkeypatch.setitem(plan_mod.PLANNERS, ("mem", "value"), plan_value)
+
+
+class TestTerminalFailure:
+    def test_same_drift_after_success_is_terminal_not_a_retry_loop(self, baselines_dir, make_runtime, monkeypatch):
+        """One action, then failed and escalated at once; retries in the pass and later passes do not act again."""
+        _plan_value(monkeypatch)
+        rt = make_runtime(baselines_dir({"b.yaml": host_baseline("b")}))
+        t = StuckTarget()
+        e = engine_for(rt, t)
+        with capture_logs() as logs:
+            s = run_once(e, rt.queue, attempts=5)
+        assert t.applied == 1
+        (o,) = s.outcomes
+        assert o.status == "failed" and "verification still finds the same drift" in (o.error or "")
+        assert s.exit_code == 4
+        events = [x["event"] for x in logs]
+        assert "remediation.escalated" in events
+        assert rt.state.get_active("mem:thing").held is not None
+        assert rt.metrics.registry.get_sample_value("driftd_remediation_failing", {"target": "mem"}) == 1
+
+        with capture_logs() as logs:
+            s2 = run_once(e, rt.queue, attempts=5)
+        assert t.applied == 1  # held: not acted on again
+        assert s2.outcomes[0].status == "failed" and s2.outcomes[0].error.startswith("held:")
+        assert "remediation.held" in [x["event"] for x in logs]
+
+    def test_a_changed_resource_releases_the_hold(self, baselines_dir, make_runtime, monkeypatch):
+        """When the live value changes, driftd acts again (and succeeds once the adapter can)."""
+        _plan_value(monkeypatch)
+        rt = make_runtime(baselines_dir({"b.yaml": host_baseline("b")}))
+        t = StuckTarget()
+        e = engine_for(rt, t)
+        run_once(e, rt.queue, attempts=3)
+        t.value, t.works = "other-bad", True
+        s = run_once(e, rt.queue, attempts=3)
+        assert t.applied == 2 and s.exit_code == 0 and [o.status for o in s.outcomes] == ["remediated"]
+        assert rt.state.get_active("mem:thing") is None
+        assert run_once(e, rt.queue, attempts=3).outcomes == [] and t.applied == 2  # idempotent
+
+    def test_a_changed_baseline_releases_the_hold(self, baselines_dir, make_runtime, monkeypatch):
+        """A new baseline (new hash) for the held resource is acted on again."""
+        from driftd.baselines.loader import load_set
+
+        _plan_value(monkeypatch)
+        bdir = baselines_dir({"b.yaml": host_baseline("b")})
+        rt = make_runtime(bdir)
+        t = StuckTarget()
+        e = engine_for(rt, t)
+        run_once(e, rt.queue, attempts=3)
+        run_once(e, rt.queue, attempts=3)
+        assert t.applied == 1
+        (bdir / "b.yaml").write_text(host_baseline("b", "window: 20m"))
+        e.set_baselines(load_set(bdir)[0])
+        t.works = True
+        s = run_once(e, rt.queue, attempts=3)
+        assert t.applied == 2 and s.exit_code == 0
