@@ -121,7 +121,7 @@ class TestHostDiskFull:
 
     def test_write_all_loops_over_short_writes(self, tmp_path):
         """A short write is continued, not accepted: every byte lands or an error is raised."""
-        from driftd.targets.safefs import write_all
+        from driftd.safety.durable import write_all
 
         with small_tmpfs(tmp_path / "fs", "64k") as fs:
             fd = os.open(fs / "f", os.O_WRONLY | os.O_CREAT, 0o600)

@@ -123,3 +123,36 @@ class TestTerminalFailure:
         t.works = True
         s = run_once(e, rt.queue, attempts=3)
         assert t.applied == 2 and s.exit_code == 0
+
+
+class BrokenResolveTarget(StuckTarget):
+    """A dynamic target whose resources cannot be resolved (the engine is down mid-pass)."""
+
+    name = "dyn"
+
+    def desired(self, baselines: Any, node: Any) -> list[DesiredResource]:
+        return []
+
+    def resolve(self, key: str) -> None:
+        from driftd.targets.base import TargetError
+
+        raise TargetError("engine unreachable")
+
+    def watch(self, on_key: Any, stop: Any) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def test_summary_counts_never_go_negative(baselines_dir, make_runtime):
+    """Outcomes for keys the scan did not observe (open records only) do not subtract from clean."""
+    rt = make_runtime(baselines_dir({"b.yaml": host_baseline("b")}))
+    e = Engine(targets={"dyn": BrokenResolveTarget()}, state=rt.state, metrics=rt.metrics, node=rt.engine.node,
+               clock=rt.engine.clock)
+    e.set_baselines(rt.engine.baselines)
+    for i in range(3):
+        rt.state.open_drift(key=f"dyn:c{i}", target="dyn", baseline="b", address=f"c{i}", now=1.0, window_seconds=60, fields=[])
+    s = run_once(e, rt.queue, attempts=1)
+    assert s.counts == {"error": 3, "clean": 0}
+    assert all(v >= 0 for v in s.counts.values())

@@ -53,7 +53,9 @@ def run_once(engine: Engine, queue: KeyedQueue, *, attempts: int, full_rehash_in
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
-    counts["clean"] = report.resources - sum(v for k, v in counts.items() if k not in ("clean", "unmanaged", "gone"))
+    # clean: resources this scan observed that ended clean (keys reconciled from state alone,
+    # e.g. a container that went away, count under their own status and never below zero)
+    counts["clean"] = sum(1 for k in report.keys if (o := engine.outcomes.get(k)) is None or o.status == "clean")
     codes = {_PRIORITY[o.status] for o in outcomes if o.status in _PRIORITY}
     if report.targets_down:
         codes.add(ExitCode.ERROR)  # a whole target could not be observed

@@ -69,6 +69,7 @@ class ScanReport:
     duration: float = 0.0
     errors_by_key: dict[str, str] = field(default_factory=dict)
     targets_down: dict[str, str] = field(default_factory=dict)  # target -> why it could not be listed
+    keys: frozenset[str] = frozenset()  # the resources this scan observed
 
 
 class Engine:
@@ -162,7 +163,7 @@ class Engine:
                 down[name] = str(e)
                 per_target[name][2] += 1
                 self.log.warning(Event.OBSERVE_FAILED, target=name, error=str(e))
-        report = ScanReport(resources=len(desired), targets_down=down)
+        report = ScanReport(resources=len(desired), targets_down=down, keys=frozenset(desired))
         self.log.debug(Event.SCAN_STARTED, resources=len(desired), full=full)
         active = self.state.active()
         rows: dict[str, dict[str, Any]] = {}

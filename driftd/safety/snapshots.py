@@ -26,10 +26,11 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from driftd.safety.durable import read_all, write_all
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _HEX = re.compile(r"[0-9a-f]+")
 MIN_PREFIX = 12  # hex digits of an abbreviated id, as printed by the pass summary (like git)
-_CHUNK = 1 << 20
 
 
 class SnapshotError(Exception):
@@ -38,27 +39,6 @@ class SnapshotError(Exception):
     def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    off = 0
-    while off < len(view):
-        n = os.write(fd, view[off : off + _CHUNK])
-        if n <= 0:
-            raise OSError(errno.ENOSPC, "no progress writing (device full?)")
-        off += n
-
-
-def _read_all(fd: int, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    total = 0
-    while chunk := os.read(fd, _CHUNK):
-        total += len(chunk)
-        if total > limit:
-            raise OSError(errno.EFBIG, "snapshot larger than the cap")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def secure_dir(parent_fd: int, name: str, *, create: bool = True) -> int:
@@ -122,10 +102,10 @@ class SnapshotStore:
                 try:
                     try:
                         os.fchmod(fd, 0o600)  # whatever the umask
-                        _write_all(fd, data)
+                        write_all(fd, data)
                         os.fsync(fd)
                         os.lseek(fd, 0, os.SEEK_SET)
-                        if hashlib.sha256(_read_all(fd, self.max_bytes)).hexdigest() != digest:
+                        if hashlib.sha256(read_all(fd, self.max_bytes)).hexdigest() != digest:
                             raise OSError(errno.EIO, "snapshot read back does not match its digest")
                     finally:
                         os.close(fd)
@@ -158,7 +138,7 @@ class SnapshotStore:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise SnapshotError(f"snapshot entry {digest} is not a regular file; refusing it")
             try:
-                data = _read_all(fd, self.max_bytes)
+                data = read_all(fd, self.max_bytes)
             except OSError:
                 return False
             return hashlib.sha256(data).hexdigest() == digest
@@ -195,7 +175,7 @@ class SnapshotStore:
                 try:
                     if not stat.S_ISREG(os.fstat(fd).st_mode):
                         raise SnapshotError(f"snapshot {sid} is not a regular file")
-                    data = _read_all(fd, max(self.max_bytes, os.fstat(fd).st_size))
+                    data = read_all(fd, max(self.max_bytes, os.fstat(fd).st_size))
                 finally:
                     os.close(fd)
         except FileNotFoundError:

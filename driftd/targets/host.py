@@ -168,10 +168,9 @@ class HostTarget:
                 raise TargetError(
                     f"{desired.address}: cannot write the baseline content whole ({e.strerror or e}); "
                     "the file was left as it was",
-                    transient=e.errno != errno.EFBIG,
                     escalate=True,
                 ) from None
-            transient = e.errno not in (errno.EROFS, errno.EPERM)
+            transient = e.errno not in (errno.EROFS, errno.EPERM, errno.EFBIG)
             raise TargetError(f"{desired.address}: {e.strerror or e}", transient=transient) from None
 
     def _snapshot(self, path: str, observed: ObservedResource) -> str | None:

@@ -17,14 +17,14 @@ import secrets
 import stat
 from collections.abc import Callable, Iterator
 
+from driftd.safety.durable import write_all
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
 TMP_MARK = ".driftd-tmp-"
-
-
 _SETID = stat.S_ISUID | stat.S_ISGID
 # a write that fails for one of these is the disk (or the device) refusing, not a bug of ours
-NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
 
 
 class UnsafePathError(Exception):
@@ -33,24 +33,6 @@ class UnsafePathError(Exception):
 
 class HardLinkError(UnsafePathError):
     """A regular file has more than one link: changing its inode may change a file outside the root."""
-
-
-def write_all(fd: int, data: bytes | memoryview, on_chunk: Callable[[int], None] | None = None) -> None:
-    """Write every byte of ``data`` to ``fd``, looping over short writes.
-
-    A short write is how a nearly full filesystem answers first; the next write then
-    raises ENOSPC/EDQUOT.  A write that makes no progress at all is reported as ENOSPC,
-    so a caller never treats a partial file as written.
-    """
-    view = memoryview(data)
-    off = 0
-    while off < len(view):
-        n = os.write(fd, view[off : off + _CHUNK])
-        if n <= 0:
-            raise OSError(errno.ENOSPC, "no progress writing (device full?)")
-        if on_chunk is not None:
-            on_chunk(off)
-        off += n
 
 
 class ParentMissingError(Exception):
