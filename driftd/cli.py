@@ -76,6 +76,8 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, met
             events=k.events,
             template_guard_seconds=k.template_guard_seconds,
             policy_report=k.policy_report,
+            guards=state,  # the eviction guard survives restarts
+            exclude_namespaces=k.exclude_namespaces,
         )
     retirer = None
     if settings.retire_hook and "kubernetes" not in targets:

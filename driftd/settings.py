@@ -75,7 +75,12 @@ class KubernetesSettings(_Section):
     drain_timeout_seconds: float = Field(300.0, gt=0, description="How long a node drain may take before it is reported failed.")
     eviction_retry_seconds: float = Field(5.0, gt=0, description="Pause between eviction rounds while PDBs refuse.")
     template_guard_seconds: float = Field(
-        900.0, ge=0, description="After evicting a controller's pod, do not evict its replacement for the same rules this long."
+        900.0, ge=0, description="After evicting a controller's pod, do not evict its replacement for the same rules this long "
+        "(kept in the state store: a restart does not reset it). Rules the controller's template itself breaks are never evicted for."
+    )
+    exclude_namespaces: list[str] = Field(
+        default_factory=list, description="Namespaces (glob patterns) whose pods are never governed, on top of each "
+        "PodBaseline's own selector.excludeNamespaces."
     )
     events: bool = Field(True, description="Record Kubernetes Events on pods and the node.")
     policy_report: bool = Field(True, description="Maintain one PolicyReport (wgpolicyk8s.io/v1alpha2) per node.")

@@ -33,8 +33,10 @@ Fixtures (the names are stable; tests/test_chart.py uses them too):
 ``k8s_namespace`` (function)
     the name of a fresh namespace.
 ``k8s_cluster`` (function)
-    :class:`KubeCluster` bound to ``k8s_namespace``: ``make_node``, ``make_owner``,
-    ``make_pod``, ``set_pod_status``, ``make_pdb``, ``pod``, ``node``, ``events``, ``audit``.
+    :class:`KubeCluster` bound to ``k8s_namespace``: ``make_node``, ``make_owner`` (DaemonSet,
+    StatefulSet, ReplicaSet, optionally owned by a Deployment; a compliant pod template unless
+    told otherwise), ``owner``, ``make_pod``, ``set_pod_status``, ``make_pdb``, ``pod``, ``node``,
+    ``events``, ``audit``.
     Nodes it made are deleted at teardown.
 ``fake_kubelet`` (function)
     ``fake_kubelet(*node_names) -> FakeKubelet``: a thread that force-deletes (grace 0) every
@@ -45,6 +47,8 @@ Fixtures (the names are stable; tests/test_chart.py uses them too):
     like conftest's ``make_runtime`` (fresh registry, fake clock, baselines loaded) with the
     Kubernetes target enabled against this API server and ``namespace=k8s_namespace``; it
     exists because ``make_runtime`` pins ``node_name="node-a"`` and every test needs its own node.
+    Each runtime gets its own state directory unless ``state_dir=`` names one (``rt.settings.state_dir``
+    of an earlier runtime: a driftd restart).
 """
 
 from __future__ import annotations
@@ -387,29 +391,55 @@ class KubeCluster:
         return self.rest.get(f"/api/v1/nodes/{quote(name)}")
 
     # ---- controllers (objects only: no controller-manager acts on them)
-    def make_owner(self, kind: str = "ReplicaSet", name: str = "web") -> dict[str, Any]:
-        """A real apps/v1 ReplicaSet/DaemonSet/StatefulSet object; returns a controller ownerReference to it."""
+    def make_owner(self, kind: str = "ReplicaSet", name: str = "web", *, deployment: str | None = None,
+                   **template: Any) -> dict[str, Any]:
+        """A real apps/v1 ReplicaSet/DaemonSet/StatefulSet/Deployment; returns a controller ownerReference to it.
+
+        Its pod template is :meth:`pod_template` (``**template``: ``privileged``, ``compliant``,
+        ``image``, ``spec``): compliant with the restricted profile unless told otherwise.  A
+        ReplicaSet with ``deployment=NAME`` is owned by that Deployment (made with the same
+        template), as a Deployment's ReplicaSets are.  Made once per (kind, name).
+        """
         key = (kind, name)
         if key in self._owners:
             return self._owners[key]
-        plural = {"ReplicaSet": "replicasets", "DaemonSet": "daemonsets", "StatefulSet": "statefulsets"}[kind]
+        plural = {"ReplicaSet": "replicasets", "DaemonSet": "daemonsets", "StatefulSet": "statefulsets",
+                  "Deployment": "deployments"}[kind]
         labels = {"app": name}
-        spec: dict[str, Any] = {
-            "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels},
-                         "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}},
-        }
+        meta: dict[str, Any] = {"name": name, "labels": labels}
+        if deployment:
+            assert kind == "ReplicaSet", "only a ReplicaSet is owned by a Deployment"
+            meta["ownerReferences"] = [self.make_owner("Deployment", deployment, **template)]
+            labels = {"app": deployment, "pod-template-hash": name.rsplit("-", 1)[-1]}
+            meta["labels"] = labels
+        spec: dict[str, Any] = {"selector": {"matchLabels": labels}, "template": self.pod_template(labels, **template)}
         if kind != "DaemonSet":
             spec["replicas"] = 1
         if kind == "StatefulSet":
             spec["serviceName"] = name
+        if kind == "Deployment":
+            spec["selector"] = {"matchLabels": {"app": name}}
         obj = self.rest.post(f"/apis/apps/v1/namespaces/{self.ns}/{plural}",
-                             {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name, "labels": labels},
-                              "spec": spec})
+                             {"apiVersion": "apps/v1", "kind": kind, "metadata": meta, "spec": spec})
         ref = {"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": obj["metadata"]["uid"],
                "controller": True, "blockOwnerDeletion": True}
         self._owners[key] = ref
         return ref
+
+    def owner(self, kind: str, name: str) -> dict[str, Any]:
+        plural = {"ReplicaSet": "replicasets", "DaemonSet": "daemonsets", "StatefulSet": "statefulsets",
+                  "Deployment": "deployments"}[kind]
+        return self.rest.get(f"/apis/apps/v1/namespaces/{self.ns}/{plural}/{name}")
+
+    def pod_template(self, labels: dict[str, str], *, privileged: bool = False, compliant: bool = True,
+                     image: str = "registry.invalid/app:1", spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A pod template: the pod spec :meth:`pod_manifest` makes (without a node), with these labels."""
+        pod = self.pod_manifest("template", "", owner=None, privileged=privileged, compliant=compliant, spec=spec)
+        pod_spec = pod["spec"]
+        pod_spec.pop("nodeName")
+        for c in pod_spec["containers"]:
+            c["image"] = image
+        return {"metadata": {"labels": labels}, "spec": pod_spec}
 
     # ---- pods
     def pod_manifest(self, name: str, node: str, *, owner: str | None = "ReplicaSet", owner_name: str = "web",
@@ -576,10 +606,10 @@ def k8s_runtime(tmp_path: Path, host_root: Path, k8s_kubeconfig: str, k8s_namesp
 
     def make(baselines: Path, *, node_name: str, dry_run: bool = False, clock: Any = None,
              registry: CollectorRegistry | None = None, kubernetes: dict[str, Any] | None = None,
-             **settings: Any) -> Any:
+             state_dir: Path | None = None, **settings: Any) -> Any:
         kube = {"enabled": True, "kubeconfig": k8s_kubeconfig, "namespace": k8s_namespace,
                 "eviction_retry_seconds": 0.2, "drain_timeout_seconds": 30, **(kubernetes or {})}
-        s = load_settings(host_root=host_root, baselines=baselines, state_dir=tmp_path / f"state{len(made)}",
+        s = load_settings(host_root=host_root, baselines=baselines, state_dir=state_dir or tmp_path / f"state{len(made)}",
                           node_name=node_name, dry_run=dry_run, kubernetes=kube, **settings)
         rt = build_runtime(s, registry=registry or CollectorRegistry(), clock=clock or FakeClock())
         bset, problems = load_set(baselines)

@@ -124,17 +124,19 @@ class TestEviction:
         assert c.events("web-2") == []
         assert remediation_count(rt, "evict", "succeeded") == 1
 
-    def test_replacement_from_a_non_compliant_template_is_not_evicted_again(self, setup):
-        """When the controller's next pod breaks the same rule, its template is at fault: no eviction loop."""
+    def test_replacement_breaking_the_same_rules_again_is_not_evicted_again(self, setup):
+        """When a compliant template's next pod breaks the same rule again (a webhook?), it is not evicted again."""
         c, ns = setup.cluster, setup.ns
-        c.make_pod("web-1", setup.node, privileged=True)
+        c.make_pod("web-1", setup.node, privileged=True)  # the ReplicaSet's template complies
         rt = setup.runtime()
         first = run_once(rt.engine, rt.queue, attempts=1)
         assert [(o.key, o.status) for o in first.outcomes] == [(key(ns, "web-1"), "remediated")]
-        c.make_pod("web-2", setup.node, privileged=True)  # what the ReplicaSet recreates from its template
+        c.make_pod("web-2", setup.node, privileged=True)  # what came back from the ReplicaSet
         second = run_once(rt.engine, rt.queue, attempts=3)
         (o,) = [o for o in second.outcomes if o.key == key(ns, "web-2")]
-        assert o.status == "failed" and not o.retry and "pod template violates the baseline" in (o.error or "")
+        assert o.status == "failed" and not o.retry
+        assert f"replacement from ReplicaSet {ns}/web broke allowPrivilegeEscalation, privileged again" in (o.error or "")
+        assert "its template does not break them" in (o.error or "")
         assert not terminating_or_gone(c.pod("web-2")) and driftd_writes(c, "web-2") == []
         c.make_pod("web-3", setup.node, owner_name="other")  # another controller is unaffected
         c.make_pod("api-1", setup.node, owner_name="api", privileged=True)
@@ -213,6 +215,152 @@ class TestEviction:
         assert driftd_writes(c, "lonely") == []
         assert reasons(c.events("lonely")) == ["DriftDetected", "RemediationBlocked"]
         assert summary.exit_code != 0
+
+
+# ---------------------------------------------------------------------------- template at fault (no eviction churn)
+def events_about(cluster: Any, kind: str, name: str) -> list[dict[str, Any]]:
+    return [e for e in cluster.events(name) if e["involvedObject"].get("kind") == kind]
+
+
+def evictions(cluster: Any, name: str) -> list[tuple[str, str, int]]:
+    return [w for w in driftd_writes(cluster, name) if w[1] == "eviction"]
+
+
+class TestTemplateAtFault:
+    def test_daemonset_pod_with_a_non_compliant_template_is_never_evicted_even_after_a_restart(self, setup):
+        """A DaemonSet whose template breaks the profile: no eviction (also after a restart), failed "template at fault", Events on pod and DaemonSet."""
+        c, ns = setup.cluster, setup.ns
+        ds = c.make_owner("DaemonSet", "agent", privileged=True)
+        c.make_pod("agent-x1", setup.node, owner="DaemonSet", owner_name="agent", privileged=True)
+        rt = setup.runtime()
+        summary = run_once(rt.engine, rt.queue, attempts=3)
+        (o,) = summary.outcomes
+        assert (o.key, o.status, o.retry) == (key(ns, "agent-x1"), "failed", False)
+        assert f"template at fault: the pod template of DaemonSet {ns}/agent violates allowPrivilegeEscalation, privileged" \
+            in (o.error or "")
+        assert not terminating_or_gone(c.pod("agent-x1")) and evictions(c, "agent-x1") == []
+        assert [e["reason"] for e in events_about(c, "Pod", "agent-x1")].count("TemplateAtFault") == 1
+        (owner_event,) = events_about(c, "DaemonSet", "agent")
+        assert owner_event["reason"] == "TemplateAtFault" and owner_event["involvedObject"]["uid"] == ds["uid"]
+        assert "privileged" in owner_event["message"] and owner_event["type"] == "Warning"
+        rec = rt.state.get_active(key(ns, "agent-x1"))
+        assert rec is not None and rec.last_result == "failed" and "template at fault" in (rec.last_error or "")
+        # the next scans: still not evicted, and the Events are not repeated
+        rt.engine.clock.advance(3600)
+        again = run_once(rt.engine, rt.queue, attempts=1)
+        assert [o.status for o in again.outcomes] == ["failed"]
+        # a driftd restart (a new target on the same state directory) does not evict either
+        rt2 = setup.runtime(state_dir=rt.settings.state_dir)
+        assert target_of(rt2) is not target_of(rt)
+        after = run_once(rt2.engine, rt2.queue, attempts=3)
+        assert [(o.status, "template at fault" in (o.error or "")) for o in after.outcomes] == [("failed", True)]
+        assert not terminating_or_gone(c.pod("agent-x1")) and evictions(c, "agent-x1") == []
+        assert len(events_about(c, "DaemonSet", "agent")) == 1
+        assert [e["reason"] for e in events_about(c, "Pod", "agent-x1")].count("TemplateAtFault") == 1
+
+    def test_deployment_replicaset_pod_blames_the_deployment_template(self, setup):
+        """A pod of a Deployment's ReplicaSet whose template breaks the profile is not evicted; the Deployment is at fault."""
+        c, ns = setup.cluster, setup.ns
+        c.make_owner("ReplicaSet", "web-5d8f7", deployment="web", compliant=False)
+        c.make_pod("web-5d8f7-abcde", setup.node, owner_name="web-5d8f7", compliant=False)
+        rt = setup.runtime()
+        (o,) = run_once(rt.engine, rt.queue, attempts=2).outcomes
+        assert o.status == "failed" and not o.retry
+        assert (f"template at fault: the pod template of Deployment {ns}/web (through ReplicaSet {ns}/web-5d8f7) "
+                "violates allowPrivilegeEscalation") in (o.error or "")
+        assert not terminating_or_gone(c.pod("web-5d8f7-abcde")) and evictions(c, "web-5d8f7-abcde") == []
+        assert [e["reason"] for e in events_about(c, "Deployment", "web")] == ["TemplateAtFault"]
+
+    def test_old_replicaset_of_a_fixed_deployment_is_at_fault_itself(self, setup):
+        """A Deployment already fixed, its old ReplicaSet's pod: not evicted (the old RS would recreate it), the RS is named."""
+        c, ns = setup.cluster, setup.ns
+        c.make_owner("Deployment", "web")  # current template complies
+        c.make_owner("ReplicaSet", "web-old", deployment="web", compliant=False)
+        c.make_pod("web-old-1", setup.node, owner_name="web-old", compliant=False)
+        rt = setup.runtime()
+        (o,) = run_once(rt.engine, rt.queue, attempts=1).outcomes
+        assert o.status == "failed"
+        assert (f"the pod template of ReplicaSet {ns}/web-old, an older revision of Deployment {ns}/web whose current "
+                "template complies") in (o.error or "")
+        assert evictions(c, "web-old-1") == []
+
+    def test_statefulset_pod_with_a_non_compliant_template_is_not_evicted(self, setup):
+        """A StatefulSet whose template mounts a hostPath: its pod is not evicted, the StatefulSet is at fault."""
+        c, ns = setup.cluster, setup.ns
+        host = {"volumes": [{"name": "data", "hostPath": {"path": "/srv/data"}}]}
+        c.make_owner("StatefulSet", "db", spec=host)
+        c.make_pod("db-0", setup.node, owner="StatefulSet", owner_name="db", spec=host)
+        rt = setup.runtime()
+        (o,) = run_once(rt.engine, rt.queue, attempts=1).outcomes
+        assert o.status == "failed" and f"StatefulSet {ns}/db violates hostPathVolumes (hostPathVolumes: data=/srv/data)" \
+            in (o.error or "")
+        assert evictions(c, "db-0") == [] and [e["reason"] for e in events_about(c, "StatefulSet", "db")] == ["TemplateAtFault"]
+
+    def test_template_pinned_to_an_unapproved_digest_is_at_fault(self, setup):
+        """An image pinned by an unapproved digest in the template is decidable: no eviction, template at fault."""
+        c, ns = setup.cluster, setup.ns
+        c.make_owner("DaemonSet", "agent", image=f"registry.invalid/app@{DIGEST_OTHER}")
+        c.make_pod("agent-x1", setup.node, owner="DaemonSet", owner_name="agent", image_id=DIGEST_OTHER)
+        rt = setup.runtime()
+        (o,) = run_once(rt.engine, rt.queue, attempts=1).outcomes
+        assert o.status == "failed" and f"DaemonSet {ns}/agent violates unapprovedImages" in (o.error or "")
+        assert evictions(c, "agent-x1") == []
+
+    def test_unapproved_digest_behind_a_tag_is_evicted_once_and_the_guard_survives_a_restart(self, setup):
+        """A tag the template cannot decide: one eviction, then the replacement is held by a guard kept across restarts."""
+        c, ns = setup.cluster, setup.ns
+        c.make_owner("DaemonSet", "agent")  # compliant, image by tag
+        c.make_pod("agent-1", setup.node, owner="DaemonSet", owner_name="agent", image_id=DIGEST_OTHER)
+        rt = setup.runtime()
+        first = run_once(rt.engine, rt.queue, attempts=1)
+        assert [(o.status, o.actions) for o in first.outcomes] == [("remediated", ["evict"])]
+        assert evictions(c, "agent-1") == [("create", "eviction", 201)]
+        c.make_pod("agent-2", setup.node, owner="DaemonSet", owner_name="agent", image_id=DIGEST_OTHER)  # its replacement
+        second = run_once(rt.engine, rt.queue, attempts=2)
+        (o,) = [o for o in second.outcomes if o.key == key(ns, "agent-2")]
+        assert o.status == "failed" and f"replacement from DaemonSet {ns}/agent broke unapprovedImages again" in (o.error or "")
+        # driftd restarts (new target, same state directory): the guard still holds
+        rt2 = setup.runtime(state_dir=rt.settings.state_dir)
+        after = run_once(rt2.engine, rt2.queue, attempts=2)
+        (o2,) = [o for o in after.outcomes if o.key == key(ns, "agent-2")]
+        assert o2.status == "failed" and "again" in (o2.error or "")
+        assert not terminating_or_gone(c.pod("agent-2")) and evictions(c, "agent-2") == []
+        guard = rt2.state.get_guard(f"evict-owner:{ns}/DaemonSet/agent", time.time())  # in the state store
+        assert guard is not None and guard["rules"] == ["unapprovedImages"]
+        assert guard["until"] > time.time() + 800  # template_guard_seconds (900) of wall-clock time
+
+    def test_guard_expires_and_a_changed_template_releases_it(self, setup):
+        """The guard holds template_guard_seconds of wall-clock time, and only for the template it was set for."""
+        c, ns = setup.cluster, setup.ns
+        c.make_owner("DaemonSet", "agent")
+        c.make_pod("agent-1", setup.node, owner="DaemonSet", owner_name="agent", image_id=DIGEST_OTHER)
+        rt = setup.runtime()
+        t = target_of(rt)
+        now = [time.time()]
+        t.clock = lambda: now[0]
+        assert [o.status for o in run_once(rt.engine, rt.queue, attempts=1).outcomes] == ["remediated"]
+        c.make_pod("agent-2", setup.node, owner="DaemonSet", owner_name="agent", image_id=DIGEST_OTHER)
+        assert {o.key: o.status for o in run_once(rt.engine, rt.queue, attempts=1).outcomes}[key(ns, "agent-2")] == "failed"
+        now[0] += 901  # past template_guard_seconds
+        assert {o.key: o.status for o in run_once(rt.engine, rt.queue, attempts=1).outcomes}[key(ns, "agent-2")] == \
+            "remediated"
+        c.make_pod("agent-3", setup.node, owner="DaemonSet", owner_name="agent", image_id=DIGEST_OTHER)
+        assert {o.key: o.status for o in run_once(rt.engine, rt.queue, attempts=1).outcomes}[key(ns, "agent-3")] == "failed"
+        ds = c.owner("DaemonSet", "agent")  # someone changes the template (e.g. a new tag)
+        ds["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.invalid/app:2"
+        c.rest.put(f"/apis/apps/v1/namespaces/{ns}/daemonsets/agent", ds)
+        assert {o.key: o.status for o in run_once(rt.engine, rt.queue, attempts=1).outcomes}[key(ns, "agent-3")] == \
+            "remediated"
+
+    def test_extra_excluded_namespaces_are_never_governed(self, setup):
+        """kubernetes.exclude_namespaces (glob patterns) keeps a namespace's pods out, whatever the baseline selects."""
+        c, ns = setup.cluster, setup.ns
+        c.make_pod("web-1", setup.node, privileged=True)
+        rt = setup.runtime(kubernetes={"exclude_namespaces": ["kube-*", ns[:4] + "*"]})
+        summary = run_once(rt.engine, rt.queue, attempts=1)
+        assert summary.outcomes == [] and summary.resources == 0
+        assert target_of(rt).resolve(key(ns, "web-1")) is None
+        assert not terminating_or_gone(c.pod("web-1")) and driftd_writes(c, "web-1") == []
 
 
 # ---------------------------------------------------------------------------- node retirement
@@ -436,6 +584,36 @@ class TestPolicyReport:
         assert items[0]["metadata"]["uid"] == first["metadata"]["uid"]
         assert items[0]["summary"]["pass"] == 2
 
+
+    def test_identical_scans_write_the_report_once(self, setup):
+        """Scans whose results did not change (timestamps aside) do not write the PolicyReport, also after a restart; a change does."""
+        c, node = setup.cluster, setup.node
+        c.make_pod("web-1", node)
+        c.make_pod("web-2", node, spec={"containers": [{
+            "name": "app", "image": "registry.invalid/app:1",  # no memory limit: a report-only rule, stays failing
+            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}]})
+
+        def report_writes() -> list[str]:
+            return [e["verb"] for e in c.audit(resource="policyreports")
+                    if e["verb"] in ("create", "update", "patch") and e["responseStatus"]["code"] < 300]
+
+        rt = setup.runtime()
+        run_once(rt.engine, rt.queue, attempts=1)
+        first = report_of(c, node)
+        assert report_writes() == ["create"]
+        for _ in range(3):
+            rt.engine.clock.advance(300)  # every row carries a new timestamp
+            run_once(rt.engine, rt.queue, attempts=1)
+        assert report_writes() == ["create"]
+        assert report_of(c, node)["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+        rt2 = setup.runtime()  # a restarted agent compares with what is on the server
+        rt2.engine.clock.advance(900)
+        run_once(rt2.engine, rt2.queue, attempts=1)
+        assert report_writes() == ["create"]
+        c.make_pod("web-3", node)  # a new result: written
+        run_once(rt.engine, rt.queue, attempts=1)
+        assert report_writes() == ["create", "update"]
+        assert report_of(c, node)["summary"]["pass"] == 2
 
 # ---------------------------------------------------------------------------- watch
 class TestWatch:

@@ -11,17 +11,31 @@ never cluster-wide; a pod on another node is never acted on.  Reverting a pod me
 a 429 from a PodDisruptionBudget is retried with backoff and reported, never bypassed by
 a delete.  Retiring the node cordons, taints and labels it and drains it the way
 ``kubectl drain`` does, one node at a time per cluster (a Lease is the lock).
+
+No eviction churn: just before evicting a controller's pod (never on the scan path) the
+controller's pod template is read (DaemonSet, StatefulSet, ReplicaSet and its Deployment)
+and evaluated with the same pod policy.  Rules the template itself breaks cannot be fixed
+by an eviction (the replacement would be identical): the pod is not evicted, the failure
+says which template is at fault, and an Event goes to the pod and to the owner.  What the
+template cannot decide (an image tag resolving to an unapproved digest) is covered by a
+guard kept in the state store (:class:`~driftd.targets.base.GuardStore`, wall-clock
+times), so a restart of driftd does not reset it.
+
+The PolicyReport is written only when its content changes (row timestamps aside).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from driftd.baselines.loader import BaselineSet
@@ -32,9 +46,20 @@ from driftd.observability.logging import Event, get_logger
 from driftd.safety.snapshots import SnapshotError, SnapshotStore
 from driftd.targets.base import NodeInfo, Reachability, ResourceGoneError, TargetError
 
+if TYPE_CHECKING:
+    from driftd.targets.base import GuardStore
+
 TAINT_KEY = "driftd.io/non-compliant"
 RETIRED_LABEL = "driftd.io/retired"
 REPORT_API = "wgpolicyk8s.io/v1alpha2"
+# controllers whose pod template driftd reads (get only) before evicting one of their pods
+TEMPLATE_OWNERS = {"DaemonSet": "daemonsets", "ReplicaSet": "replicasets", "StatefulSet": "statefulsets",
+                   "Deployment": "deployments"}
+EVICT_GUARD = "evict-owner:"  # GuardStore scope prefix: <ns>/<Kind>/<name> of the pod's controller
+FAULT_GUARD = "template-fault:"  # GuardStore scope prefix: the owner already told its template is at fault
+FAULT_REPORT_SECONDS = 86400.0  # a template at fault is re-reported (Events) at most once a day
+# row fields that change on every scan without the result changing: not a reason to write the report
+VOLATILE_ROW_FIELDS = ("timestamp",)
 
 
 class KubeError(TargetError):
@@ -136,6 +161,99 @@ def load_api_client(kubeconfig: str | None) -> Any:
     return client.ApiClient(cfg)
 
 
+class MemoryGuards:
+    """A :class:`GuardStore` in memory, for a target built without the state store (tests, tools)."""
+
+    def __init__(self) -> None:
+        self._guards: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def get_guard(self, scope: str, now: float) -> dict[str, Any] | None:
+        with self._lock:
+            got = self._guards.get(scope)
+        return json.loads(json.dumps(got[1])) if got and got[0] > now else None
+
+    def set_guard(self, scope: str, *, until: float, data: dict[str, Any], now: float) -> None:
+        with self._lock:
+            self._guards = {k: v for k, v in self._guards.items() if v[0] > now}
+            self._guards[scope] = (until, json.loads(json.dumps(data)))
+
+    def clear_guard(self, scope: str) -> None:
+        with self._lock:
+            self._guards.pop(scope, None)
+
+
+@dataclass(frozen=True)
+class OwnerRef:
+    """A Kubernetes object that owns pods (or a ReplicaSet)."""
+
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+    def involved(self) -> dict[str, Any]:
+        return {"apiVersion": self.api_version, "kind": self.kind, "namespace": self.namespace, "name": self.name,
+                "uid": self.uid}
+
+
+@dataclass(frozen=True)
+class OwnerTemplate:
+    """The pod template a pod was made from, and where it must be fixed.
+
+    ``controller`` is the pod's own controller (a ReplicaSet for a Deployment's pod); ``fix``
+    is where a person changes the template (the Deployment when its template breaks the same
+    rules, else the controller itself, e.g. an old ReplicaSet still being rolled out).
+    """
+
+    controller: OwnerRef
+    template: dict[str, Any]
+    digest: str
+    parent: OwnerRef | None = None
+    parent_template: dict[str, Any] | None = None
+
+
+def _template_pod(template: Mapping[str, Any], namespace: str) -> dict[str, Any]:
+    """A pod manifest as the pod policy sees it, from a pod template.
+
+    Images pinned by digest stand in for ``status.containerStatuses[].imageID``; a tag cannot
+    tell which digest the node will pull, so the image rule is undecided for it (no status).
+    """
+    meta = template.get("metadata") or {}
+    spec = dict(template.get("spec") or {})
+    statuses = [{"name": c.get("name"), "imageID": c.get("image")}
+                for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+                if "@sha256:" in str(c.get("image") or "")]
+    return {"metadata": {"namespace": namespace, "labels": meta.get("labels") or {},
+                         "annotations": meta.get("annotations") or {}},
+            "spec": spec, "status": {"containerStatuses": statuses}}
+
+
+def _controller_ref(obj: Mapping[str, Any], namespace: str) -> OwnerRef | None:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return OwnerRef(str(ref.get("apiVersion") or ""), str(ref.get("kind") or ""), namespace,
+                            str(ref.get("name") or ""), str(ref.get("uid") or ""))
+    return None
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _report_content(report: Mapping[str, Any]) -> str:
+    """What a PolicyReport says, without what changes on every scan (row timestamps, server metadata)."""
+    meta = report.get("metadata") or {}
+    rows = [{k: v for k, v in r.items() if k not in VOLATILE_ROW_FIELDS} for r in report.get("results") or []]
+    return json.dumps({"labels": meta.get("labels") or {}, "annotations": meta.get("annotations") or {},
+                       "scope": report.get("scope"), "summary": report.get("summary"), "results": rows},
+                      sort_keys=True, default=str)
+
+
 class KubernetesTarget:
     """Adapter for the pods of one node, and the node itself."""
 
@@ -148,7 +266,9 @@ class KubernetesTarget:
                  eviction_retry_seconds: float = 5.0, lease_name: str = "driftd-node-retirement",
                  lease_duration_seconds: int = 900, events: bool = True, policy_report: bool = True,
                  sleep: Callable[[float], None] = time.sleep, template_guard_seconds: float = 900.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.time, guards: GuardStore | None = None,
+                 exclude_namespaces: Sequence[str] = (), report_resync_seconds: float = 3600.0) -> None:
+        """``clock`` is wall-clock seconds (guards outlive the process); ``guards`` is the state store in the daemon."""
         self.snapshots = snapshots
         self.node_name = node_name
         self.namespace = namespace
@@ -168,9 +288,13 @@ class KubernetesTarget:
         self.skipped_bare: set[str] = set()
         self.template_guard_seconds = template_guard_seconds
         self.clock = clock
-        self._evicted_for: dict[tuple[str, str, str], tuple[float, frozenset[str]]] = {}
+        self.guards: GuardStore = guards if guards is not None else MemoryGuards()
+        self.exclude_namespaces = tuple(exclude_namespaces)
         self.reach = Reachability(self.name, node=self.node_name)
         self.last_report: dict[str, Any] | None = None
+        self.report_resync_seconds = report_resync_seconds
+        self._report_written: tuple[str, float] | None = None  # (content, monotonic time it was known on the server)
+        self._owner_reads_refused: set[str] = set()
 
     # ------------------------------------------------------------------ helpers
     def _set_up(self, up: bool, error: str = "") -> None:
@@ -217,6 +341,8 @@ class KubernetesTarget:
         if is_mirror(pod) or meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in (
                 "Succeeded", "Failed"):
             return None
+        if any(fnmatchcase(meta.get("namespace", ""), p) for p in self.exclude_namespaces):
+            return None  # kubernetes.exclude_namespaces: never governed, whatever a baseline selects
         b = governing(self._baselines.values(), pod)
         if b is None:
             return None
@@ -276,42 +402,157 @@ class KubernetesTarget:
             if step.action is not Action.EVICT:
                 raise TargetError(f"kubernetes target cannot {step.action}", transient=False)
             ns, name = desired.payload["namespace"], desired.payload["name"]
-            owner = desired.payload.get("controller")
-            guard = (ns, owner["kind"], owner["name"]) if owner and not step.params.get("retire") else None
-            if guard is not None:
-                self._check_template_guard(guard, observed)
-            snaps.append(self._snapshot_pod(ns, name))
+            pod = self._get_pod(ns, name)
+            ref = _controller_ref(pod, ns) if desired.payload.get("controller") else None
+            guard: tuple[str, dict[str, Any]] | None = None
+            if ref is not None and not step.params.get("retire"):
+                guard = self._check_owner(ref, pod, desired, observed)
+            snaps.append(self._put_snapshot(pod))
             self.evict(ns, name, uid=desired.payload.get("uid"))
-            if guard is not None:
-                self._evicted_for[guard] = (self.clock(), _broken(observed))
+            if guard is not None and self.template_guard_seconds > 0:
+                now = self.clock()
+                self.guards.set_guard(guard[0], until=now + self.template_guard_seconds, data=guard[1], now=now)
             applied.append(step.action)
         return ActResult(key=desired.key, applied=tuple(applied), snapshots=tuple(snaps))
 
-    def _check_template_guard(self, guard: tuple[str, str, str], observed: ObservedResource) -> None:
-        """Refuse to evict again when the controller's last replacement broke the same rules.
+    def _evict_rules(self, desired: DesiredResource, observed: ObservedResource) -> frozenset[str]:
+        """The broken rules an eviction is for (those whose action is revert; report-only rules are not)."""
+        broken = _broken(observed)
+        actions = desired.payload.get("actions") or {}
+        chosen = frozenset(r for r in broken if str(actions.get(r, "revert")) == "revert")
+        return chosen or broken
 
-        Eviction only helps when the controller's template is compliant; if the pod it made
-        after our last eviction drifts the same way, the template itself violates the
-        baseline and evicting in a loop would only churn the workload (an outage risk).
+    def _check_owner(self, ref: OwnerRef, pod: Mapping[str, Any], desired: DesiredResource,
+                     observed: ObservedResource) -> tuple[str, dict[str, Any]]:
+        """Refuse an eviction that cannot help; return the guard to record once it is done.
+
+        Rules the controller's template breaks come back with the replacement: never evict for
+        them ("template at fault").  For the rest (e.g. an image tag that resolved to an
+        unapproved digest) one eviction is worth trying, but if the replacement breaks the
+        same rules again within ``template_guard_seconds`` (and the template did not change),
+        it is not evicted again.
         """
-        last = self._evicted_for.get(guard)
-        if last is None:
-            return
-        at, rules = last
-        if self.clock() - at < self.template_guard_seconds and rules & _broken(observed):
-            ns, kind, name = guard
-            raise TargetError(
-                f"the replacement from {kind} {ns}/{name} broke {', '.join(sorted(rules & _broken(observed)))} again: "
-                f"its pod template violates the baseline; not evicting again for {int(self.template_guard_seconds)}s "
-                "(fix the template)", transient=False)
+        rules = self._evict_rules(desired, observed)
+        owner = self._owner_template(ref)
+        baseline = self._baselines.get(desired.baseline)
+        remaining = rules
+        if owner is not None and baseline is not None:
+            offenders = evaluate(baseline, _template_pod(owner.template, ref.namespace))
+            at_fault = frozenset(r for r in rules if offenders.get(r))
+            if at_fault:
+                fix = owner.controller
+                if owner.parent is not None and owner.parent_template is not None:
+                    parent_bad = evaluate(baseline, _template_pod(owner.parent_template, ref.namespace))
+                    if any(parent_bad.get(r) for r in at_fault):
+                        fix = owner.parent
+                detail = "; ".join(f"{r}: {', '.join(offenders[r])}" for r in sorted(at_fault))
+                if fix is not owner.controller:
+                    where = f"{fix} (through {owner.controller})"
+                elif owner.parent is not None:
+                    where = f"{fix}, an older revision of {owner.parent} whose current template complies"
+                else:
+                    where = str(fix)
+                message = (f"template at fault: the pod template of {where} violates {', '.join(sorted(at_fault))} "
+                           f"({detail}); evicting pod {ref.namespace}/{(pod.get('metadata') or {}).get('name')} "
+                           "would only bring back the same pod, so it is not evicted for this (fix the template)")
+                self._report_template_fault(fix, owner, pod, at_fault, message)
+                remaining = rules - at_fault
+                if not remaining:
+                    raise TargetError(message, transient=False)
+        scope = f"{EVICT_GUARD}{ref.namespace}/{ref.kind}/{ref.name}"
+        digest = owner.digest if owner is not None else ""
+        now = self.clock()
+        last = self.guards.get_guard(scope, now)
+        if last is not None and last.get("template", "") == digest and last.get("pod") != (
+                pod.get("metadata") or {}).get("uid"):
+            again = remaining & frozenset(last.get("rules") or ())
+            if again:
+                why = ("its template does not break them (something else makes its pods non-compliant, e.g. an "
+                       "image tag that resolves to an unapproved digest, or a mutating webhook)"
+                       if owner is not None else "its pod template violates the baseline")
+                raise TargetError(
+                    f"the replacement from {ref} broke {', '.join(sorted(again))} again after the eviction at "
+                    f"{_iso(float(last.get('at') or now))}: {why}; not evicting again before {_iso(float(last.get('until') or now))} "
+                    "(fix what makes its pods non-compliant)", transient=False)
+        return scope, {"rules": sorted(remaining), "template": digest, "pod": (pod.get("metadata") or {}).get("uid"),
+                       "at": now, "until": now + self.template_guard_seconds}
 
-    def _snapshot_pod(self, ns: str, name: str) -> str:
+    def _get_owner(self, ref: OwnerRef) -> dict[str, Any] | None:
+        """One controller object (get only), or None when it cannot be read (gone, not allowed, unknown kind)."""
+        plural = TEMPLATE_OWNERS.get(ref.kind)
+        if ref.api_version != "apps/v1" or plural is None:
+            return None
+        path = f"/apis/apps/v1/namespaces/{quote(ref.namespace)}/{plural}/{quote(ref.name)}"
         try:
-            pod = self._req("GET", self._pod_path(ns, name))
+            obj: dict[str, Any] = self._req("GET", path)
+        except KubeError as e:
+            if e.status == 403 and plural not in self._owner_reads_refused:
+                self._owner_reads_refused.add(plural)
+                self.log.warning(Event.OBSERVE_FAILED, target=self.name,
+                                 error=f"cannot read {plural} (grant get on apps/{plural}): a non-compliant template "
+                                       f"is then caught only by the eviction guard: {e}")
+            elif e.status != 404:
+                self.log.warning(Event.OBSERVE_FAILED, target=self.name, error=f"cannot read {ref}: {e}")
+            return None
+        if ref.uid and (obj.get("metadata") or {}).get("uid") != ref.uid:
+            return None  # replaced by a namesake: not this pod's template
+        return obj
+
+    def _owner_template(self, ref: OwnerRef) -> OwnerTemplate | None:
+        """The template ``ref`` makes pods from (a ReplicaSet's Deployment read too), or None if unknown."""
+        obj = self._get_owner(ref)
+        template = ((obj or {}).get("spec") or {}).get("template")
+        if obj is None or not isinstance(template, dict):
+            return None
+        digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:24]
+        parent = parent_template = None
+        if ref.kind == "ReplicaSet":
+            up = _controller_ref(obj, ref.namespace)
+            if up is not None and up.kind == "Deployment":
+                dep = self._get_owner(up)
+                if dep is not None:
+                    parent = up
+                    parent_template = (dep.get("spec") or {}).get("template") or {}
+        return OwnerTemplate(controller=ref, template=template, digest=digest, parent=parent,
+                             parent_template=parent_template)
+
+    def _report_template_fault(self, fix: OwnerRef, owner: OwnerTemplate, pod: Mapping[str, Any],
+                               rules: frozenset[str], message: str) -> None:
+        """Events on the owner (once per template and rule set) and on each pod (once), and a log line."""
+        meta = pod.get("metadata") or {}
+        self.log.error(Event.REMEDIATION_BLOCKED, target=self.name, key=pod_key(meta.get("namespace", ""),
+                                                                                meta.get("name", "")),
+                       action="evict", owner=str(fix), reason=message)
+        now = self.clock()
+        scope = f"{FAULT_GUARD}{fix.namespace}/{fix.kind}/{fix.name}"
+        fp = f"{fix.uid}:{owner.digest}:{','.join(sorted(rules))}"
+        seen = self.guards.get_guard(scope, now) or {}
+        pods: list[str] = list(seen.get("pods") or []) if seen.get("fp") == fp else []
+        changed = False
+        if seen.get("fp") != fp:
+            self._post_event(fix.namespace, fix.involved(), "TemplateAtFault", message)
+            changed = True
+        uid = str(meta.get("uid") or "")
+        if uid not in pods:
+            self._post_event(meta.get("namespace", ""), {"apiVersion": "v1", "kind": "Pod",
+                                                         "namespace": meta.get("namespace", ""),
+                                                         "name": meta.get("name", ""), "uid": uid},
+                             "TemplateAtFault", message)
+            pods = [*pods, uid][-100:]
+            changed = True
+        if changed:
+            self.guards.set_guard(scope, until=now + FAULT_REPORT_SECONDS, data={"fp": fp, "pods": pods}, now=now)
+
+    def _get_pod(self, ns: str, name: str) -> dict[str, Any]:
+        try:
+            pod: dict[str, Any] = self._req("GET", self._pod_path(ns, name))
         except KubeError as e:
             if e.status == 404:
                 raise ResourceGoneError(f"pod {ns}/{name} vanished before eviction") from None
             raise
+        return pod
+
+    def _put_snapshot(self, pod: Mapping[str, Any]) -> str:
         try:
             return self.snapshots.put(json.dumps(pod, sort_keys=True).encode())
         except SnapshotError as e:
@@ -395,8 +636,6 @@ class KubernetesTarget:
     # ------------------------------------------------------------------ events
     def notify(self, reason: str, desired: DesiredResource, message: str, *, warning: bool = True) -> None:
         """A Kubernetes Event on the pod (pod keys) or on this node (everything else)."""
-        if not self.events_enabled:
-            return
         if desired.target == self.name:
             ns = desired.payload["namespace"]
             involved = {"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": desired.payload["name"],
@@ -404,6 +643,11 @@ class KubernetesTarget:
         else:
             ns = "default"
             involved = {"apiVersion": "v1", "kind": "Node", "name": self.node_name, "uid": self.node_name}
+        self._post_event(ns, involved, reason, message, warning=warning)
+
+    def _post_event(self, ns: str, involved: dict[str, Any], reason: str, message: str, *, warning: bool = True) -> None:
+        if not self.events_enabled:
+            return
         now = _now_rfc3339()
         body = {
             "apiVersion": "v1", "kind": "Event",
@@ -421,10 +665,17 @@ class KubernetesTarget:
 
     # ------------------------------------------------------------------ policy report
     def publish_report(self, results: list[dict[str, Any]]) -> None:
-        """Replace this node's PolicyReport with ``results`` (failures first, capped)."""
+        """Replace this node's PolicyReport with ``results`` (failures first, capped), only when it changed.
+
+        Row timestamps change on every scan and are not a change: a report whose content is what
+        was last written (or, after a restart, what is on the server) is not written again.  The
+        server copy is re-read every ``report_resync_seconds`` so a deleted or edited report is
+        restored.
+        """
         if not self.policy_report_enabled:
             return
-        ordered = sorted(results, key=lambda r: (r["result"] == "pass", r["policy"], r.get("rule", "")))
+        ordered = sorted(results, key=lambda r: (r["result"] == "pass", r["policy"], r.get("rule", ""),
+                                                 str((r.get("properties") or {}).get("key", "")), r.get("message", "")))
         summary = {k: sum(1 for r in results if r["result"] == k) for k in ("pass", "fail", "warn", "error", "skip")}
         name = f"driftd-{self.node_name}"
         report: dict[str, Any] = {
@@ -436,10 +687,18 @@ class KubernetesTarget:
         }
         if len(ordered) > self.report_max_results:
             report["metadata"]["annotations"] = {"driftd.io/truncated": f"{len(ordered) - self.report_max_results}"}
+        content = _report_content(report)
+        written = self._report_written
+        if written is not None and written[0] == content and time.monotonic() - written[1] < self.report_resync_seconds:
+            return  # nothing changed since it was written
         base = f"/apis/{REPORT_API}/namespaces/{quote(self.namespace)}/policyreports"
         try:
             try:
                 current = self._req("GET", f"{base}/{quote(name)}")
+                if _report_content(current) == content:
+                    self._report_written = (content, time.monotonic())
+                    self.last_report = current
+                    return  # the server already says this
                 report["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
                 self._req("PUT", f"{base}/{quote(name)}", body=report)
             except KubeError as e:
@@ -447,7 +706,9 @@ class KubernetesTarget:
                     raise
                 self._req("POST", base, body=report)
             self.last_report = report
+            self._report_written = (content, time.monotonic())
         except TargetError as e:
+            self._report_written = None
             self.log.warning(Event.OBSERVE_FAILED, target=self.name, error=f"policy report not written: {e}")
 
     # ------------------------------------------------------------------ node retirement
