@@ -189,7 +189,9 @@ class TestStateDiskFull:
         with small_tmpfs(tmp_path / "statefs", "256k") as sfs:
             rt = _runtime_on(tmp_path, host_root, baselines_dir({"b.yaml": MOTD_BASELINE}), sfs / "state")
             fill(sfs)
-            s = run(rt)
+            with capture_logs() as logs:
+                s = run(rt)
+            assert any(x["event"] == "state.failed" and "database or disk is full" in x["error"] for x in logs), logs
             assert (host_root / "etc/motd").read_text() == "drifted\n"
             (o,) = s.outcomes
             assert o.status == "error", o
@@ -224,11 +226,14 @@ class TestStateDiskFull:
                 return rec
 
             state.open_drift = open_then_fill  # type: ignore[method-assign]
-            s = run(rt)
+            with capture_logs() as logs:
+                s = run(rt)
             assert (host_root / "etc/motd").read_bytes() == drifted
             (o,) = s.outcomes
-            assert o.status in ("failed", "error"), o
-            assert "not overwriting" in (o.error or "") or "database or disk is full" in (o.error or ""), o.error
+            assert o.status == "error" and "database or disk is full" in (o.error or ""), o
+            failed = [x for x in logs if x["event"] == "remediation.failed"]
+            assert failed and "not recorded" in failed[0]["error"] and "not overwriting" in failed[0]["error"], logs
+            assert any(x["event"] == "state.failed" and "database or disk is full" in x["error"] for x in logs)
 
     def test_corrupt_snapshot_entry_is_replaced_not_trusted(self, tmp_path, host_root, baselines_dir, make_runtime):
         """An entry whose bytes do not match its name is rewritten from the live file before the revert."""

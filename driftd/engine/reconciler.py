@@ -365,10 +365,11 @@ class Engine:
             return self._unmanaged(key, "gone")
         except TargetError as e:
             held = {"fingerprint": terminal, "reason": str(e), "at": now} if terminal else None
-            rec = self.state.record_action(rec, now=now, action=action_names, result="failed", error=str(e), held=held)
             for a in p.actions:
                 self.metrics.remediations.labels(d.target, a.action.value, "failed").inc()
-            log.error(Event.REMEDIATION_FAILED, action=action_names, error=str(e), attempts=rec.attempts, transient=e.transient)
+            # logged before the state write: a full state disk must not swallow why the action failed
+            log.error(Event.REMEDIATION_FAILED, action=action_names, error=str(e), attempts=rec.attempts + 1, transient=e.transient)
+            rec = self.state.record_action(rec, now=now, action=action_names, result="failed", error=str(e), held=held)
             if rec.consecutive_failures == 1:
                 self._notify("RemediationFailed", d, f"{action_names} failed: {e}")
             at_threshold = rec.consecutive_failures == self.escalate_after
