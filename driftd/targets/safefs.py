@@ -17,7 +17,7 @@ import secrets
 import stat
 from collections.abc import Callable, Iterator
 
-from driftd.safety.durable import write_all
+from driftd.safety.durable import read_all, write_all
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
@@ -151,14 +151,12 @@ class SafeRoot:
             size = os.fstat(fd).st_size
             if size > max_bytes:
                 raise OSError(errno.EFBIG, f"{path} is {size} bytes, over the {max_bytes}-byte limit")
-            chunks = []
-            total = 0
-            while chunk := os.read(fd, _CHUNK):
-                total += len(chunk)
-                if total > max_bytes:
-                    raise OSError(errno.EFBIG, f"{path} grew past the {max_bytes}-byte limit")
-                chunks.append(chunk)
-            return b"".join(chunks)
+            try:
+                return read_all(fd, max_bytes)
+            except OSError as e:
+                if e.errno == errno.EFBIG:
+                    raise OSError(errno.EFBIG, f"{path} grew past the {max_bytes}-byte limit") from None
+                raise
         finally:
             os.close(fd)
 
