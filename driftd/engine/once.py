@@ -40,6 +40,7 @@ _PRIORITY = {
     "retired": ExitCode.DRIFT_REMAINED,  # the node was taken out of service; its drift is still there
 }
 _ORDER = [ExitCode.ERROR, ExitCode.REMEDIATION_FAILED, ExitCode.DRIFT_REMAINED]
+_CLEAN = Outcome(key="", status="clean")  # a resource the scan found clean was not reconciled
 
 
 def run_once(engine: Engine, queue: KeyedQueue, *, attempts: int, full_rehash_interval: float = 0.0) -> PassSummary:
@@ -55,7 +56,7 @@ def run_once(engine: Engine, queue: KeyedQueue, *, attempts: int, full_rehash_in
         counts[o.status] = counts.get(o.status, 0) + 1
     # clean: resources this scan observed that ended clean (keys reconciled from state alone,
     # e.g. a container that went away, count under their own status and never below zero)
-    counts["clean"] = sum(1 for k in report.keys if (o := engine.outcomes.get(k)) is None or o.status == "clean")
+    counts["clean"] = sum(1 for k in report.keys if engine.outcomes.get(k, _CLEAN).status == "clean")
     codes = {_PRIORITY[o.status] for o in outcomes if o.status in _PRIORITY}
     if report.targets_down:
         codes.add(ExitCode.ERROR)  # a whole target could not be observed
