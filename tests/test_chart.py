@@ -53,6 +53,7 @@ ALL_ON: dict[str, Any] = {
         "apiVersion: driftd.io/v1alpha1\nkind: HostBaseline\nmetadata: {name: extra-motd}\n"
         "spec:\n  enforcement: warn\n  files:\n    - {path: /etc/motd, source: files/motd, mode: \"0644\"}\n")},
     "extraBaselineFiles": {"motd": "Authorized use only.\n"},
+    "kubernetes": {"excludeNamespaces": ["monitoring", "csi-*"]},
 }
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -166,6 +167,8 @@ def test_helm_lint_strict(variant: str) -> None:
     ({"extraBaselines": {"notyaml.txt": "x"}}, "'notyaml.txt' does not match pattern"),
     ({"admissionPolicy": {"validationActions": ["Block"]}}, "/admissionPolicy/validationActions/0"),
     ({"serviceMonitor": {"interval": "soon"}}, "/serviceMonitor/interval"),
+    ({"kubernetes": {"excludeNamespaces": ["Not A Namespace"]}}, "/kubernetes/excludeNamespaces/0"),
+    ({"kubernetes": {"excludeNamespaces": "monitoring"}}, "/kubernetes/excludeNamespaces"),
 ])
 def test_values_schema_rejects_bad_values(values: dict[str, Any], message: str) -> None:
     r = helm("template", "driftd", str(CHART), values=values, check=False)
@@ -309,6 +312,7 @@ def test_daemonset_env_is_accepted_by_driftd_settings(monkeypatch: pytest.Monkey
         assert s.resolved_node_name() == "node-a"
         assert s.docker.enabled is (variant == "all-on")
         assert s.dry_run is (variant == "defaults")  # a default install only reports
+        assert s.kubernetes.exclude_namespaces == (["monitoring", "csi-*"] if variant == "all-on" else [])
 
 
 # ---------------------------------------------------------------------------- the baselines ConfigMap
@@ -646,6 +650,10 @@ def test_rbac_grants_what_driftd_needs_and_nothing_else(installed: Installed, ku
         ("create", "events", "default", "", "", "", ""),
         ("get", "nodes", "", installed.node_a, "", "", ""),
         ("patch", "nodes", "", installed.node_a, "", "", ""),
+        ("get", "daemonsets", other, "agent", "", "apps", ""),
+        ("get", "replicasets", other, "web-5d8f7", "", "apps", ""),
+        ("get", "deployments", other, "web", "", "apps", ""),
+        ("get", "statefulsets", other, "db", "", "apps", ""),
         ("get", "policyreports", ns, f"driftd-{installed.node_a}", "", "wgpolicyk8s.io", ""),
         ("create", "policyreports", ns, "", "", "wgpolicyk8s.io", ""),
         ("update", "policyreports", ns, f"driftd-{installed.node_a}", "", "wgpolicyk8s.io", ""),
@@ -676,6 +684,15 @@ def test_rbac_grants_what_driftd_needs_and_nothing_else(installed: Installed, ku
         ("get", "nodes", "", installed.node_a, "proxy", "", ""),
         ("create", "deployments", other, "", "", "apps", ""),
         ("patch", "daemonsets", ns, installed.fullname, "", "apps", ""),
+        ("list", "daemonsets", "", "", "", "apps", ""),
+        ("watch", "replicasets", other, "", "", "apps", ""),
+        ("list", "deployments", other, "", "", "apps", ""),
+        ("update", "statefulsets", other, "db", "", "apps", ""),
+        ("patch", "deployments", other, "web", "", "apps", ""),
+        ("delete", "daemonsets", other, "agent", "", "apps", ""),
+        ("update", "deployments", other, "web", "scale", "apps", ""),
+        ("get", "controllerrevisions", other, "x", "", "apps", ""),
+        ("get", "jobs", other, "x", "", "batch", ""),
         ("update", "leases", other, LEASE, "", "coordination.k8s.io", ""),
         ("patch", "leases", other, LEASE, "", "coordination.k8s.io", ""),
         ("get", "leases", other, LEASE, "", "coordination.k8s.io", ""),
@@ -713,6 +730,14 @@ def test_rbac_grants_what_driftd_needs_and_nothing_else(installed: Installed, ku
     assert status_of(lambda: t.get(f"/api/v1/namespaces/{ns}/secrets")) == 403
     assert status_of(lambda: t.get("/api/v1/configmaps")) == 403
     assert status_of(lambda: t.get("/api/v1/nodes")) == 403
+    # workloads: get one by name (the pod template), never list, watch or change them
+    installed.other.make_owner("DaemonSet", "agent")
+    ds = f"/apis/apps/v1/namespaces/{other}/daemonsets"
+    assert t.get(f"{ds}/agent")["spec"]["template"]["spec"]["containers"]
+    assert status_of(lambda: t.get(ds)) == 403
+    assert status_of(lambda: t.get("/apis/apps/v1/deployments")) == 403
+    assert status_of(lambda: t.patch(f"{ds}/agent", {"metadata": {"labels": {"x": "y"}}})) == 403
+    assert status_of(lambda: t.delete(f"{ds}/agent")) == 403
     assert status_of(lambda: t.delete(f"/api/v1/namespaces/{ns}/pods/{installed.agent_pod['metadata']['name']}")) == 403
     assert status_of(lambda: t.post(f"/apis/apps/v1/namespaces/{other}/deployments", {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
@@ -731,6 +756,7 @@ def test_rbac_verbs_are_exactly_these(installed: Installed) -> None:
         ("", "pods/eviction", "", "create"),
         ("", "nodes", "", "get,patch"),
         ("", "events", "", "create"),
+        ("apps", "daemonsets,replicasets,deployments,statefulsets", "", "get"),
     ])
     assert rules("Role") == sorted([
         ("wgpolicyk8s.io", "policyreports", "", "create,get,update"),
@@ -744,9 +770,11 @@ def test_driftd_adapter_works_under_the_chart_identity(installed: Installed, tmp
                                                        fake_kubelet: Callable[..., Any]) -> None:
     """driftd's own Kubernetes adapter, authenticated as the agent pod: every call it makes is allowed."""
     from driftd.baselines.loader import load_set
+    from driftd.core.diff import diff
+    from driftd.core.plan import plan as make_plan
     from driftd.models.resources import DesiredResource
     from driftd.safety.snapshots import SnapshotStore
-    from driftd.targets.base import NodeInfo
+    from driftd.targets.base import NodeInfo, TargetError
     from driftd.targets.kubernetes import RETIRED_LABEL, TAINT_KEY, KubernetesTarget
 
     # workloads live in another namespace: the chart keeps PodBaselines out of driftd's own
@@ -789,6 +817,18 @@ def test_driftd_adapter_works_under_the_chart_identity(installed: Installed, tmp
         node_events = [e for e in installed.admin.get("/api/v1/namespaces/default/events").get("items") or []
                        if e["involvedObject"]["name"] == node]
         assert [e["reason"] for e in node_events] == ["DriftReverted"]
+        # a pod whose DaemonSet template breaks the profile: the template is read (get) and the pod not evicted
+        c.make_owner("DaemonSet", "agent", privileged=True)
+        c.make_pod("agent-a", node, owner="DaemonSet", owner_name="agent", privileged=True)
+        agent_d = target.resolve(f"pod:{apps}/agent-a")
+        assert agent_d is not None
+        observed = target.observe(agent_d)
+        with pytest.raises(TargetError, match=f"template at fault: the pod template of DaemonSet {apps}/agent"):
+            target.apply(agent_d, observed, make_plan(agent_d, observed, diff(agent_d, observed)))
+        assert not target._owner_reads_refused
+        assert not (c.pod("agent-a") or {}).get("metadata", {}).get("deletionTimestamp")
+        owner_events = [e for e in c.events("agent") if e["involvedObject"]["kind"] == "DaemonSet"]
+        assert [e["reason"] for e in owner_events] == ["TemplateAtFault"]
         # the node's PolicyReport: create, then update
         result = {"policy": "cis-system-files", "rule": "/etc/issue.net", "result": "fail", "severity": "medium",
                   "source": "driftd", "message": "mode drifted"}
