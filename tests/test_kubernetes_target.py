@@ -352,6 +352,23 @@ class TestTemplateAtFault:
         assert {o.key: o.status for o in run_once(rt.engine, rt.queue, attempts=1).outcomes}[key(ns, "agent-3")] == \
             "remediated"
 
+    def test_controller_of_an_unknown_kind_falls_back_to_the_guard(self, setup):
+        """A controller driftd does not read (a CRD kind) gets one eviction, then the guard holds its replacement."""
+        c, ns = setup.cluster, setup.ns
+        rollout = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "web",
+                   "uid": "0b1c2d3e-0000-4000-8000-000000000001", "controller": True}
+        for name in ("web-1", "web-2"):
+            m = c.pod_manifest(name, setup.node, owner=None, privileged=True)
+            m["metadata"]["ownerReferences"] = [rollout]
+            c.rest.post(f"/api/v1/namespaces/{ns}/pods", m)
+            c.set_pod_status(name)
+            if name == "web-1":
+                rt = setup.runtime()
+                assert [o.status for o in run_once(rt.engine, rt.queue, attempts=1).outcomes] == ["remediated"]
+        (o,) = [o for o in run_once(rt.engine, rt.queue, attempts=1).outcomes if o.key == key(ns, "web-2")]
+        assert o.status == "failed" and "driftd cannot read the template of a Rollout" in (o.error or "")
+        assert evictions(c, "web-2") == []
+
     def test_extra_excluded_namespaces_are_never_governed(self, setup):
         """kubernetes.exclude_namespaces (glob patterns) keeps a namespace's pods out, whatever the baseline selects."""
         c, ns = setup.cluster, setup.ns

@@ -463,19 +463,22 @@ class KubernetesTarget:
         digest = owner.digest if owner is not None else ""
         now = self.clock()
         last = self.guards.get_guard(scope, now)
-        if last is not None and last.get("template", "") == digest and last.get("pod") != (
-                pod.get("metadata") or {}).get("uid"):
+        # a template that changed since the eviction releases the guard; one that cannot be read now does not
+        uid = (pod.get("metadata") or {}).get("uid")
+        if last is not None and last.get("pod") != uid and (not digest or last.get("template", "") in (digest, "")):
             again = remaining & frozenset(last.get("rules") or ())
             if again:
                 why = ("its template does not break them (something else makes its pods non-compliant, e.g. an "
                        "image tag that resolves to an unapproved digest, or a mutating webhook)"
-                       if owner is not None else "its pod template violates the baseline")
+                       if owner is not None else
+                       "its pod template violates the baseline or something changes its pods (driftd cannot read "
+                       f"the template of a {ref.kind})")
                 raise TargetError(
                     f"the replacement from {ref} broke {', '.join(sorted(again))} again after the eviction at "
                     f"{_iso(float(last.get('at') or now))}: {why}; not evicting again before {_iso(float(last.get('until') or now))} "
                     "(fix what makes its pods non-compliant)", transient=False)
-        return scope, {"rules": sorted(remaining), "template": digest, "pod": (pod.get("metadata") or {}).get("uid"),
-                       "at": now, "until": now + self.template_guard_seconds}
+        return scope, {"rules": sorted(remaining), "template": digest, "pod": uid, "at": now,
+                       "until": now + self.template_guard_seconds}
 
     def _get_owner(self, ref: OwnerRef) -> dict[str, Any] | None:
         """One controller object (get only), or None when it cannot be read (gone, not allowed, unknown kind)."""
