@@ -89,6 +89,11 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, met
         from driftd.observability.metrics import Metrics
 
         metrics = Metrics(registry, targets=list(targets))
+        for tname, target in targets.items():
+            reach = getattr(target, "reach", None)
+            if reach is not None:  # event streams and API calls update the gauge as they see changes, not only scans
+                gauge = metrics.target_up.labels(tname)
+                reach.on_change = lambda up, _gauge=gauge: _gauge.set(1 if up else 0)
     else:
         from driftd.observability.nullmetrics import NullMetrics
 

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import docker
 import pytest
 import yaml
 from conftest import host_baseline, need
-from docker_support import IMAGE_V1, IMAGE_V2
+from docker_support import IMAGE_V1, IMAGE_V2, SCOPE
 
 from driftd.core.compile_container import OLD_SUFFIX
 from driftd.engine.once import PassSummary, run_once
@@ -38,7 +37,6 @@ REPO = Path(__file__).resolve().parent.parent
 DRIFTD = REPO / ".venv" / "bin" / "driftd"
 DOCKER_ENV = REPO / "scripts" / "docker-env.sh"
 DOCKER_PID = Path("/var/run/docker.pid")
-SCOPE = "driftd-scope"
 
 HARDENED_RUNTIME: dict[str, Any] = {
     "user": "1000", "privileged": False, "capAdd": [], "capDrop": ["ALL"],
@@ -94,52 +92,6 @@ def exec_root(c: Any, script: str) -> None:
     res = c.client.api.exec_create(c.id, ["sh", "-c", script], user="0")
     c.client.api.exec_start(res["Id"])
     assert c.client.api.exec_inspect(res["Id"])["ExitCode"] == 0, script
-
-
-@pytest.fixture
-def image_ids(docker_client: docker.DockerClient) -> dict[str, str]:
-    return {IMAGE_V1: docker_client.images.get(IMAGE_V1).id, IMAGE_V2: docker_client.images.get(IMAGE_V2).id}
-
-
-@pytest.fixture
-def scope(docker_client: docker.DockerClient, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A unique scope label value; every container (replacements, parked ones) and volume with it is removed at teardown."""
-    value = uuid.uuid4().hex[:10]
-    yield value
-    for attempt in range(30):  # the engine may be restarting (the daemon test restarts it)
-        try:
-            client = docker.DockerClient(base_url="unix:///var/run/docker.sock", timeout=30)
-            for c in client.containers.list(all=True, filters={"label": f"{SCOPE}={value}"}):
-                client.api.remove_container(c.id, force=True, v=True)
-            for v in client.volumes.list(filters={"name": value}):
-                v.remove(force=True)
-            return
-        except Exception as e:
-            if attempt == 29:
-                print(f"scope cleanup failed (the driftd-test=1 label sweep catches it later): {e}")
-            time.sleep(2)
-
-
-@pytest.fixture
-def make(make_test_container: Callable[..., Any], scope: str) -> Callable[..., Any]:
-    """``make(name, image=IMAGE_V1, **kwargs)``: a test container in this test's scope (name made unique)."""
-
-    def create(name: str, image: str = IMAGE_V1, **kwargs: Any) -> Any:
-        labels = {SCOPE: scope, **(kwargs.pop("labels", None) or {})}
-        return make_test_container(f"{name}-{scope}", image, labels=labels, **kwargs)
-
-    return create
-
-
-@pytest.fixture
-def docker_runtime(make_runtime: Callable[..., Any], baselines_dir: Callable[..., Path]) -> Callable[..., Any]:
-    """``docker_runtime({file: yaml}, **settings)``: a runtime with the Docker target enabled."""
-
-    def build(files: dict[str, str], **settings: Any) -> Any:
-        settings.setdefault("docker", {"enabled": True})
-        return make_runtime(baselines_dir(files), **settings)
-
-    return build
 
 
 # --------------------------------------------------------------------------- recreate

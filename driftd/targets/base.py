@@ -120,22 +120,35 @@ class GuardStore(Protocol):
 
 
 class Reachability:
-    """Whether a target's endpoint answers; logs ``target.down``/``target.up`` once per change."""
+    """Whether a target's endpoint answers; logs ``target.down``/``target.up`` once per change.
 
-    def __init__(self, target: str, **context: Any) -> None:
+    ``on_change(up)`` (settable after construction; the composition root points it at the
+    ``driftd_target_up`` gauge) is called on every change, from whichever thread saw it (an
+    event stream dropping, an API call failing), so the gauge does not wait for a scan.
+    """
+
+    def __init__(self, target: str, *, on_change: Callable[[bool], None] | None = None, **context: Any) -> None:
         from driftd.observability.logging import get_logger
 
         self.target = target
         self.context = context
         self.up: bool | None = None
+        self.on_change = on_change
         self._log = get_logger()
 
     def set(self, up: bool, error: str = "") -> None:
         from driftd.observability.logging import Event
 
-        if self.up is not up:
+        changed = self.up is not up
+        if changed:
             if up:
                 self._log.info(Event.TARGET_UP, target=self.target, **self.context)
             else:
                 self._log.error(Event.TARGET_DOWN, target=self.target, error=error, **self.context)
         self.up = up
+        if changed and self.on_change is not None:
+            try:
+                self.on_change(up)
+            except Exception as e:  # a metrics hook must never break the caller
+                self._log.warning(Event.TARGET_DOWN if not up else Event.TARGET_UP, target=self.target,
+                                  note=f"reachability hook failed: {e}")

@@ -22,10 +22,12 @@ import contextlib
 import copy
 import io
 import json
+import posixpath
 import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import docker
@@ -69,24 +71,55 @@ def _secopt(opts: list[str], kind: str) -> str | None:
     return None
 
 
+# files and mounts the engine itself puts into every container (not changes made inside it)
+ENGINE_MOUNTS = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/dev/shm")
+
+
+def _under(path: str, roots: Iterable[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
 def leaf_changes(changes: list[dict[str, Any]] | None, mounts: Iterable[str] = ()) -> list[str]:
     """Changed paths minus directories listed only because something below them changed.
 
-    ``mounts`` are the container's mount destinations: the engine creates their mount
-    points in the container's layer, which is not a change made inside the container.
+    ``mounts`` are the container's mount points: the engine creates them in the container's
+    layer, which is not a change made inside the container, and nothing at or below a mount
+    point is in that layer at all.
     """
     paths = sorted({c["Path"] for c in changes or []})
-    skip = set(mounts)
+    skip = [posixpath.normpath(m) for m in mounts if m]
     out = []
     for i, p in enumerate(paths):
         nxt = paths[i + 1] if i + 1 < len(paths) else ""
-        if not nxt.startswith(p.rstrip("/") + "/") and p not in skip:
+        if not nxt.startswith(p.rstrip("/") + "/") and not _under(p, skip):
             out.append(p)
     return out
 
 
+def _split_bind(spec: str) -> tuple[str | None, str, str]:
+    """``Binds`` entry → (source or None for an anonymous volume, destination, options)."""
+    parts = spec.split(":")
+    if len(parts) >= 2 and parts[1].startswith("/"):
+        return parts[0], parts[1], ":".join(parts[2:])
+    return None, parts[0], ":".join(parts[1:])  # "/cache" or "/cache:ro": an anonymous volume
+
+
+def _bind_target(spec: str) -> str | None:
+    dest = _split_bind(spec)[1]
+    return dest if dest.startswith("/") else None
+
+
 def _mount_points(ins: dict[str, Any]) -> list[str]:
-    return [m["Destination"] for m in ins.get("Mounts") or [] if m.get("Destination")]
+    """Every mount point of the container: binds, volumes (named, anonymous, image ``VOLUME``),
+    tmpfs (``HostConfig.Tmpfs`` and ``--mount type=tmpfs``) and the engine's own files."""
+    hc = ins.get("HostConfig") or {}
+    points = {m["Destination"] for m in ins.get("Mounts") or [] if m.get("Destination")}
+    points.update(hc.get("Tmpfs") or {})
+    points.update(m["Target"] for m in hc.get("Mounts") or [] if m.get("Target"))
+    points.update(t for t in (_bind_target(b) for b in hc.get("Binds") or []) if t)
+    points.update((ins.get("Config") or {}).get("Volumes") or {})
+    points.update(ENGINE_MOUNTS)
+    return sorted(points)
 
 
 def normalize(ins: dict[str, Any], fs_changes: list[str] | None, env_keys: Iterable[str] = ()) -> dict[str, Any]:
@@ -135,15 +168,50 @@ def normalize(ins: dict[str, Any], fs_changes: list[str] | None, env_keys: Itera
     }
 
 
-def recreate_config(ins: dict[str, Any], runtime: dict[str, Any], image: str) -> dict[str, Any]:
+def _keep_volumes(ins: dict[str, Any], hc: dict[str, Any], inherited: Iterable[str]) -> None:
+    """Attach the container's anonymous volumes to its replacement by name (in ``hc``).
+
+    Named volumes are carried over by ``Binds``/``Mounts``; an anonymous one (``-v /cache``,
+    ``--mount type=volume,target=...`` or an image ``VOLUME``) would otherwise be replaced by
+    a fresh empty volume while the old one, with the data, dangles.  ``inherited`` are the
+    destinations that come from ``VolumesFrom`` (the other container keeps providing them).
+    """
+    vols = {m["Destination"]: m for m in ins.get("Mounts") or []
+            if m.get("Type") == "volume" and m.get("Name") and m.get("Destination")}
+    mounts = []
+    for m in hc.get("Mounts") or []:
+        v = vols.get(m.get("Target") or "")
+        if m.get("Type") == "volume" and not m.get("Source") and v is not None:
+            m = {**m, "Source": v["Name"]}
+        mounts.append(m)
+    if mounts:
+        hc["Mounts"] = mounts
+    binds = []
+    for b in hc.get("Binds") or []:
+        src, dest, opts = _split_bind(b)
+        v = vols.get(dest)
+        if src is None and v is not None:
+            b = f"{v['Name']}:{dest}" + (f":{opts}" if opts else "")
+        binds.append(b)
+    covered = {m.get("Target") for m in mounts} | {_split_bind(b)[1] for b in binds} | set(inherited)
+    binds += [f"{v['Name']}:{dest}" + ("" if v.get("RW", True) else ":ro")
+              for dest, v in sorted(vols.items()) if dest not in covered]
+    if binds:
+        hc["Binds"] = binds
+
+
+def recreate_config(ins: dict[str, Any], runtime: dict[str, Any], image: str,
+                    inherited_mounts: Iterable[str] = ()) -> dict[str, Any]:
     """Create-request body for the hardened replacement of ``ins``.
 
     Starts from the container's own Config and HostConfig, so everything the baseline does
-    not govern (command, entrypoint, working dir, volumes, log config, ...) is carried over,
-    then applies every runtime rule that is set.
+    not govern (command, entrypoint, working dir, volumes with their data, log config, ...)
+    is carried over, then applies every runtime rule that is set.  ``inherited_mounts``: the
+    destinations the container gets through ``VolumesFrom``.
     """
     cfg = ins.get("Config") or {}
     hc = copy.deepcopy(ins.get("HostConfig") or {})
+    _keep_volumes(ins, hc, inherited_mounts)
     config: dict[str, Any] = {k: copy.deepcopy(cfg[k]) for k in _CONFIG_KEYS if cfg.get(k) is not None}
     config["Image"] = image
     if config.get("Hostname") == (ins.get("Id") or "")[:12]:
@@ -212,6 +280,30 @@ def recreate_config(ins: dict[str, Any], runtime: dict[str, Any], image: str) ->
         config["NetworkingConfig"] = {"EndpointsConfig": {mode: {
             k: ep[k] for k in ("Aliases", "IPAMConfig", "Links", "DriverOpts") if ep.get(k)}}}
     return config
+
+
+@dataclass(frozen=True)
+class Parked:
+    """What a parked original's name records: ``<name>-driftd-old-<id12>.<run|stop>.<policy>.<count>``."""
+
+    original: str
+    running: bool | None  # None: parked by a driftd that recorded nothing (name ends at the id)
+    restart: dict[str, Any] | None  # the original's restart policy, restored on rollback
+
+
+def parked_name(name: str, cid: str, *, running: bool, restart: dict[str, Any]) -> str:
+    """The name a recreate parks the original under; it is the manifest of the interrupted recreate."""
+    policy = restart.get("Name") or "no"
+    count = int(restart.get("MaximumRetryCount") or 0)
+    return f"{name}{OLD_SUFFIX}{cid[:12]}.{'run' if running else 'stop'}.{policy}.{count}"
+
+
+def parse_parked(parked: str) -> Parked:
+    original, _, rest = parked.rpartition(OLD_SUFFIX)
+    parts = rest.split(".")
+    if len(parts) == 4 and parts[1] in ("run", "stop") and parts[3].isdigit():
+        return Parked(original, parts[1] == "run", {"Name": parts[2], "MaximumRetryCount": int(parts[3])})
+    return Parked(original, None, None)
 
 
 # --------------------------------------------------------------------------- adapter
@@ -325,44 +417,101 @@ class DockerTarget:
         api = self.api()
         rows = self._call(api.containers, all=True)
         out = []
-        names_now = {(row.get("Names") or ["/"])[0].lstrip("/") for row in rows}
+        summaries = []
         for row in rows:
             names = row.get("Names") or []
-            if not names:
-                continue
-            c = ContainerSummary(id=row["Id"], name=names[0].lstrip("/"), image_id=row.get("ImageID", ""),
-                                 labels=row.get("Labels") or {})
+            if names:
+                summaries.append(ContainerSummary(id=row["Id"], name=names[0].lstrip("/"), image_id=row.get("ImageID", ""),
+                                                  labels=row.get("Labels") or {}))
+        names_now = {c.name for c in summaries}
+        # interrupted recreates first: a recovered original is governed in this very pass
+        for c in sorted((c for c in summaries if OLD_SUFFIX in c.name), key=lambda c: c.name):
+            restored = self._recover_parked(api, c, names_now)
+            if restored is not None:
+                names_now.add(restored.name)
+                d = self._desired_for(restored)
+                if d is not None:
+                    out.append(d)
+        for c in summaries:
             if OLD_SUFFIX in c.name:
-                self._recover_parked(api, c, names_now)
                 continue
             d = self._desired_for(c)
             if d is not None:
                 out.append(d)
         return out
 
-    def _recover_parked(self, api: Any, c: ContainerSummary, names_now: set[str]) -> None:
+    def _recover_parked(self, api: Any, c: ContainerSummary, names_now: set[str]) -> ContainerSummary | None:
         """Finish or undo a recreate that was interrupted (driftd or the engine died mid-way).
 
-        If the replacement exists, the recreate got that far: remove the parked original (its
-        snapshot was taken before it was parked).  Otherwise roll back: give the original its
-        name again, so it is governed (and recreated properly) on the next pass.
+        Only a parked container whose original a baseline governs is touched (anything else
+        that merely looks parked is left alone).  The parked name records whether the original
+        was running and its restart policy, and recovery restores exactly that:
+
+        * the replacement exists: the recreate got that far.  If the original was running and
+          the replacement is not, the replacement is started (the original stopped first, so
+          never two run at once); if it cannot start, the original is restored instead.  Then
+          the parked original is removed (its snapshot was taken before it was parked).
+        * no replacement: roll back.  The original gets its name and restart policy back and is
+          started again if it was running; it is returned, so this pass governs it (and
+          recreates it properly).
         """
-        original = c.name.split(OLD_SUFFIX, 1)[0]
+        p = parse_parked(c.name)
         with self._lock:
-            if original in self._in_flight:
-                return  # a recreate of ours is running right now
+            if p.original in self._in_flight:
+                return None  # a recreate of ours is running right now
+        as_original = ContainerSummary(id=c.id, name=p.original, image_id=c.image_id, labels=c.labels)
+        if governing(self._baselines, as_original) is None:
+            return None  # not parked by us (or no longer governed): not ours to touch
+        key = container_key(p.original)
         try:
-            if original in names_now:
-                self._call(api.remove_container, c.id, v=False, force=True)
-                self.log.warning(Event.REMEDIATION_SUCCEEDED, key=container_key(original),
-                                 action="cleanup", note=f"removed {c.name} left by an interrupted recreate")
-            else:
-                self._call(api.rename, c.id, original)
-                self.log.warning(Event.REMEDIATION_FAILED, key=container_key(original), action="rollback",
-                                 error=f"interrupted recreate rolled back: {c.name} renamed to {original}")
+            if p.original in names_now:
+                self._finish_parked(api, c, p)
+                return None
+            state = self._restore_original(api, c.id, p.original, p.restart, p.running)
+            self.log.warning(Event.REMEDIATION_FAILED, key=key, action="rollback",
+                             error=f"interrupted recreate rolled back: {c.name} renamed to {p.original}, {state}")
+            return as_original
         except (docker_errors.APIError, TargetError) as e:
-            self.log.warning(Event.REMEDIATION_FAILED, key=container_key(original), action="recover",
-                             error=f"cannot recover {c.name}: {e}")
+            self.log.warning(Event.REMEDIATION_FAILED, key=key, action="recover", error=f"cannot recover {c.name}: {e}")
+            return None
+
+    def _finish_parked(self, api: Any, c: ContainerSummary, p: Parked) -> None:
+        key = container_key(p.original)
+        new = self._call(api.inspect_container, p.original)
+        new_running = bool((new.get("State") or {}).get("Running"))
+        if p.running and not new_running:
+            old = self._call(api.inspect_container, c.id)
+            if (old.get("State") or {}).get("Running"):
+                self._call(api.stop, c.id, timeout=self.stop_timeout)  # never two running at once
+            try:
+                self._call(api.start, new["Id"])
+            except docker_errors.APIError as e:
+                self._call(api.remove_container, new["Id"], v=False, force=True)
+                state = self._restore_original(api, c.id, p.original, p.restart, p.running)
+                self.log.error(Event.REMEDIATION_FAILED, key=key, action="rollback",
+                               error=f"interrupted recreate: the replacement would not start ({e}); "
+                                     f"it was removed and the original {p.original} restored, {state}")
+                return
+            new_running = True
+        self._call(api.remove_container, c.id, v=False, force=True)
+        self.log.warning(Event.REMEDIATION_SUCCEEDED, key=key, action="cleanup",
+                         note=f"finished an interrupted recreate: replacement {p.original} "
+                              f"{'running' if new_running else 'not running, as the original was not'}; "
+                              f"removed {c.name}")
+
+    def _restore_original(self, api: Any, cid: str, name: str, restart: dict[str, Any] | None,
+                          running: bool | None) -> str:
+        """Give a parked original its name and restart policy back; start it if it was running."""
+        self._call(api.rename, cid, name)
+        if restart is not None and (restart.get("Name") or "no") != "no":
+            self._call(api.update_container, cid, restart_policy=restart)
+        if running is None:
+            return "run state left as it was (the parked name records none)"
+        if not running:
+            return "left stopped, as it was"
+        if not (self._call(api.inspect_container, cid).get("State") or {}).get("Running"):
+            self._call(api.start, cid)
+        return "running again"
 
     def resolve(self, key: str) -> DesiredResource | None:
         name = key.removeprefix("docker:")
@@ -474,22 +623,40 @@ class DockerTarget:
         except docker_errors.APIError as e:
             raise TargetError(f"retire {ins.get('Name')}: {e}") from None
 
+    def _inherited_mounts(self, api: Any, ins: dict[str, Any]) -> list[str]:
+        """Mount destinations the container gets from ``VolumesFrom`` (not its own to re-attach)."""
+        out: list[str] = []
+        for spec in (ins.get("HostConfig") or {}).get("VolumesFrom") or []:
+            try:
+                src = self._call(api.inspect_container, spec.split(":", 1)[0])
+            except docker_errors.APIError:
+                continue  # gone: the create fails on it and is rolled back
+            out.extend(_mount_points(src))
+        return out
+
     def _recreate(self, api: Any, ins: dict[str, Any], runtime: dict[str, Any], image: str) -> None:
         cid = ins["Id"]
         name = ins["Name"].lstrip("/")
         was_running = bool((ins.get("State") or {}).get("Running"))
-        body = recreate_config(ins, runtime, image)
-        parked = f"{name}{OLD_SUFFIX}{cid[:12]}"
+        restart = dict((ins.get("HostConfig") or {}).get("RestartPolicy") or {})
+        body = recreate_config(ins, runtime, image, self._inherited_mounts(api, ins))
+        parked = parked_name(name, cid, running=was_running, restart=restart)
         with self._lock:
             self._in_flight.add(name)
         try:
-            self._recreate_parked(api, cid, name, parked, was_running, body)
+            self._recreate_parked(api, cid, name, parked, was_running, restart, body)
         finally:
             with self._lock:
                 self._in_flight.discard(name)
 
     def _recreate_parked(self, api: Any, cid: str, name: str, parked: str, was_running: bool,
-                         body: dict[str, Any]) -> None:
+                         restart: dict[str, Any], body: dict[str, Any]) -> None:
+        """Park the original (rename; its name is the manifest), replace it, remove it.
+
+        Order: rename → restart policy "no" (so an engine restart cannot start the parked
+        original next to its replacement) → stop → create → start → remove the original.
+        Whatever step dies, ``_recover_parked`` can tell from the names what is left to do.
+        """
         try:
             self._call(api.rename, cid, parked)
         except docker_errors.NotFound:
@@ -498,32 +665,77 @@ class DockerTarget:
             raise TargetError(f"rename {name}: {e}") from None
         new_id: str | None = None
         try:
+            if (restart.get("Name") or "no") != "no":
+                self._call(api.update_container, cid, restart_policy={"Name": "no", "MaximumRetryCount": 0})
             if was_running:
                 self._call(api.stop, cid, timeout=self.stop_timeout)
             new_id = self._call(api.create_container_from_config, body, name)["Id"]
             if was_running:
                 self._call(api.start, new_id)
         except (docker_errors.APIError, TargetError) as e:
-            self._rollback(api, cid, name, new_id, was_running)
+            restored, failed = self._rollback(api, cid, name, new_id, was_running, restart, body,
+                                              unknown=isinstance(e, TargetError))
             conflict = isinstance(e, docker_errors.APIError) and e.status_code == 409
-            raise TargetError(f"recreate {name} failed and was rolled back: {e}", transient=conflict or
-                              isinstance(e, TargetError)) from None
+            if failed is None:
+                msg = f"recreate {name} failed and was rolled back ({restored}): {e}"
+            else:
+                msg = (f"recreate {name} failed: {e}; rollback incomplete ({failed}), done: {restored or 'nothing'}; "
+                       f"the original is parked as {parked} and is restored by the next pass")
+            raise TargetError(msg, transient=conflict or isinstance(e, TargetError) or failed is not None) from None
         try:
             self._call(api.remove_container, cid, v=False)
-        except docker_errors.APIError as e:
+        except (docker_errors.APIError, TargetError) as e:
             self.log.warning(Event.REMEDIATION_FAILED, key=container_key(name),
-                             error=f"old container {parked} left behind: {e}")
+                             error=f"old container {parked} left behind (the next pass removes it): {e}")
 
-    def _rollback(self, api: Any, old_id: str, name: str, new_id: str | None, was_running: bool) -> None:
-        for step in (
-            lambda: new_id and api.remove_container(new_id, force=True),
-            lambda: api.rename(old_id, name),
-            lambda: was_running and api.start(old_id),
-        ):
+    def _rollback(self, api: Any, old_id: str, name: str, new_id: str | None, was_running: bool,
+                  restart: dict[str, Any], body: dict[str, Any], *, unknown: bool) -> tuple[str, str | None]:
+        """Undo a failed recreate step by step; stops at the first step that fails.
+
+        Returns (what was restored, the step that failed or None).  ``unknown``: the failing
+        call never answered, so a replacement may exist although its id is not known.
+        """
+        done: list[str] = []
+
+        def remove_replacement() -> None:
+            rid = new_id
+            if rid is None and unknown:
+                try:
+                    cur = self._call(api.inspect_container, name)
+                except docker_errors.NotFound:
+                    return
+                same = (cur.get("Config") or {}).get("Labels") == body.get("Labels")
+                if cur["Id"] != old_id and same:
+                    rid = cur["Id"]
+            if rid is not None:
+                self._call(api.remove_container, rid, force=True)
+                done.append("replacement removed")
+
+        def rename_back() -> None:
+            self._call(api.rename, old_id, name)
+            done.append(f"original renamed back to {name}")
+
+        def restore_policy() -> None:
+            if (restart.get("Name") or "no") != "no":
+                self._call(api.update_container, old_id, restart_policy=restart)
+                done.append(f"restart policy {restart.get('Name')} restored")
+
+        def start_original() -> None:
+            if was_running:
+                self._call(api.start, old_id)
+                done.append("original running again")
+            else:
+                done.append("original left stopped, as it was")
+
+        steps = (("remove the replacement", remove_replacement), ("rename the original back", rename_back),
+                 ("restore the restart policy", restore_policy), ("start the original", start_original))
+        for what, step in steps:
             try:
                 step()
             except Exception as e:
-                self.log.error(Event.REMEDIATION_FAILED, key=container_key(name), error=f"rollback step failed: {e}")
+                self.log.error(Event.REMEDIATION_FAILED, key=container_key(name), error=f"rollback step failed: {what}: {e}")
+                return ", ".join(done), f"could not {what}: {e}"
+        return ", ".join(done), None
 
     # ------------------------------------------------------------------ events
     def watch(self, on_key: Callable[[str], None], stop: threading.Event, *, max_backoff: float = 30.0) -> None:
@@ -540,6 +752,7 @@ class DockerTarget:
                 opened = int(time.time())
                 stream = api.events(decode=True, filters={"type": "container"}, since=since)
                 self._stream = stream
+                self._set_up(True)
                 backoff = 1.0
                 if since is None:
                     since = opened
