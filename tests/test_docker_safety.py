@@ -137,6 +137,28 @@ class TestAnonymousVolumes:
                     docker_client.volumes.get(name).remove(force=True)
 
 
+    def test_volumes_from_another_container_are_not_duplicated(self, docker_client, make, docker_runtime, image_ids,
+                                                               scope):
+        """A container that gets an anonymous volume through --volumes-from is recreated with it, still shared, not doubled."""
+        src = make("src", volumes=["/shared"], **HARDENED)
+        shared = _volumes_by_dest(src)["/shared"]
+        try:
+            old = make("user", user="0", cap_drop=["ALL"], volumes_from=[src.id])
+            rt = docker_runtime({"c.yaml": container_baseline(scope, [image_ids[IMAGE_V1]], runtime=SERVICE_RUNTIME,
+                                                              selector={"names": [old.name]})})
+            summary = enforce(rt)
+            o = outcome_of(summary, old.name)
+            assert o is not None and o.status == "remediated", summary
+            new = docker_client.containers.get(old.name)
+            assert new.status == "running" and new.attrs["HostConfig"]["VolumesFrom"] == [src.id]
+            assert _volumes_by_dest(new) == {"/shared": shared}
+            assert state(docker_client, src.name) == (src.id, "running")
+        finally:
+            for c in docker_client.containers.list(all=True, filters={"label": f"{SCOPE}={scope}"}):
+                c.remove(force=True, v=True)
+            with contextlib.suppress(docker.errors.NotFound):
+                docker_client.volumes.get(shared).remove(force=True)
+
 # --------------------------------------------------------------------------- item 11: interrupted recreates
 
 
@@ -242,6 +264,9 @@ class TestInterruptedRecreate:
                 proc.wait(180)  # the interrupted pass ends on its own: every later call fails
                 start_engine()
             interrupted = out.read_text() + Path(f"{out}.out").read_text()
+            if Path(f"{out}.out").read_text().strip():  # the pass that lost its engine still summarises sanely
+                counts = json.loads(Path(f"{out}.out").read_text())["counts"]
+                assert all(v >= 0 for v in counts.values()), counts
         finally:
             relay.close()
             if proc.poll() is None:

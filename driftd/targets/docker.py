@@ -11,7 +11,12 @@ the Docker target is enabled.
 * act: **recreate** (same name, approved image, hardened configuration, fresh filesystem,
   everything the baseline does not govern carried over) or **retire** (stop, remove).
   Before either, a snapshot: the inspect document, the changed paths and the changed
-  files' bytes up to a cap.  A failed recreate is rolled back to the old container.
+  files' bytes up to a cap.  A recreate parks the original under a name that records its
+  run state and restart policy (``<name>-driftd-old-<id12>.<run|stop>.<policy>.<count>``),
+  with restart policy "no" while parked; a failed recreate is rolled back to it, and one
+  interrupted by a crash of driftd or the engine is finished or undone by the next
+  discovery, restoring exactly what ran before (never zero, never two copies running).
+  Anonymous volumes are re-attached by name, and no mount point is filesystem drift.
 * watch: the events stream enqueues a container as soon as it is created, started,
   updated or exec'd into; it reconnects with backoff when the engine restarts.
 """
@@ -471,6 +476,8 @@ class DockerTarget:
             self.log.warning(Event.REMEDIATION_FAILED, key=key, action="rollback",
                              error=f"interrupted recreate rolled back: {c.name} renamed to {p.original}, {state}")
             return as_original
+        except docker_errors.NotFound:
+            return None  # a recreate finished (or someone removed it) since the listing
         except (docker_errors.APIError, TargetError) as e:
             self.log.warning(Event.REMEDIATION_FAILED, key=key, action="recover", error=f"cannot recover {c.name}: {e}")
             return None
