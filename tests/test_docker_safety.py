@@ -230,7 +230,9 @@ def service(make: Callable[..., Any], scope: str) -> Any:
 
 # (held request, who is killed, does the held request reach the engine after driftd died)
 KILL_POINTS = [
+    pytest.param("POST", r"^/containers/[0-9a-f]+/update$", "driftd", False, id="park-policy-driftd"),
     pytest.param("POST", r"^/containers/[0-9a-f]+/stop$", "driftd", False, id="stop-driftd"),
+    pytest.param("POST", r"^/containers/create$", "dockerd", False, id="create-dockerd"),
     pytest.param("POST", r"^/containers/create$", "driftd", False, id="create-driftd"),
     pytest.param("POST", r"^/containers/create$", "driftd", True, id="create-sent-driftd"),
     pytest.param("POST", r"^/containers/[0-9a-f]+/start$", "driftd", False, id="start-driftd"),
