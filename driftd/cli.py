@@ -59,6 +59,7 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, met
             stop_timeout=d.stop_timeout_seconds,
             file_snapshot_max_bytes=d.file_snapshot_max_bytes,
             skip_kubelet_containers=d.skip_kubelet_containers,
+            dry_run=settings.dry_run,
         )
     node_name = settings.resolved_node_name()
     if settings.kubernetes.enabled:

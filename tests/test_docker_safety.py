@@ -37,6 +37,7 @@ from docker_support import (
 from test_docker_target import DRIFTD, HARDENED, container_baseline, enforce, outcome_of, state
 
 from driftd.core.compile_container import OLD_SUFFIX
+from driftd.engine.once import run_once
 from driftd.exitcodes import ExitCode
 
 pytestmark = pytest.mark.real
@@ -333,6 +334,20 @@ class TestInterruptedRecreate:
         assert back.attrs["HostConfig"]["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 3}
         assert outcome_of(summary, c.name) is None  # compliant, so nothing else to do
         assert summary.exit_code == ExitCode.CLEAN
+
+
+    def test_dry_run_does_not_recover_a_parked_original(self, docker_client, make, docker_runtime, image_ids, scope):
+        """Recovering an interrupted recreate is an action: a dry run leaves the parked container exactly as it is."""
+        c = make("dry-parked", **HARDENED)
+        docker_client.api.stop(c.id, timeout=1)
+        parked = f"{c.name}{OLD_SUFFIX}{c.id[:12]}.run.no.0"
+        docker_client.api.rename(c.id, parked)
+        rt = docker_runtime({"c.yaml": container_baseline(scope, [image_ids[IMAGE_V1]])}, dry_run=True)
+
+        run_once(rt.engine, rt.queue, attempts=1)
+
+        same = docker_client.containers.get(c.id)
+        assert (same.name, same.status) == (parked, "exited")
 
 
 # --------------------------------------------------------------------------- item 12: target_up

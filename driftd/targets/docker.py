@@ -322,8 +322,9 @@ class DockerTarget:
 
     def __init__(self, snapshots: SnapshotStore, *, base_url: str = "unix:///var/run/docker.sock",
                  timeout: float = 30.0, stop_timeout: int = 10, file_snapshot_max_bytes: int = 1024 * 1024,
-                 max_snapshot_files: int = 200, skip_kubelet_containers: bool = True) -> None:
+                 max_snapshot_files: int = 200, skip_kubelet_containers: bool = True, dry_run: bool = False) -> None:
         self.snapshots = snapshots
+        self.dry_run = dry_run  # recovery of interrupted recreates is an action too: never in a dry run
         self.base_url = base_url
         self.timeout = timeout
         self.stop_timeout = stop_timeout
@@ -431,6 +432,10 @@ class DockerTarget:
         names_now = {c.name for c in summaries}
         # interrupted recreates first: a recovered original is governed in this very pass
         for c in sorted((c for c in summaries if OLD_SUFFIX in c.name), key=lambda c: c.name):
+            if self.dry_run:
+                self.log.warning(Event.REMEDIATION_SKIPPED, target=self.name, container=c.name, dry_run=True,
+                                 planned=[{"action": "recover", "reason": "an interrupted recreate left this container parked"}])
+                continue
             restored = self._recover_parked(api, c, names_now)
             if restored is not None:
                 names_now.add(restored.name)
