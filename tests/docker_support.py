@@ -227,7 +227,8 @@ def docker_runtime(make_runtime: Callable[..., Any], baselines_dir: Callable[...
 # --------------------------------------------------------------------------- engine kill / start
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -265,7 +266,7 @@ def kill_engine(sig: int = signal.SIGKILL, timeout: float = 60) -> None:
     os.kill(pid, sig)
     deadline = time.monotonic() + timeout
     for p in (pid, *children):
-        while _alive(p):
+        while alive(p):
             if time.monotonic() > deadline:
                 raise AssertionError(f"dockerd (pid {pid}) or its child {p} alive {timeout:.0f} s after signal {sig}")
             time.sleep(0.05)
@@ -301,7 +302,7 @@ def ensure_engine() -> None:
             pid = int(DOCKER_PID.read_text().strip())
         except ValueError:
             pid = 0
-        if not pid or not _alive(pid):
+        if not pid or not alive(pid):
             DOCKER_PID.unlink(missing_ok=True)
     start_engine()
 

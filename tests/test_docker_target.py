@@ -24,7 +24,7 @@ import docker
 import pytest
 import yaml
 from conftest import host_baseline, need
-from docker_support import IMAGE_V1, IMAGE_V2, SCOPE
+from docker_support import IMAGE_V1, IMAGE_V2, SCOPE, alive
 
 from driftd.core.compile_container import OLD_SUFFIX
 from driftd.engine.once import PassSummary, run_once
@@ -387,14 +387,6 @@ def _http_status(url: str) -> int:
         return 0
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(") ", 1)[1][0] != "Z"
-
-
 def engine_up(timeout: float = 5) -> bool:
     try:
         docker.DockerClient(base_url="unix:///var/run/docker.sock", timeout=timeout).ping()
@@ -414,7 +406,7 @@ def restart_engine(down_for: float = 0.0) -> float:
     started = time.monotonic()
     os.kill(pid, signal.SIGTERM)
     deadline = started + 60
-    while _alive(pid):
+    while alive(pid):
         assert time.monotonic() < deadline, "dockerd did not exit after SIGTERM"
         time.sleep(0.1)
     assert not engine_up(1)
