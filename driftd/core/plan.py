@@ -191,6 +191,14 @@ PLANNERS: dict[tuple[str, str], Planner] = {
 }
 
 
+def register_planner(target: str, kind: str, planner: Planner) -> None:
+    """Add the planner of a resource kind (an adapter outside this package, e.g. ``targets.memory``)."""
+    existing = PLANNERS.get((target, kind))
+    if existing is not None and existing is not planner:
+        raise ValueError(f"a planner for {target}/{kind} is already registered")
+    PLANNERS[(target, kind)] = planner
+
+
 def plan(desired: DesiredResource, observed: ObservedResource, drift: tuple[FieldDrift, ...], *, dry_run: bool = False) -> Plan:
     """The plan for one resource; empty when there is no drift."""
     mode = effective_mode(desired, dry_run)
