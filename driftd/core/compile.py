@@ -13,6 +13,7 @@ from functools import partial
 
 from driftd.core.selectors import matches
 from driftd.models.baseline import HostBaseline, ManagedDirectory, ManagedFile
+from driftd.models.keys import ResourceKey
 from driftd.models.resources import DesiredResource
 
 
@@ -21,15 +22,15 @@ def content_digest(data: bytes) -> str:
 
 
 def file_key(path: str) -> str:
-    return f"host:file:{path}"
+    return ResourceKey.host("file", path)
 
 
 def dir_key(path: str) -> str:
-    return f"host:dir:{path}"
+    return ResourceKey.host("directory", path)
 
 
 def sysctl_key(key: str) -> str:
-    return f"host:sysctl:{key}"
+    return ResourceKey.host("sysctl", key)
 
 
 def _attrs(entry: ManagedFile | ManagedDirectory) -> dict[str, object]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from driftd.models.baseline import Enforcement
 from driftd.models.container import ContainerBaseline, RuleAction, RuntimePolicy, Ungoverned
+from driftd.models.keys import ResourceKey
 from driftd.models.resources import DesiredResource
 
 OLD_SUFFIX = "-driftd-old-"
@@ -33,7 +34,7 @@ class ContainerSummary:
 
 
 def container_key(name: str) -> str:
-    return f"docker:{name}"
+    return ResourceKey.container(name)
 
 
 def selects(b: ContainerBaseline, c: ContainerSummary) -> bool:

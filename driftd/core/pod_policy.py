@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
 from typing import Any
 
+from driftd.models.keys import ResourceKey
 from driftd.models.pod import PodBaseline
 from driftd.models.resources import DesiredResource
 
@@ -36,7 +37,7 @@ RULE_GROUP = {
 
 
 def pod_key(namespace: str, name: str) -> str:
-    return f"pod:{namespace}/{name}"
+    return ResourceKey.pod(namespace, name)
 
 
 def _meta(pod: Mapping[str, Any]) -> Mapping[str, Any]:

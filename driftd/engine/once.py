@@ -13,6 +13,7 @@ from typing import Any
 from driftd.engine.queue import KeyedQueue
 from driftd.engine.reconciler import Engine, Outcome
 from driftd.exitcodes import ExitCode
+from driftd.models.resources import OutcomeStatus
 
 
 @dataclass
@@ -33,14 +34,14 @@ class PassSummary:
 
 
 _PRIORITY = {
-    "error": ExitCode.ERROR,
-    "failed": ExitCode.REMEDIATION_FAILED,
-    "blocked": ExitCode.DRIFT_REMAINED,
-    "reported": ExitCode.DRIFT_REMAINED,
-    "retired": ExitCode.DRIFT_REMAINED,  # the node was taken out of service; its drift is still there
+    OutcomeStatus.ERROR: ExitCode.ERROR,
+    OutcomeStatus.FAILED: ExitCode.REMEDIATION_FAILED,
+    OutcomeStatus.BLOCKED: ExitCode.DRIFT_REMAINED,
+    OutcomeStatus.REPORTED: ExitCode.DRIFT_REMAINED,
+    OutcomeStatus.RETIRED: ExitCode.DRIFT_REMAINED,  # the node was taken out of service; its drift is still there
 }
 _ORDER = [ExitCode.ERROR, ExitCode.REMEDIATION_FAILED, ExitCode.DRIFT_REMAINED]
-_CLEAN = Outcome(key="", status="clean")  # a resource the scan found clean was not reconciled
+_CLEAN = Outcome(key="", status=OutcomeStatus.CLEAN)  # a resource the scan found clean was not reconciled
 
 
 def run_once(engine: Engine, queue: KeyedQueue, *, attempts: int, full_rehash_interval: float = 0.0) -> PassSummary:
@@ -51,12 +52,12 @@ def run_once(engine: Engine, queue: KeyedQueue, *, attempts: int, full_rehash_in
     if engine.reporters:
         engine.publish_report(only_if_changed=True)  # the report reflects what this pass did
     outcomes = sorted(engine.outcomes.values(), key=lambda o: o.key)
-    counts: dict[str, int] = {}
+    counts: dict[OutcomeStatus, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
     # clean: resources this scan observed that ended clean (keys reconciled from state alone,
     # e.g. a container that went away, count under their own status and never below zero)
-    counts["clean"] = sum(1 for k in report.keys if engine.outcomes.get(k, _CLEAN).status == "clean")
+    counts[OutcomeStatus.CLEAN] = sum(1 for k in report.keys if engine.outcomes.get(k, _CLEAN).status is OutcomeStatus.CLEAN)
     codes = {_PRIORITY[o.status] for o in outcomes if o.status in _PRIORITY}
     if report.targets_down:
         codes.add(ExitCode.ERROR)  # a whole target could not be observed
@@ -66,20 +67,20 @@ def run_once(engine: Engine, queue: KeyedQueue, *, attempts: int, full_rehash_in
         dry_run=engine.dry_run,
         resources=report.resources,
         duration_seconds=round(time.perf_counter() - started, 4),
-        outcomes=[o for o in outcomes if o.status not in ("clean", "unmanaged")],
-        counts=counts,
+        outcomes=[o for o in outcomes if o.status not in (OutcomeStatus.CLEAN, OutcomeStatus.UNMANAGED)],
+        counts={k.value: v for k, v in counts.items()},
         exit_code=int(code),
         targets_down=dict(report.targets_down),
     )
 
 
 _SYMBOL = {
-    "retired": "RETIRED",
-    "remediated": "fixed",
-    "reported": "drift",
-    "blocked": "BLOCKED",
-    "failed": "FAILED",
-    "error": "ERROR",
+    OutcomeStatus.RETIRED: "RETIRED",
+    OutcomeStatus.REMEDIATED: "fixed",
+    OutcomeStatus.REPORTED: "drift",
+    OutcomeStatus.BLOCKED: "BLOCKED",
+    OutcomeStatus.FAILED: "FAILED",
+    OutcomeStatus.ERROR: "ERROR",
 }
 
 
@@ -95,17 +96,18 @@ def render_text(s: PassSummary) -> str:
     for o in s.outcomes:
         what = ", ".join(f"{d['field']}: {_short(d['expected'])} -> {_short(d['actual'])}" for d in o.drift) or (o.error or "")
         lines.append(f"  {_SYMBOL.get(o.status, o.status):8} {o.address or o.key}  [{o.baseline}]  {what}")
-        if o.actions and o.status != "remediated":
+        if o.actions and o.status is not OutcomeStatus.REMEDIATED:
             lines.append(f"           would {' + '.join(o.actions)} ({o.mode})")
-        if o.status == "remediated":
+        if o.status is OutcomeStatus.REMEDIATED:
             lines.append(
                 f"           did {' + '.join(o.actions)}"
                 + (f"; drifted content kept as {', '.join(x[:19] for x in o.snapshots)}" if o.snapshots else "")
             )
         if o.error and o.drift:
             lines.append(f"           {o.error}")
-    order = ["clean", "remediated", "reported", "blocked", "failed", "error"]
-    order += [k for k in ("retired", "gone") if s.counts.get(k)]
+    S = OutcomeStatus
+    order = [S.CLEAN, S.REMEDIATED, S.REPORTED, S.BLOCKED, S.FAILED, S.ERROR]
+    order += [k for k in (S.RETIRED, S.GONE) if s.counts.get(k)]
     lines.append(
         "result: "
         + ", ".join(f"{s.counts.get(k, 0)} {k}" for k in order)

@@ -25,7 +25,18 @@ from driftd.engine.clock import Clock, SystemClock
 from driftd.engine.queue import KeyedQueue
 from driftd.engine.state import DriftRecord, StateError, StateStore
 from driftd.models.baseline import Enforcement
-from driftd.models.resources import REDACTED, Action, ActResult, DesiredResource, FieldDrift, ObservedResource, Plan
+from driftd.models.keys import ResourceKey
+from driftd.models.resources import (
+    REDACTED,
+    Action,
+    ActResult,
+    DesiredResource,
+    FieldDrift,
+    ObservedResource,
+    OutcomeStatus,
+    Plan,
+    RemediationResult,
+)
 from driftd.observability.logging import Event, get_logger, set_baseline_version
 from driftd.targets.base import (
     EventSource,
@@ -47,7 +58,7 @@ class Outcome:
     """Result of reconciling one key, as shown in the pass summary."""
 
     key: str
-    status: str  # clean | remediated | reported | blocked | failed | error | unmanaged
+    status: OutcomeStatus
     address: str = ""
     baseline: str = ""
     target: str = ""
@@ -135,7 +146,7 @@ class Engine:
 
     def target_name(self, key: str) -> str:
         """The name of the target a key belongs to."""
-        prefix = key.split(":", 1)[0]
+        prefix = ResourceKey.parse(key).prefix
         return self._by_prefix.get(prefix, prefix)
 
     @property
@@ -180,7 +191,7 @@ class Engine:
                 counts[2] += 1
                 report.errors_by_key[key] = str(e)
                 self.outcomes[key] = Outcome(
-                    key=key, status="error", address=d.address, baseline=d.baseline, target=d.target, error=str(e)
+                    key=key, status=OutcomeStatus.ERROR, address=d.address, baseline=d.baseline, target=d.target, error=str(e)
                 )
                 self.log.warning(Event.OBSERVE_FAILED, key=key, target=d.target, baseline=d.baseline, error=str(e))
                 if self.reporters:
@@ -228,7 +239,7 @@ class Engine:
         except StateError as e:
             d = self.desired.get(key)
             self.log.error(Event.STATE_FAILED, key=key, error=str(e))
-            out = Outcome(key=key, status="error", address=d.address if d else "", baseline=d.baseline if d else "",
+            out = Outcome(key=key, status=OutcomeStatus.ERROR, address=d.address if d else "", baseline=d.baseline if d else "",
                           target=d.target if d else self.target_name(key), error=str(e), retry=True)
             self.outcomes[key] = out
             return out
@@ -242,14 +253,14 @@ class Engine:
             try:
                 d = dynamic.resolve(key)
             except TargetError as e:
-                out = Outcome(key=key, status="error", target=dynamic.name, error=str(e), retry=e.transient)
+                out = Outcome(key=key, status=OutcomeStatus.ERROR, target=dynamic.name, error=str(e), retry=e.transient)
                 self.outcomes[key] = out
                 return out
             if d is None:
                 return self._unmanaged(key, "gone")
         target = self.targets[d.target]
 
-        def outcome(status: str, **kw: Any) -> Outcome:
+        def outcome(status: OutcomeStatus, **kw: Any) -> Outcome:
             out = Outcome(key=key, status=status, address=d.address, baseline=d.baseline, target=d.target, **kw)
             self.outcomes[key] = out
             return out
@@ -261,14 +272,14 @@ class Engine:
             return self._unmanaged(key, "gone")
         except TargetError as e:
             log.warning(Event.OBSERVE_FAILED, error=str(e))
-            return outcome("error", error=str(e), retry=e.transient)
+            return outcome(OutcomeStatus.ERROR, error=str(e), retry=e.transient)
         drift = diff(d, observed)
         now = self.clock.time()
         rec = self.state.get_active(key)
         if not drift:
             if rec is not None:
                 self._resolve(rec, d, now, "resolved externally" if rec.last_result != "succeeded" else "remediated", log)
-            return outcome("clean")
+            return outcome(OutcomeStatus.CLEAN)
 
         fields = reportable(d, drift)
         new = rec is None
@@ -299,7 +310,7 @@ class Engine:
 
         p = make_plan(d, observed, drift, dry_run=self.dry_run)
         out = outcome(
-            "reported",
+            OutcomeStatus.REPORTED,
             mode=p.mode.value,
             drift=fields,
             actions=[a.action.value for a in p.actions],
@@ -311,14 +322,14 @@ class Engine:
                 self._notify("RemediationBlocked", d, p.blocked)
             self.state.record_action(rec, now=now, action="none", result="blocked", error=p.blocked, attempt=False)
             log.error(Event.REMEDIATION_BLOCKED, reason=p.blocked, drift=fields)
-            out.status, out.error = "blocked", p.blocked
+            out.status, out.error = OutcomeStatus.BLOCKED, p.blocked
             return out
         if not p.applies:
             why = "dry-run" if self.dry_run else ("report" if p.mode is Enforcement.ENFORCE else p.mode.value)
             if rec.last_result != why:
                 self.state.record_action(rec, now=now, action="none", result=why, attempt=False)
             for a in p.actions:
-                self.metrics.remediations.labels(d.target, a.action.value, "skipped").inc()
+                self.metrics.remediations.labels(d.target, a.action.value, RemediationResult.SKIPPED).inc()
             log.info(
                 Event.REMEDIATION_SKIPPED,
                 mode=p.mode.value,
@@ -329,13 +340,13 @@ class Engine:
 
         action_names = "+".join(a.action.value for a in p.actions)
         if action_names == Action.RETIRE_NODE.value and rec.last_action == action_names and rec.last_result == "succeeded":
-            out.status = "retired"
+            out.status = OutcomeStatus.RETIRED
             return out  # already retired for this drift: nothing more to do
         if rec.held is not None:
             if rec.held.get("fingerprint") == self._fingerprint(d, drift):
                 # acting again cannot help: the same action already "succeeded" and left this very drift
                 log.warning(Event.REMEDIATION_HELD, action=action_names, reason=rec.held.get("reason"))
-                out.status, out.error = "failed", f"held: {rec.held.get('reason')} (not acting until the baseline or the resource changes)"
+                out.status, out.error = OutcomeStatus.FAILED, f"held: {rec.held.get('reason')} (not acting until the baseline or the resource changes)"
                 return out
             rec = self.state.record_action(rec, now=now, action="none", result="released", attempt=False)
         terminal: str | None = None
@@ -366,7 +377,7 @@ class Engine:
         except TargetError as e:
             held = {"fingerprint": terminal, "reason": str(e), "at": now} if terminal else None
             for a in p.actions:
-                self.metrics.remediations.labels(d.target, a.action.value, "failed").inc()
+                self.metrics.remediations.labels(d.target, a.action.value, RemediationResult.FAILED).inc()
             # logged before the state write: a full state disk must not swallow why the action failed
             log.error(Event.REMEDIATION_FAILED, action=action_names, error=str(e), attempts=rec.attempts + 1, transient=e.transient)
             rec = self.state.record_action(rec, now=now, action=action_names, result="failed", error=str(e), held=held)
@@ -384,7 +395,7 @@ class Engine:
                 self._notify("RemediationEscalated", d, f"{action_names} failed {rec.consecutive_failures} times: {e}")
                 if d.payload.get("retire_on_failure") and not self.dry_run and (at_threshold or terminal):
                     self._retire_node_on_failure(d, str(e), log)
-            out.status, out.error, out.retry = "failed", str(e), e.transient
+            out.status, out.error, out.retry = OutcomeStatus.FAILED, str(e), e.transient
             return out
 
         # a content hash of a secret is itself a secret: sensitive content shows no snapshot ids
@@ -395,11 +406,11 @@ class Engine:
             log.info(Event.SNAPSHOT_SAVED, snapshot=sid, address=d.address)
         rec = self.state.record_action(rec, now=now, action=action_names, result="succeeded", snapshots=result.snapshots)
         for done in result.applied:
-            self.metrics.remediations.labels(d.target, done.value, "succeeded").inc()
+            self.metrics.remediations.labels(d.target, done.value, RemediationResult.SUCCEEDED).inc()
         log.info(Event.REMEDIATION_SUCCEEDED, action=action_names, snapshots=shown, drift=fields)
         if Action.RETIRE_NODE in result.applied:
             self._notify("NodeRetired", d, f"node retired: {', '.join(f['field'] for f in fields)} drifted")
-            out.status, out.snapshots = "retired", shown
+            out.status, out.snapshots = OutcomeStatus.RETIRED, shown
             return out  # the record stays open: the drift is still there, on a node taken out of service
         retired = {Action.RETIRE, Action.EVICT} & set(result.applied) and any(
             a.action is Action.RETIRE or a.params.get("retire") for a in p.actions
@@ -412,7 +423,7 @@ class Engine:
         )
         self._resolve(rec, d, self.clock.time(), "remediated", log)
         self._update_row(d, "pass", f"{action_names} done; was: {', '.join(f['field'] for f in fields)}")
-        out.status, out.snapshots = "remediated", shown
+        out.status, out.snapshots = OutcomeStatus.REMEDIATED, shown
         return out
 
     def _fingerprint(self, d: DesiredResource, drift: tuple[FieldDrift, ...]) -> str:
@@ -484,10 +495,10 @@ class Engine:
     def _retire_node_on_failure(self, d: DesiredResource, error: str, log: Any) -> None:
         try:
             self._retire_node(d, f"cannot be restored: {error}")
-            self.metrics.remediations.labels(d.target, Action.RETIRE_NODE.value, "succeeded").inc()
+            self.metrics.remediations.labels(d.target, Action.RETIRE_NODE.value, RemediationResult.SUCCEEDED).inc()
             self._notify("NodeRetired", d, f"node retired: {d.address} cannot be restored")
         except TargetError as e:
-            self.metrics.remediations.labels(d.target, Action.RETIRE_NODE.value, "failed").inc()
+            self.metrics.remediations.labels(d.target, Action.RETIRE_NODE.value, RemediationResult.FAILED).inc()
             log.error(Event.REMEDIATION_FAILED, action=Action.RETIRE_NODE.value, error=str(e))
 
     def _notify(self, reason: str, d: DesiredResource, message: str, *, warning: bool = True) -> None:
@@ -515,7 +526,7 @@ class Engine:
         if rec is not None:
             self.state.resolve(rec, now=self.clock.time(), resolution=why)
             self.log.info(Event.DRIFT_RESOLVED, key=key, target=rec.target, baseline=rec.baseline, resolution=why)
-        out = Outcome(key=key, status="gone" if why == "gone" else "unmanaged")
+        out = Outcome(key=key, status=OutcomeStatus.GONE if why == "gone" else OutcomeStatus.UNMANAGED)
         self.outcomes[key] = out
         return out
 

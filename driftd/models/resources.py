@@ -78,6 +78,29 @@ class Action(StrEnum):
     RETIRE_NODE = "retire_node"
 
 
+class OutcomeStatus(StrEnum):
+    """How reconciling one key ended (pass summary, exit codes, docs: one definition)."""
+
+    CLEAN = "clean"  # matches its baseline
+    REMEDIATED = "remediated"  # drift reverted and verified
+    REPORTED = "reported"  # drift left in place: dry-run, warn/dryrun baseline, report rule
+    BLOCKED = "blocked"  # no safe action exists (the plan says why)
+    FAILED = "failed"  # an action failed, or succeeded without fixing the drift (terminal)
+    ERROR = "error"  # the resource could not be observed, or state could not be written
+    RETIRED = "retired"  # the node was taken out of service; its drift stays
+    GONE = "gone"  # the resource no longer exists
+    UNMANAGED = "unmanaged"  # no baseline governs it any more
+
+
+class RemediationResult(StrEnum):
+    """The ``result`` label of ``driftd_remediations_total``."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    BLOCKED = "blocked"
+
+
 class PlannedAction(Frozen):
     action: Action
     reason: str

@@ -15,8 +15,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-ACTIONS = ("write_file", "chmod", "chown", "remove", "mkdir", "write_sysctl", "recreate", "retire", "evict", "retire_node")
-RESULTS = ("succeeded", "failed", "skipped", "blocked")
+from driftd.models.resources import Action, RemediationResult
+
+ACTIONS = tuple(a.value for a in Action)
+RESULTS = tuple(r.value for r in RemediationResult)
 TARGETS = ("host",)
 TTR_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, 7200)
 

@@ -49,6 +49,7 @@ from driftd.core.compile_container import (
     ungoverned_policy,
 )
 from driftd.models.container import ContainerBaseline, Ungoverned, normalize_caps
+from driftd.models.keys import ResourceKey
 from driftd.models.resources import Action, ActResult, DesiredResource, ObservedResource, Plan
 from driftd.observability.logging import Event, get_logger
 from driftd.safety.snapshots import SnapshotError, SnapshotStore
@@ -526,7 +527,7 @@ class DockerTarget:
         return "running again"
 
     def resolve(self, key: str) -> DesiredResource | None:
-        name = key.removeprefix("docker:")
+        name = ResourceKey.parse(key).locator
         api = self.api()
         try:
             ins = self._call(api.inspect_container, name)

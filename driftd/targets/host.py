@@ -18,6 +18,7 @@ from typing import Any
 
 from driftd.baselines.loader import BaselineSet
 from driftd.core.compile import compile_host
+from driftd.models.keys import sysctl_path
 from driftd.models.resources import (
     Action,
     ActResult,
@@ -141,8 +142,7 @@ class HostTarget:
         return digest
 
     def sysctl_path(self, key: str) -> str:
-        # sysctl(8) convention: '.' separates levels, '/' stands for a literal '.'
-        return "/proc/sys/" + key.translate(str.maketrans("./", "/."))
+        return sysctl_path(key)
 
     def _observe_sysctl(self, desired: DesiredResource) -> ObservedResource:
         path = self.sysctl_path(desired.address)
