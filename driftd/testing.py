@@ -40,7 +40,6 @@ from typing import Any
 
 import structlog
 import structlog.testing
-from prometheus_client import CollectorRegistry
 
 from driftd.baselines.loader import BaselineSet
 from driftd.engine.clock import Clock, FakeClock
@@ -93,7 +92,7 @@ def build_engine(
     state_dir: str | PathLike[str],
     dry_run: bool = False,
     clock: Clock | None = None,
-    registry: CollectorRegistry | None = None,
+    metrics: Metrics | None = None,
     baselines: BaselineSet | None = None,
     node: NodeInfo | None = None,
 ) -> Pipeline:
@@ -101,13 +100,14 @@ def build_engine(
 
     ``baselines`` is handed to every target's ``desired()`` (a :class:`MemoryTarget` carries
     its own desired state and ignores it); ``clock`` defaults to a new :class:`FakeClock`,
-    which the queue's backoff sleeps on too, so retries take no real time.
+    which the queue's backoff sleeps on too, so retries take no real time; ``metrics``
+    defaults to a :class:`Metrics` with its own registry (``pipeline.metrics.registry``).
     """
     by_name = dict(targets) if isinstance(targets, Mapping) else {targets.name: targets}
     clock = clock if clock is not None else FakeClock()
     Path(state_dir).mkdir(parents=True, exist_ok=True)
     state = StateStore(state_dir)
-    metrics = Metrics(registry if registry is not None else CollectorRegistry(), targets=list(by_name))
+    metrics = metrics if metrics is not None else Metrics(targets=list(by_name))
     for name, t in by_name.items():
         reach = getattr(t, "reach", None)
         if reach is not None:  # as the composition root does: the target_up gauge follows reachability
