@@ -1,0 +1,197 @@
+"""Node retirement: take this node out of service the way an operator would.
+
+Pipeline position: the engine's node retirer (``Action.RETIRE_NODE``: a kernel out of
+patch, ``retireOnFailure``), outside the per-pod pipeline.  Retiring cordons, taints and
+labels the node, then drains it the way ``kubectl drain --ignore-daemonsets`` does
+(DaemonSet and mirror pods stay; a bare pod is left and reported, like ``kubectl drain``
+without ``--force``), one node at a time per cluster: a Lease in the agent's namespace is
+the lock.
+
+May touch: ``get``/``patch`` of this node (taint ``driftd.io/non-compliant``, label
+``driftd.io/retired``, ``spec.unschedulable``), ``list`` of this node's pods, evictions
+through the pod adapter's ``evict`` (PDBs honoured, never a delete), the snapshot store
+(each pod before it is evicted), and ``create``/``get``/``update`` of one Lease.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from driftd.core.pod_policy import controller_of, is_mirror
+from driftd.observability.logging import Event
+from driftd.safety.snapshots import SnapshotStore
+from driftd.targets.base import ResourceGoneError, TargetError
+from driftd.targets.kubernetes.client import Api, KubeError, node_path, node_pods, now_rfc3339
+
+TAINT_KEY = "driftd.io/non-compliant"
+RETIRED_LABEL = "driftd.io/retired"
+
+
+class Evict(Protocol):
+    def __call__(self, ns: str, name: str, *, uid: str | None = None) -> None: ...
+
+
+def _expired(spec: Mapping[str, Any]) -> bool:
+    renew = spec.get("renewTime") or spec.get("acquireTime")
+    if not renew:
+        return True
+    try:
+        t = datetime.strptime(renew.replace("Z", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z")
+    except ValueError:
+        return True
+    return (datetime.now(UTC) - t).total_seconds() > float(spec.get("leaseDurationSeconds") or 0)
+
+
+class NodeRetirement:
+    """Cordon, taint, label and drain ``node_name`` under the cluster-wide retirement Lease."""
+
+    def __init__(self, api: Api, snapshots: SnapshotStore, evict: Evict, *, node_name: str,
+                 namespace: str, drain_timeout: float, eviction_retry_seconds: float, lease_name: str,
+                 lease_duration_seconds: int, sleep: Callable[[float], None], target: str, log: Any) -> None:
+        self.api = api
+        self.snapshots = snapshots
+        self.evict = evict  # the pod adapter's eviction (a PDB refusal is transient)
+        self.node_name = node_name
+        self.namespace = namespace
+        self.drain_timeout = drain_timeout
+        self.eviction_retry_seconds = eviction_retry_seconds
+        self.lease_name = lease_name
+        self.lease_duration_seconds = lease_duration_seconds
+        self.sleep = sleep
+        self.target = target
+        self.log = log
+        self.skipped_bare: set[str] = set()
+
+    def retire_node(self, reason: str, *, dry_run: bool = False) -> dict[str, Any]:
+        """Cordon, taint, label and drain this node, holding the cluster-wide retirement Lease."""
+        if dry_run:
+            return {"node": self.node_name, "dry_run": True, "would_evict": [p for p, _ in self.drain_candidates()]}
+        if not self._acquire_lease():
+            raise TargetError("another node is being retired (retirement lease held); will retry", transient=True)
+        try:
+            slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in reason)[:63].strip("-_.") or "retired"
+            self.cordon_and_mark(slug, reason)
+            self.skipped_bare.clear()
+            evicted = self.drain()
+            if self.skipped_bare:
+                self.log.warning(Event.REMEDIATION_BLOCKED, target=self.target, action="drain",
+                                 reason="bare pods (no controller) left on the retired node; nothing would recreate "
+                                        "them elsewhere", pods=sorted(self.skipped_bare))
+            return {"node": self.node_name, "evicted": evicted, "not_evicted_bare": sorted(self.skipped_bare)}
+        finally:
+            self._release_lease()
+
+    def cordon_and_mark(self, slug: str, reason: str) -> None:
+        path = node_path(self.node_name)
+        node = self.api("GET", path)
+        taints = [t for t in (node.get("spec") or {}).get("taints") or [] if t.get("key") != TAINT_KEY]
+        taints.append({"key": TAINT_KEY, "value": slug, "effect": "NoSchedule"})
+        patch = {"metadata": {"labels": {RETIRED_LABEL: "true"},
+                              "annotations": {"driftd.io/retired-reason": reason[:1000],
+                                              "driftd.io/retired-at": now_rfc3339()},
+                              "resourceVersion": node["metadata"]["resourceVersion"]},
+                 "spec": {"unschedulable": True, "taints": taints}}
+        self.api("PATCH", path, body=patch, content_type="application/merge-patch+json")
+
+    def drain_candidates(self, *, terminating: bool = False) -> list[tuple[str, dict[str, Any]]]:
+        """Pods `kubectl drain --ignore-daemonsets` would evict: not DaemonSet-owned, not mirror pods."""
+        path, query = node_pods(self.node_name)
+        out = []
+        for pod in self.api("GET", path, query=query).get("items") or []:
+            meta = pod.get("metadata") or {}
+            if is_mirror(pod) or (meta.get("deletionTimestamp") and not terminating):
+                continue
+            if any(r.get("kind") == "DaemonSet" and r.get("controller") for r in meta.get("ownerReferences") or []):
+                continue
+            if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            ref = f"{meta.get('namespace')}/{meta.get('name')}"
+            if controller_of(pod) is None:
+                # like `kubectl drain` without --force: evicting a bare pod deletes it for good
+                self.skipped_bare.add(ref)
+                continue
+            out.append((ref, pod))
+        return out
+
+    def drain(self) -> list[str]:
+        """Evict every drainable pod honouring PDBs, then wait until they are gone."""
+        deadline = time.monotonic() + self.drain_timeout
+        pending = dict(self.drain_candidates())
+        evicted: list[str] = []
+        uids: dict[str, str] = {}
+        while pending:
+            for ref, pod in list(pending.items()):
+                meta = pod["metadata"]
+                try:
+                    self.snapshots.put(json.dumps(pod, sort_keys=True).encode())
+                    self.evict(meta["namespace"], meta["name"], uid=meta.get("uid"))
+                    evicted.append(ref)
+                    uids[ref] = meta.get("uid", "")
+                    del pending[ref]
+                except ResourceGoneError:
+                    del pending[ref]
+                except TargetError as e:
+                    if not e.transient:
+                        raise
+                    self.log.warning(Event.REMEDIATION_FAILED, target=self.target, key=f"pod:{ref}",
+                                     action="evict", error=str(e))
+            if pending:
+                if time.monotonic() > deadline:
+                    raise TargetError(f"drain timed out; still blocked: {', '.join(sorted(pending))}", transient=True)
+                self.sleep(self.eviction_retry_seconds)
+        while time.monotonic() < deadline:
+            left = {ref for ref, pod in self.drain_candidates(terminating=True)
+                    if ref in uids and (pod.get("metadata") or {}).get("uid") == uids[ref]}
+            if not left:
+                return sorted(evicted)
+            self.sleep(min(2.0, self.eviction_retry_seconds))
+        raise TargetError("drain timed out waiting for evicted pods to terminate", transient=True)
+
+    # ------------------------------------------------------------------ the retirement Lease
+    def _lease_path(self) -> str:
+        return f"/apis/coordination.k8s.io/v1/namespaces/{quote(self.namespace)}/leases/{quote(self.lease_name)}"
+
+    def _acquire_lease(self) -> bool:
+        now = now_rfc3339(micro=True)
+        spec = {"holderIdentity": self.node_name, "leaseDurationSeconds": self.lease_duration_seconds,
+                "acquireTime": now, "renewTime": now}
+        try:
+            lease = self.api("GET", self._lease_path())
+        except KubeError as e:
+            if e.status != 404:
+                raise
+            try:
+                self.api("POST", f"/apis/coordination.k8s.io/v1/namespaces/{quote(self.namespace)}/leases",
+                         body={"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                               "metadata": {"name": self.lease_name, "namespace": self.namespace}, "spec": spec})
+                return True
+            except KubeError as e2:
+                if e2.status == 409:
+                    return False
+                raise
+        held = lease.get("spec") or {}
+        holder = held.get("holderIdentity")
+        if holder and holder != self.node_name and not _expired(held):
+            return False
+        lease["spec"] = spec
+        try:
+            self.api("PUT", self._lease_path(), body=lease)
+        except KubeError as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
+
+    def _release_lease(self) -> None:
+        try:
+            lease = self.api("GET", self._lease_path())
+            if (lease.get("spec") or {}).get("holderIdentity") == self.node_name:
+                lease["spec"]["holderIdentity"] = None
+                self.api("PUT", self._lease_path(), body=lease)
+        except TargetError as e:
+            self.log.warning(Event.OBSERVE_FAILED, target=self.target, error=f"lease not released: {e}")
