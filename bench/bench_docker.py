@@ -86,9 +86,9 @@ def scan_child(host: Path, bdir: Path, state: Path, passes: int) -> dict[str, An
     from prometheus_client import CollectorRegistry
 
     from driftd.baselines.loader import load_set
-    from driftd.cli import build_runtime
     from driftd.engine.queue import KeyedQueue
     from driftd.observability.logging import configure_logging
+    from driftd.runtime import build_runtime
     from driftd.settings import load_settings
 
     configure_logging("json", "error")

@@ -221,17 +221,19 @@ def bench_once(workdir: Path, host: Path, bdir: Path, n: int, repeat: int) -> di
 DAEMON_SCAN = r"""
 import gc, json, sys, time
 gc.disable()  # as `driftd run` starts up: no full collections over start-up objects
-from driftd.cli import build_runtime
-from driftd.cli import _load_baselines
+from driftd.baselines.loader import load_set
 from driftd.engine.once import run_once
 from driftd.observability.logging import configure_logging
+from driftd.runtime import build_runtime
 from driftd.settings import load_settings
 
 host, bdir, state, repeat = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 configure_logging("json", "warning")
 settings = load_settings(host_root=host, baselines=bdir, state_dir=state)
 rt = build_runtime(settings)
-rt.engine.set_baselines(_load_baselines(settings))
+bset, problems = load_set(settings.baselines, max_file_bytes=settings.baseline_file_max_bytes)  # as `driftd run` loads
+assert bset is not None, problems
+rt.engine.set_baselines(bset)
 host_target = rt.engine.targets["host"]
 hashed = [0]
 sha256 = host_target.fs.sha256

@@ -1,7 +1,9 @@
-"""Command line and composition root: settings → logging → metrics → targets → engine.
+"""Command line: arguments → settings → logging → baselines → :mod:`driftd.runtime` → run.
 
-Pipeline position: outside the pipeline; it builds every part once and hands it down.
-Heavy client libraries are imported only by the target modules that need them.
+Pipeline position: outside the pipeline, on top of every layer; the composition root
+(:func:`driftd.runtime.build_runtime`) wires the parts, this module only turns a command
+into settings and exit codes.  Heavy client libraries are imported only by the target
+modules that need them.
 """
 
 from __future__ import annotations
@@ -14,117 +16,12 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from driftd import __version__
 from driftd.exitcodes import ExitCode
-
-
-@dataclass
-class Runtime:
-    settings: Any
-    engine: Any
-    queue: Any
-    state: Any
-    metrics: Any
-
-
-def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, metrics_enabled: bool = True) -> Runtime:
-    """Wire every part from the settings (tests call this with their own registry/clock).
-
-    ``metrics_enabled=False`` (``run --once``: nothing scrapes it) records no metrics and
-    leaves ``prometheus_client`` unimported.
-    """
-    from driftd.engine.clock import SystemClock
-    from driftd.engine.queue import Backoff, KeyedQueue
-    from driftd.engine.reconciler import Engine
-    from driftd.engine.state import StateStore
-    from driftd.safety.snapshots import SnapshotStore
-    from driftd.targets.base import NodeInfo
-    from driftd.targets.host import HostTarget
-
-    clock = clock or SystemClock()
-    state = StateStore(settings.state_dir)
-    snapshots = SnapshotStore(Path(settings.state_dir) / "snapshots", max_bytes=settings.snapshot_max_bytes)
-    targets: dict[str, Any] = {"host": HostTarget(settings.host_root, snapshots)}
-    if settings.docker.enabled:
-        from driftd.targets.docker import DockerTarget  # the docker SDK only when enabled
-
-        d = settings.docker
-        targets["docker"] = DockerTarget(
-            snapshots,
-            base_url=d.url,
-            stop_timeout=d.stop_timeout_seconds,
-            file_snapshot_max_bytes=d.file_snapshot_max_bytes,
-            skip_kubelet_containers=d.skip_kubelet_containers,
-            dry_run=settings.dry_run,
-        )
-    node_name = settings.resolved_node_name()
-    if settings.kubernetes.enabled:
-        from driftd.targets.kubernetes import KubernetesTarget  # the kubernetes client only when enabled
-
-        k = settings.kubernetes
-        targets["kubernetes"] = KubernetesTarget(
-            snapshots,
-            node_name=node_name,
-            namespace=k.namespace,
-            kubeconfig=k.kubeconfig,
-            report_max_results=k.report_max_results,
-            drain_timeout=k.drain_timeout_seconds,
-            eviction_retry_seconds=k.eviction_retry_seconds,
-            events=k.events,
-            template_guard_seconds=k.template_guard_seconds,
-            policy_report=k.policy_report,
-            guards=state,  # the eviction guard survives restarts
-            exclude_namespaces=k.exclude_namespaces,
-        )
-    retirer = None
-    if settings.retire_hook and "kubernetes" not in targets:
-        from driftd.targets.hook import HookRetirer
-
-        retirer = HookRetirer(settings.retire_hook, node_name)
-    metrics: Any
-    if metrics_enabled:
-        from driftd.observability.metrics import Metrics
-
-        metrics = Metrics(registry, targets=list(targets))
-        for tname, target in targets.items():
-            reach = getattr(target, "reach", None)
-            if reach is not None:  # event streams and API calls update the gauge as they see changes, not only scans
-                gauge = metrics.target_up.labels(tname)
-                reach.on_change = lambda up, _gauge=gauge: _gauge.set(1 if up else 0)
-    else:
-        from driftd.observability.nullmetrics import NullMetrics
-
-        metrics = NullMetrics()
-    labels = dict(settings.node_labels)
-    if "kubernetes" in targets and not labels:
-        from driftd.targets.base import TargetError
-
-        try:
-            labels = targets["kubernetes"].node_labels()
-        except TargetError:
-            labels = {}  # selectors on labels match nothing until configured; name selectors still work
-    node = NodeInfo(name=node_name, labels=labels)
-    engine = Engine(
-        targets=targets,
-        state=state,
-        metrics=metrics,
-        node=node,
-        dry_run=settings.dry_run,
-        escalate_after=settings.retry.escalate_after,
-        clock=clock,
-        retirer=retirer,
-    )
-    if metrics_enabled:
-        from driftd.observability.metrics import StateCollector
-
-        esc = settings.retry.escalate_after
-        metrics.registry.register(StateCollector(lambda: state.summary(clock.time(), esc), targets=list(targets)))
-    queue = KeyedQueue(clock=clock, backoff=Backoff(settings.retry.base_seconds, settings.retry.max_seconds))
-    return Runtime(settings=settings, engine=engine, queue=queue, state=state, metrics=metrics)
+from driftd.runtime import Runtime, build_runtime
 
 
 def _settings(args: argparse.Namespace) -> Any:

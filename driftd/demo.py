@@ -56,9 +56,9 @@ def build_tree(root: Path, desired: list, uid: int, gid: int) -> None:  # type: 
 
 def run_demo(workdir: Path, baselines: Path | None = None) -> int:
     from driftd.baselines.loader import load_set
-    from driftd.cli import build_runtime
     from driftd.engine.once import render_text, run_once
     from driftd.observability.logging import configure_logging
+    from driftd.runtime import build_runtime
     from driftd.settings import load_settings
 
     baselines = baselines or examples_dir()

@@ -17,9 +17,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from driftd.baselines.loader import load_set
-from driftd.cli import Runtime, build_runtime
 from driftd.engine.clock import FakeClock
 from driftd.observability.logging import configure_logging
+from driftd.runtime import Runtime, build_runtime
 from driftd.settings import load_settings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

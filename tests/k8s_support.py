@@ -598,8 +598,8 @@ def fake_kubelet(k8s_kubeconfig: str) -> Iterator[Callable[..., FakeKubelet]]:
 def k8s_runtime(tmp_path: Path, host_root: Path, k8s_kubeconfig: str, k8s_namespace: str,
                 policyreport_crd: Path) -> Iterator[Callable[..., Any]]:
     from driftd.baselines.loader import load_set
-    from driftd.cli import build_runtime
     from driftd.engine.clock import FakeClock
+    from driftd.runtime import build_runtime
     from driftd.settings import load_settings
 
     made: list[Any] = []

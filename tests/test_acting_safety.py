@@ -147,8 +147,8 @@ def _runtime_on(tmp_path: Path, host_root: Path, bdir: Path, state_dir: Path):
     from prometheus_client import CollectorRegistry
 
     from driftd.baselines.loader import load_set
-    from driftd.cli import build_runtime
     from driftd.engine.clock import FakeClock
+    from driftd.runtime import build_runtime
     from driftd.settings import load_settings
 
     s = load_settings(host_root=host_root, baselines=bdir, state_dir=state_dir, node_name="node-a")

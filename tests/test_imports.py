@@ -58,7 +58,7 @@ def test_host_only_daemon_modules_import_no_client_library(host_root: Path, tmp_
         """
         import json, sys
         import driftd.api.http, driftd.engine.daemon, driftd.engine.once
-        from driftd.cli import build_runtime
+        from driftd.runtime import build_runtime
         from driftd.settings import load_settings
         settings = load_settings(host_root=sys.argv[1], baselines=sys.argv[1], state_dir=sys.argv[2], node_name="n")
         rt = build_runtime(settings)
@@ -67,5 +67,18 @@ def test_host_only_daemon_modules_import_no_client_library(host_root: Path, tmp_
         print(json.dumps({m: m in sys.modules for m in ("docker", "kubernetes")}))
         """,
         str(host_root), str(tmp_path / "state"),
+    )
+    assert not any(loaded.values()), loaded
+
+
+def test_demo_and_runtime_do_not_import_the_cli() -> None:
+    """The composition root sits below the CLI and the demo: neither it nor the demo pulls in ``driftd.cli``."""
+    loaded = _loaded(
+        """
+        import json, sys
+        import driftd.demo, driftd.runtime
+        mods = ("driftd.cli", "docker", "kubernetes", "apscheduler", "prometheus_client")
+        print(json.dumps({m: m in sys.modules for m in mods}))
+        """
     )
     assert not any(loaded.values()), loaded

@@ -4,7 +4,8 @@
   unchanged, and still re-hashes everything at the configured full-rehash cadence;
 * the one-walk YAML constructor of the loader gives exactly what PyYAML's constructor
   plus the duplicate-key walk give, and hands everything unusual to PyYAML;
-* the metrics stand-in of ``run --once`` accepts every call the real metrics take.
+* the metrics stand-in of ``run --once`` has exactly the metrics of the real ones, and
+  accepts every call they take.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from conftest import host_baseline
 from driftd.baselines.loader import _dup_keys, _fast_construct, _Loader, _SlowPath
 from driftd.engine.clock import FakeClock
 from driftd.observability.metrics import Metrics
-from driftd.observability.nullmetrics import NullMetrics
+from driftd.observability.nullmetrics import METRIC_NAMES, NullMetrics
 
 # --------------------------------------------------------------------------- hash cache
 
@@ -152,15 +153,20 @@ def test_loader_reports_the_same_problems_for_unusual_documents(baselines_dir) -
 # --------------------------------------------------------------------------- metrics stand-in
 
 
-def test_null_metrics_accepts_every_metric_call() -> None:
+def test_null_metrics_has_exactly_the_metrics_of_the_real_metrics() -> None:
+    """A metric added to Metrics but not to NullMetrics (or the other way round) fails here."""
     from prometheus_client import CollectorRegistry
 
     real = Metrics(CollectorRegistry())
+    real_metrics = {name for name in vars(real) if name != "registry"}
+    assert set(METRIC_NAMES) == real_metrics
+    assert len(METRIC_NAMES) == len(set(METRIC_NAMES))
+    public = {n for n, v in vars(Metrics).items() if callable(v) and not n.startswith("_")}
+    assert public == {n for n, v in vars(NullMetrics).items() if callable(v) and not n.startswith("_")}
     null: Any = NullMetrics()
-    for name, value in vars(real).items():
-        if name == "registry":
-            continue
-        series = getattr(null, name)
+    assert null.registry is None
+    for name in METRIC_NAMES:
+        value, series = getattr(real, name), getattr(null, name)
         for method in ("labels", "inc", "set", "observe", "clear"):
             if hasattr(value, method):
                 assert callable(getattr(series, method)), (name, method)
@@ -169,7 +175,9 @@ def test_null_metrics_accepts_every_metric_call() -> None:
     null.resources.labels("host").set(3)
     null.set_baselines("v", [("a", "HostBaseline", "h")], 0.0)
     with pytest.raises(AttributeError):
-        null.__wrapped__  # noqa: B018  (dunder lookups are not metrics)
+        null.scans_total  # noqa: B018  (a name Metrics does not define is no metric here either)
+    with pytest.raises(AttributeError):
+        null.__wrapped__  # noqa: B018
 
 
 # --------------------------------------------------------------------------- console exit

@@ -3,8 +3,10 @@
 Pipeline position: ``driftd run --once`` hands the engine these instead of
 :class:`driftd.observability.metrics.Metrics`: nothing scrapes a process that exits after
 one pass, and importing ``prometheus_client`` and pre-creating every series is a visible
-share of its start-up.  Same surface: every metric attribute accepts ``labels(...)``
-followed by ``inc``/``set``/``observe``/``clear``.
+share of its start-up.  Same surface, name for name: :data:`METRIC_NAMES` lists the
+metric attributes of ``Metrics`` (``tests/test_perf_paths.py`` holds the two equal), each
+accepting ``labels(...)`` followed by ``inc``/``set``/``observe``/``clear``; any other name
+is an ``AttributeError``, as on the real metrics.
 """
 
 from __future__ import annotations
@@ -38,10 +40,25 @@ class NullMetrics:
 
     registry: Any = None
 
-    def __getattr__(self, name: str) -> _NullSeries:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _SERIES
+    scans = _SERIES
+    scan_duration = _SERIES
+    resources = _SERIES
+    drifts_detected = _SERIES
+    remediations = _SERIES
+    time_to_remediate = _SERIES
+    window_breaches = _SERIES
+    snapshots = _SERIES
+    baseline_info = _SERIES
+    baseline_set_info = _SERIES
+    baseline_load_errors = _SERIES
+    baseline_last_reload = _SERIES
+    events = _SERIES
+    target_up = _SERIES
+    last_scan = _SERIES
 
     def set_baselines(self, version: str, baselines: Iterable[tuple[str, str, str]], when: float) -> None:
         pass
+
+
+METRIC_NAMES: tuple[str, ...] = tuple(name for name, value in vars(NullMetrics).items() if value is _SERIES)
+"""Every metric attribute, in definition order: the same names ``Metrics`` defines."""
