@@ -56,7 +56,7 @@ def hardened_inspect(**over: object) -> dict:
 
 
 def observed_for(d, ins, fs=None):
-    from driftd.targets.docker import normalize
+    from driftd.core.container_engine import normalize
 
     env_rule = d.expected.get("env")
     keys = list(env_rule["$contains"]) if isinstance(env_rule, dict) else []
@@ -193,7 +193,7 @@ class TestPlan:
 class TestRecreateConfig:
     def test_hardens_and_carries_over_the_rest(self):
         """The replacement applies every rule and keeps command, workdir, volumes, log config, other env."""
-        from driftd.targets.docker import recreate_config
+        from driftd.core.container_engine import recreate_config
 
         b = baseline(runtime={"user": "1000", "privileged": False, "capAdd": [], "capDrop": ["ALL"],
                               "readOnlyRootFilesystem": True, "noNewPrivileges": True,
@@ -216,7 +216,7 @@ class TestRecreateConfig:
 
     def test_leaf_changes(self):
         """Parent directories listed only because a child changed are dropped."""
-        from driftd.targets.docker import leaf_changes
+        from driftd.core.container_engine import leaf_changes
 
         changes = [{"Path": "/etc", "Kind": 0}, {"Path": "/etc/evil", "Kind": 1}, {"Path": "/root", "Kind": 0}]
         assert leaf_changes(changes) == ["/etc/evil", "/root"]

@@ -33,8 +33,9 @@ class ContainerSummary:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
-def container_key(name: str) -> str:
-    return ResourceKey.container(name)
+def container_key(name: str, target: str = "docker") -> str:
+    """Key of a container of the runtime ``target`` (the target's name is its key prefix)."""
+    return ResourceKey.container(name, target)
 
 
 def selects(b: ContainerBaseline, c: ContainerSummary) -> bool:
@@ -106,8 +107,10 @@ def runtime_expected(rt: RuntimePolicy) -> dict[str, Any]:
 _RULE_OF = {"forbiddenHostMounts": "forbiddenHostMounts", "memory": "resources", "cpus": "resources", "pidsLimit": "resources"}
 
 
-def compile_container(b: ContainerBaseline, c: ContainerSummary, approved_ids: list[str]) -> DesiredResource:
-    """Desired state of one governed container; ``approved_ids`` are the resolved image ids."""
+def compile_container(
+    b: ContainerBaseline, c: ContainerSummary, approved_ids: list[str], *, target: str = "docker"
+) -> DesiredResource:
+    """Desired state of one governed container of runtime ``target``; ``approved_ids`` are the resolved image ids."""
     spec = b.spec
     expected: dict[str, Any] = {"image": {"$in": sorted(set(approved_ids))}}
     expected.update(runtime_expected(spec.runtime))
@@ -120,8 +123,8 @@ def compile_container(b: ContainerBaseline, c: ContainerSummary, approved_ids: l
         rule = _RULE_OF.get(f, f)
         actions[f] = spec.action_overrides.get(rule, spec.runtime_action).value
     return DesiredResource.model_construct(
-        key=container_key(c.name),
-        target="docker",
+        key=container_key(c.name, target),
+        target=target,
         kind="container",
         address=c.name,
         baseline=b.metadata.name,
@@ -139,11 +142,11 @@ def compile_container(b: ContainerBaseline, c: ContainerSummary, approved_ids: l
     )
 
 
-def compile_ungoverned(c: ContainerSummary, policy: Ungoverned) -> DesiredResource:
+def compile_ungoverned(c: ContainerSummary, policy: Ungoverned, *, target: str = "docker") -> DesiredResource:
     """A container no baseline governs: drift by definition, handled by the ``ungoverned`` policy."""
     return DesiredResource.model_construct(
-        key=container_key(c.name),
-        target="docker",
+        key=container_key(c.name, target),
+        target=target,
         kind="ungoverned",
         address=c.name,
         baseline="(ungoverned)",

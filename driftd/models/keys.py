@@ -38,8 +38,9 @@ class ResourceKey:
         return f"host:{_HOST_KINDS.get(kind, kind)}:{address}"
 
     @staticmethod
-    def container(name: str) -> str:
-        return f"docker:{name}"
+    def container(name: str, runtime: str = "docker") -> str:
+        """``docker:<name>``; another container runtime's target uses its own name as the prefix."""
+        return f"{runtime}:{name}"
 
     @staticmethod
     def pod(namespace: str, name: str) -> str:
