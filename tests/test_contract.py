@@ -21,6 +21,9 @@ one interface:
 ``writes()``
     how many writes driftd has made so far, where that can be counted (memory: the adapter's
     write log; Kubernetes: the API server's audit log), else None.
+``settle()``
+    waits until the world stops changing after a pass (Kubernetes: the fake kubelet removes an
+    evicted pod after driftd is done); a no-op elsewhere.
 ``remove_resource(rt)``
     makes the governed resource go away: delete it (memory, container, pod); a host file has
     no "gone", so its baseline entry is removed.
@@ -41,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -117,6 +121,9 @@ class MemoryHarness:
     def remove_resource(self, rt: Any) -> None:
         self.target.delete("app")
 
+    def settle(self) -> None:
+        pass
+
     def take_down(self) -> None:
         self.target.down = True
 
@@ -180,6 +187,9 @@ class HostHarness:
 
     def remove_resource(self, rt: Any) -> None:
         rt.engine.set_baselines(BaselineSet.empty())  # a host file is never "gone": it stops being governed
+
+    def settle(self) -> None:
+        pass
 
     def take_down(self) -> None:
         self.root.rename(self.away)
@@ -272,6 +282,9 @@ class DockerHarness(HostBystander):
     def remove_resource(self, rt: Any) -> None:
         self.client.api.remove_container(self.cname, force=True, v=True)
 
+    def settle(self) -> None:
+        pass  # a recreate is finished when the pass returns
+
     def take_down(self) -> None:
         self.url = self.dead
 
@@ -341,6 +354,12 @@ class KubernetesHarness(HostBystander):
     def remove_resource(self, rt: Any) -> None:
         self.cluster.rest.delete(self.cluster.pod_path("web-1"), {"apiVersion": "v1", "kind": "DeleteOptions",
                                                                   "gracePeriodSeconds": 0})
+
+    def settle(self) -> None:
+        """Wait until the (fake) kubelet has removed an evicted pod: the world stops changing on its own."""
+        deadline = time.monotonic() + 30
+        while self.cluster.pod("web-1") is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def take_down(self) -> None:
         self.kubeconfig = str(self.dead)
@@ -429,6 +448,7 @@ def test_enforce_twice_the_second_pass_does_nothing(harness: Any) -> None:
     rt = harness.runtime()
     first = enforce(rt)
     assert status(rt, harness.key) == "remediated", first
+    harness.settle()
     after, writes = harness.snapshot_of_world(), harness.writes()
     second = enforce(rt)
     assert second.outcomes == [], second
