@@ -512,6 +512,38 @@ def test_target_down_is_reported_and_the_others_are_still_enforced(harness: Any)
     assert harness.is_compliant()
 
 
+@pytest.fixture
+def host_without_root(tmp_path: Path, host_root: Path, baselines_dir: Callable[..., Path]) -> Iterator[HostHarness]:
+    """The host harness with a drift, whose host root then vanishes (a hostPath mount gone)."""
+    h = HostHarness(tmp_path, host_root, baselines_dir)
+    h.drift()
+    h.root.rename(h.away)
+    yield h
+    if h.away.exists() and not h.root.exists():
+        h.away.rename(h.root)
+    h.close()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "host differs from memory/docker/kubernetes: a host root that does not exist is read as a tree of missing "
+    "files (SafeRoot.lstat -> None, plan write_file, the write fails: outcome failed, exit 4 REMEDIATION_FAILED), "
+    "not as a target that is down (outcome error, exit 1 ERROR); only a root that is not a directory is down"))
+def test_host_root_missing_is_a_target_down(host_without_root: HostHarness) -> None:
+    """A host root that does not exist is an unreachable target (exit ERROR, outcome error), not missing files."""
+    rt = host_without_root.runtime()
+    summary = enforce(rt)
+    assert status(rt, host_without_root.key) == "error", summary
+    assert summary.exit_code == ExitCode.ERROR
+
+
+def test_host_root_missing_writes_nothing(host_without_root: HostHarness) -> None:
+    """Whatever it is reported as, an enforcing pass over a vanished host root creates nothing there."""
+    rt = host_without_root.runtime()
+    summary = enforce(rt)
+    assert summary.exit_code != ExitCode.CLEAN
+    assert not host_without_root.root.exists()
+
+
 def test_memory_watch_pushes_changed_keys() -> None:
     """The memory target's watch delivers the key of each set/delete and close() ends it (the EventSource half)."""
     import threading
