@@ -14,7 +14,9 @@ from functools import partial
 from driftd.core.selectors import matches
 from driftd.models.baseline import HostBaseline, ManagedDirectory, ManagedFile
 from driftd.models.keys import ResourceKey
-from driftd.models.resources import DesiredResource
+from driftd.models.resources import NO_PAYLOAD, DesiredResource, HostPayload
+
+_RETIRE_ON_FAILURE = HostPayload(retire_on_failure=True)
 
 
 def content_digest(data: bytes) -> str:
@@ -52,7 +54,13 @@ def _make(
     expected: dict[str, object],
     sensitive: frozenset[str] = frozenset(),
     content: bytes | None = None,
+    payload: HostPayload | None = None,
 ) -> DesiredResource:
+    if payload is None:
+        payload = _RETIRE_ON_FAILURE if b.spec.retire_on_failure else NO_PAYLOAD
+    # model_construct (no validation) on purpose: the compile of a 10,000-file baseline is on the
+    # start-up and reload path, and every field here comes from an already validated baseline
+    # (bench/bench_host.py; full validation cost about 4x as much per resource)
     return DesiredResource.model_construct(
         key=key,
         target="host",
@@ -64,8 +72,7 @@ def _make(
         expected=expected,
         sensitive=sensitive,
         content=content,
-        # given, not defaulted: model_construct's default_factory path costs an inspect.signature per call
-        payload={"retire_on_failure": True} if b.spec.retire_on_failure else {},
+        payload=payload,
     )
 
 
@@ -116,9 +123,9 @@ def compile_host(
                     "kernel",
                     "kernel release",
                     {"release": {"$version_at_least": b.spec.kernel.minimum_release}},
+                    payload=HostPayload(retire_on_failure=b.spec.retire_on_failure, kernel_action=b.spec.kernel.action),
                 )
             )
-            kernels[-1].payload["action"] = b.spec.kernel.action
         for s in b.spec.sysctls:
             sysctls.append(make(sysctl_key(s.key), "sysctl", s.key, {"value": s.value}))
     dirs.sort(key=lambda r: r.address.count("/"))

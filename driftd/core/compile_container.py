@@ -17,7 +17,7 @@ from typing import Any
 from driftd.models.baseline import Enforcement
 from driftd.models.container import ContainerBaseline, RuleAction, RuntimePolicy, Ungoverned
 from driftd.models.keys import ResourceKey
-from driftd.models.resources import DesiredResource
+from driftd.models.resources import ContainerPayload, DesiredResource, UngovernedPayload
 
 OLD_SUFFIX = "-driftd-old-"
 _STRICTNESS = {Ungoverned.IGNORE: 0, Ungoverned.REPORT: 1, Ungoverned.RETIRE: 2}
@@ -133,12 +133,12 @@ def compile_container(
         expected=expected,
         sensitive=frozenset({"env"}),
         content=None,
-        payload={
-            "actions": actions,
-            "approved": sorted(set(approved_ids)),
-            "runtime": spec.runtime.model_dump(by_alias=True, mode="json"),
-            "id": c.id,
-        },
+        payload=ContainerPayload(
+            actions=actions,
+            approved=tuple(sorted(set(approved_ids))),
+            runtime=spec.runtime.model_dump(by_alias=True, mode="json"),
+            container_id=c.id,
+        ),
     )
 
 
@@ -155,7 +155,7 @@ def compile_ungoverned(c: ContainerSummary, policy: Ungoverned, *, target: str =
         expected={"governed": True},
         sensitive=frozenset(),
         content=None,
-        payload={"policy": policy.value, "id": c.id},
+        payload=UngovernedPayload(policy=policy.value, container_id=c.id),
     )
 
 

@@ -16,11 +16,15 @@ from driftd.models.baseline import Enforcement
 from driftd.models.container import RuleAction
 from driftd.models.resources import (
     Action,
+    ContainerPayload,
     DesiredResource,
     FieldDrift,
+    HostPayload,
     ObservedResource,
     Plan,
     PlannedAction,
+    PodPayload,
+    UngovernedPayload,
 )
 
 Planner = Callable[[DesiredResource, ObservedResource, dict[str, FieldDrift]], "tuple[list[PlannedAction], str | None]"]
@@ -126,16 +130,17 @@ def _plan_sysctl(
 def _plan_container(
     desired: DesiredResource, observed: ObservedResource, drift: dict[str, FieldDrift]
 ) -> tuple[list[PlannedAction], str | None]:
-    actions = desired.payload.get("actions", {})
+    pl = desired.payload if isinstance(desired.payload, ContainerPayload) else ContainerPayload()
+    actions = pl.actions
     chosen = plan_actions(drift, actions)
     broken = ", ".join(sorted(drift))
     if chosen is RuleAction.RETIRE:
         rules = ", ".join(sorted(f for f in drift if actions.get(f) == "retire"))
         return [PlannedAction(action=Action.RETIRE, reason=f"rules with action retire broken: {rules}")], None
     if chosen is RuleAction.REVERT:
-        if "nonRoot" in drift and not (desired.payload.get("runtime") or {}).get("user"):
+        if "nonRoot" in drift and not pl.runtime.get("user"):
             return [], "runs as root and the baseline names no user to recreate it with (set runtime.user)"
-        approved = desired.payload.get("approved", [])
+        approved = pl.approved
         current = observed.actual.get("image")
         if not approved:
             return [], "no approved image is present on this host; cannot recreate"
@@ -147,7 +152,7 @@ def _plan_container(
 def _plan_ungoverned(
     desired: DesiredResource, observed: ObservedResource, drift: dict[str, FieldDrift]
 ) -> tuple[list[PlannedAction], str | None]:
-    if desired.payload.get("policy") == "retire":
+    if isinstance(desired.payload, UngovernedPayload) and desired.payload.policy == "retire":
         return [PlannedAction(action=Action.RETIRE, reason="no baseline governs this container")], None
     return [], None
 
@@ -155,9 +160,10 @@ def _plan_ungoverned(
 def _plan_pod(
     desired: DesiredResource, observed: ObservedResource, drift: dict[str, FieldDrift]
 ) -> tuple[list[PlannedAction], str | None]:
-    chosen = plan_actions(drift, desired.payload.get("actions", {}))
+    pl = desired.payload if isinstance(desired.payload, PodPayload) else PodPayload()
+    chosen = plan_actions(drift, pl.actions)
     broken = ", ".join(sorted(drift))
-    controller = desired.payload.get("controller")
+    controller = pl.controller
     if chosen is RuleAction.RETIRE:
         return [PlannedAction(action=Action.EVICT, reason=f"retire: {broken}", params={"retire": True})], None
     if chosen is RuleAction.REVERT:
@@ -174,7 +180,7 @@ def _plan_pod(
 def _plan_kernel(
     desired: DesiredResource, observed: ObservedResource, drift: dict[str, FieldDrift]
 ) -> tuple[list[PlannedAction], str | None]:
-    if desired.payload.get("action") == "retire":
+    if isinstance(desired.payload, HostPayload) and desired.payload.kernel_action == "retire":
         release = observed.actual.get("release")
         return [PlannedAction(action=Action.RETIRE_NODE, reason=f"kernel {release} is out of patch")], None
     return [], None

@@ -14,7 +14,7 @@ from typing import Any
 
 from driftd.models.keys import ResourceKey
 from driftd.models.pod import PodBaseline
-from driftd.models.resources import DesiredResource
+from driftd.models.resources import DesiredResource, PodPayload
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 
@@ -203,11 +203,11 @@ def compile_pod(b: PodBaseline, pod: Mapping[str, Any]) -> DesiredResource:
         expected={f: [] for f in fields},
         sensitive=frozenset(),
         content=None,
-        payload={
-            "actions": {f: actions[RULE_GROUP[f]] for f in fields},
-            "controller": controller_of(pod),
-            "uid": meta.get("uid"),
-            "namespace": ns,
-            "name": name,
-        },
+        payload=PodPayload(
+            actions={f: actions[RULE_GROUP[f]] for f in fields},
+            controller=controller_of(pod),
+            uid=meta.get("uid"),
+            namespace=ns,
+            name=name,
+        ),
     )

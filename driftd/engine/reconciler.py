@@ -32,9 +32,11 @@ from driftd.models.resources import (
     ActResult,
     DesiredResource,
     FieldDrift,
+    HostPayload,
     ObservedResource,
     OutcomeStatus,
     Plan,
+    PodPayload,
     RemediationResult,
 )
 from driftd.observability.logging import Event, get_logger, set_baseline_version
@@ -393,7 +395,8 @@ class Engine:
                     first_seen=rec.first_seen,
                 )
                 self._notify("RemediationEscalated", d, f"{action_names} failed {rec.consecutive_failures} times: {e}")
-                if d.payload.get("retire_on_failure") and not self.dry_run and (at_threshold or terminal):
+                retire = isinstance(d.payload, HostPayload) and d.payload.retire_on_failure
+                if retire and not self.dry_run and (at_threshold or terminal):
                     self._retire_node_on_failure(d, str(e), log)
             out.status, out.error, out.retry = OutcomeStatus.FAILED, str(e), e.transient
             return out
@@ -451,9 +454,9 @@ class Engine:
                 {
                     "apiVersion": "v1",
                     "kind": "Pod",
-                    "namespace": d.payload.get("namespace", ""),
-                    "name": d.payload.get("name", ""),
-                    "uid": d.payload.get("uid") or "",
+                    "namespace": d.payload.namespace if isinstance(d.payload, PodPayload) else "",
+                    "name": d.payload.name if isinstance(d.payload, PodPayload) else "",
+                    "uid": (d.payload.uid if isinstance(d.payload, PodPayload) else None) or "",
                 }
             ]
         return row

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +20,47 @@ REDACTED = "<redacted>"
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+
+class HostPayload(Frozen):
+    """What act and plan need of a host resource beyond its expected fields."""
+
+    kind: Literal["host"] = "host"
+    retire_on_failure: bool = False
+    kernel_action: str | None = Field(default=None, description="A kernel rule's action: 'retire' or 'report'.")
+
+
+class ContainerPayload(Frozen):
+    """A governed container: per-field rule actions, approved image ids, the runtime rules to recreate with."""
+
+    kind: Literal["container"] = "container"
+    actions: dict[str, str] = Field(default_factory=dict)
+    approved: tuple[str, ...] = ()
+    runtime: dict[str, Any] = Field(default_factory=dict, description="RuntimePolicy, dumped by alias (JSON names).")
+    container_id: str = ""
+
+
+class UngovernedPayload(Frozen):
+    """A container no baseline governs, handled by the ``ungoverned`` policy."""
+
+    kind: Literal["ungoverned"] = "ungoverned"
+    policy: str = "report"
+    container_id: str = ""
+
+
+class PodPayload(Frozen):
+    """A pod of this node: rule actions and the identity eviction and reports need."""
+
+    kind: Literal["pod"] = "pod"
+    actions: dict[str, str] = Field(default_factory=dict)
+    controller: dict[str, str] | None = None
+    uid: str | None = None
+    namespace: str = ""
+    name: str = ""
+
+
+Payload = Annotated[HostPayload | ContainerPayload | UngovernedPayload | PodPayload, Field(discriminator="kind")]
+NO_PAYLOAD = HostPayload()
 
 
 class DesiredResource(Frozen):
@@ -39,7 +80,16 @@ class DesiredResource(Frozen):
     expected: dict[str, Any]
     sensitive: frozenset[str] = frozenset()
     content: bytes | None = None
-    payload: dict[str, Any] = Field(default_factory=dict, description="Adapter data for act, e.g. rule actions.")
+    payload: Payload = Field(default=NO_PAYLOAD, description="Typed per-kind data for plan and act, e.g. rule actions.")
+
+
+P = TypeVar("P", HostPayload, ContainerPayload, UngovernedPayload, PodPayload)
+
+
+def payload_of(desired: DesiredResource, cls: type[P]) -> P:
+    """The resource's payload as ``cls`` (its defaults when the resource carries another kind)."""
+    p = desired.payload
+    return p if isinstance(p, cls) else cls()
 
 
 class ObservedResource(Frozen):

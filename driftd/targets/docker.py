@@ -54,7 +54,7 @@ from driftd.core.container_engine import (
 )
 from driftd.models.container import ContainerBaseline, Ungoverned
 from driftd.models.keys import ResourceKey
-from driftd.models.resources import Action, ActResult, DesiredResource, ObservedResource, Plan
+from driftd.models.resources import Action, ActResult, ContainerPayload, DesiredResource, ObservedResource, Plan
 from driftd.observability.logging import Event, get_logger
 from driftd.safety.snapshots import SnapshotError, SnapshotStore
 from driftd.targets.base import NodeInfo, Reachability, ResourceGoneError, TargetError
@@ -351,7 +351,8 @@ class DockerTarget:
             if step.action is Action.RETIRE:
                 self._retire(api, ins)
             elif step.action is Action.RECREATE:
-                self._recreate(api, ins, desired.payload.get("runtime", {}), step.params["image"])
+                runtime = desired.payload.runtime if isinstance(desired.payload, ContainerPayload) else {}
+                self._recreate(api, ins, runtime, step.params["image"])
             else:
                 raise TargetError(f"docker target cannot {step.action}", transient=False)
             applied.append(step.action)

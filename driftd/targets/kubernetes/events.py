@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from driftd.models.resources import DesiredResource
+from driftd.models.resources import DesiredResource, PodPayload, payload_of
 from driftd.observability.logging import Event
 from driftd.targets.base import TargetError
 from driftd.targets.kubernetes.client import Api, now_rfc3339
@@ -33,9 +33,9 @@ class KubeEvents:
     def notify(self, reason: str, desired: DesiredResource, message: str, *, warning: bool = True) -> None:
         """A Kubernetes Event on the pod (pod keys) or on this node (everything else)."""
         if desired.target == self.target:
-            ns = desired.payload["namespace"]
-            involved = {"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": desired.payload["name"],
-                        "uid": desired.payload.get("uid")}
+            pod = payload_of(desired, PodPayload)
+            ns = pod.namespace
+            involved = {"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": pod.name, "uid": pod.uid}
         else:
             ns = "default"
             involved = {"apiVersion": "v1", "kind": "Node", "name": self.node_name, "uid": self.node_name}

@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 from driftd.baselines.loader import BaselineSet
 from driftd.core.pod_policy import compile_pod, evaluate, governing, is_mirror, pod_key
+from driftd.models.keys import ResourceKey
 from driftd.models.pod import PodBaseline
-from driftd.models.resources import Action, ActResult, DesiredResource, ObservedResource, Plan
+from driftd.models.resources import Action, ActResult, DesiredResource, ObservedResource, Plan, PodPayload, payload_of
 from driftd.observability.logging import Event
 from driftd.safety.snapshots import SnapshotError, SnapshotStore
 from driftd.targets.base import NodeInfo, ResourceGoneError, TargetError
@@ -137,7 +138,7 @@ class PodAdapter:
         return out
 
     def resolve(self, key: str) -> DesiredResource | None:
-        ns, _, name = key.removeprefix("pod:").partition("/")
+        ns, name = ResourceKey.parse(key).pod_ref()
         try:
             pod = self.api("GET", pod_path(ns, name))
         except KubeError as e:
@@ -149,8 +150,9 @@ class PodAdapter:
     # ------------------------------------------------------------------ observe
     def observe(self, desired: DesiredResource) -> ObservedResource:
         pod = self._pods.pop(desired.key, None)
+        ident = payload_of(desired, PodPayload)
         if pod is None:
-            ns, name = desired.payload["namespace"], desired.payload["name"]
+            ns, name = ident.namespace, ident.name
             try:
                 pod = self.api("GET", pod_path(ns, name))
             except KubeError as e:
@@ -158,7 +160,7 @@ class PodAdapter:
                     raise ResourceGoneError(f"pod {desired.address} no longer exists") from None
                 raise
         meta = pod.get("metadata") or {}
-        if meta.get("deletionTimestamp") or meta.get("uid") != desired.payload.get("uid"):
+        if meta.get("deletionTimestamp") or meta.get("uid") != ident.uid:
             raise ResourceGoneError(f"pod {desired.address} is terminating or was replaced")
         b = self._baselines.get(desired.baseline)
         if b is None:
@@ -172,14 +174,15 @@ class PodAdapter:
         for step in plan.actions:
             if step.action is not Action.EVICT:
                 raise TargetError(f"kubernetes target cannot {step.action}", transient=False)
-            ns, name = desired.payload["namespace"], desired.payload["name"]
+            ident = payload_of(desired, PodPayload)
+            ns, name = ident.namespace, ident.name
             pod = self._get_pod(ns, name)
-            ref = controller_ref(pod, ns) if desired.payload.get("controller") else None
+            ref = controller_ref(pod, ns) if ident.controller else None
             guard: tuple[str, dict[str, Any]] | None = None
             if ref is not None and not step.params.get("retire"):
                 guard = self._check_owner(ref, pod, desired, observed)
             snaps.append(self._put_snapshot(pod))
-            self.evict(ns, name, uid=desired.payload.get("uid"))
+            self.evict(ns, name, uid=ident.uid)
             if guard is not None and self.template_guard_seconds > 0:
                 now = self.clock()
                 self.guards.set_guard(guard[0], until=now + self.template_guard_seconds, data=guard[1], now=now)
@@ -189,7 +192,7 @@ class PodAdapter:
     def _evict_rules(self, desired: DesiredResource, observed: ObservedResource) -> frozenset[str]:
         """The broken rules an eviction is for (those whose action is revert; report-only rules are not)."""
         broken = _broken(observed)
-        actions = desired.payload.get("actions") or {}
+        actions = payload_of(desired, PodPayload).actions
         chosen = frozenset(r for r in broken if str(actions.get(r, "revert")) == "revert")
         return chosen or broken
 

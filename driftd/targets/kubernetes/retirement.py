@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from driftd.core.pod_policy import controller_of, is_mirror
+from driftd.models.keys import ResourceKey
 from driftd.observability.logging import Event
 from driftd.safety.snapshots import SnapshotStore
 from driftd.targets.base import ResourceGoneError, TargetError
@@ -138,7 +139,7 @@ class NodeRetirement:
                 except TargetError as e:
                     if not e.transient:
                         raise
-                    self.log.warning(Event.REMEDIATION_FAILED, target=self.target, key=f"pod:{ref}",
+                    self.log.warning(Event.REMEDIATION_FAILED, target=self.target, key=ResourceKey.pod(*ref.split("/", 1)),
                                      action="evict", error=str(e))
             if pending:
                 if time.monotonic() > deadline:
