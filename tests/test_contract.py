@@ -524,10 +524,6 @@ def host_without_root(tmp_path: Path, host_root: Path, baselines_dir: Callable[.
     h.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "host differs from memory/docker/kubernetes: a host root that does not exist is read as a tree of missing "
-    "files (SafeRoot.lstat -> None, plan write_file, the write fails: outcome failed, exit 4 REMEDIATION_FAILED), "
-    "not as a target that is down (outcome error, exit 1 ERROR); only a root that is not a directory is down"))
 def test_host_root_missing_is_a_target_down(host_without_root: HostHarness) -> None:
     """A host root that does not exist is an unreachable target (exit ERROR, outcome error), not missing files."""
     rt = host_without_root.runtime()

@@ -57,6 +57,7 @@ class HostTarget:
         self.fs = SafeRoot(host_root)
         self.snapshots = snapshots
         self._hash_cache: dict[str, tuple[_StatKey, str]] = {}
+        self._root_ok: bool | None = None
         # set by the engine: records snapshot ids durably in state before anything is overwritten
         # (raises TargetError when it cannot; then nothing is overwritten)
         self.journal: Callable[[str, tuple[str, ...]], None] | None = None
@@ -88,7 +89,15 @@ class HostTarget:
         return out
 
     def discover(self) -> list[DesiredResource]:
-        return []  # host resources are static: all come from desired()
+        """Nothing to list (host resources are static, all from ``desired``), but a missing root is a target down."""
+        self._check_root()
+        return []
+
+    def _check_root(self) -> None:
+        if self._root_ok is None:
+            self._root_ok = os.path.isdir(self.fs.root)
+        if not self._root_ok:
+            raise TargetError(f"host root {self.fs.root} is not a directory (is --host-root mounted?)", transient=True)
 
     def resolve(self, key: str) -> DesiredResource | None:
         return None
@@ -96,10 +105,12 @@ class HostTarget:
     # ------------------------------------------------------------------ observe
     def begin_pass(self, *, full: bool) -> None:
         self.fs.begin_pass()
+        self._root_ok = None  # looked at once per pass
         if full:
             self._hash_cache.clear()
 
     def observe(self, desired: DesiredResource) -> ObservedResource:
+        self._check_root()
         try:
             if desired.kind == "sysctl":
                 return self._observe_sysctl(desired)
