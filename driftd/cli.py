@@ -158,8 +158,8 @@ def _daemon(rt: Runtime, loaded_from: str | None = None) -> int:
         for r in rt.state.active().values():
             row = r.as_dict()
             d = desired.get(r.key)
-            if d is not None and d.sensitive:  # a content hash of a secret is itself a secret
-                row["snapshots"] = ["<redacted>"] * len(r.snapshots)
+            if d is not None:
+                row["snapshots"] = d.shown_snapshots(r.snapshots)
             out.append(row)
         return out
 

@@ -449,3 +449,13 @@ class TestKeyedQueue:
         assert overlaps == []
         assert sum(handled.values()) >= 400
         assert all(n > 10 for n in handled.values()), handled
+
+
+class TestSnapshotRedaction:
+    def test_one_rule_for_every_surface(self):
+        """Ids of sensitive content are redacted; a container's sensitive env does not hide its snapshot id."""
+        ids = ("sha256:" + "a" * 64,)
+        secret = desired({"content": "sha256:x"}, sensitive=frozenset({"content"}))
+        container = desired({"env": {}}, kind="container", target="docker", sensitive=frozenset({"env"}))
+        assert secret.shown_snapshots(ids) == ["<redacted>"]
+        assert container.shown_snapshots(ids) == list(ids)

@@ -27,7 +27,6 @@ from driftd.engine.state import DriftRecord, StateError, StateStore
 from driftd.models.baseline import Enforcement
 from driftd.models.keys import ResourceKey
 from driftd.models.resources import (
-    REDACTED,
     Action,
     ActResult,
     DesiredResource,
@@ -403,7 +402,7 @@ class Engine:
 
         # a content hash of a secret is itself a secret: sensitive content shows no snapshot ids
         # (a container's sensitive env is no reason to hide the ids of its snapshot)
-        shown = [REDACTED] * len(result.snapshots) if "content" in d.sensitive else list(result.snapshots)
+        shown = d.shown_snapshots(result.snapshots)
         for sid in shown:
             self.metrics.snapshots.labels(d.target).inc()
             log.info(Event.SNAPSHOT_SAVED, snapshot=sid, address=d.address)
@@ -520,7 +519,7 @@ class Engine:
             resolution=resolution,
             first_seen=rec.first_seen,
             seconds_open=round(now - rec.first_seen, 3),
-            snapshots=[REDACTED] * len(rec.snapshots) if "content" in d.sensitive else rec.snapshots,
+            snapshots=d.shown_snapshots(rec.snapshots),
         )
 
     def _unmanaged(self, key: str, why: str = "no longer governed") -> Outcome:

@@ -82,6 +82,15 @@ class DesiredResource(Frozen):
     content: bytes | None = None
     payload: Payload = Field(default=NO_PAYLOAD, description="Typed per-kind data for plan and act, e.g. rule actions.")
 
+    def shown_snapshots(self, ids: list[str] | tuple[str, ...]) -> list[str]:
+        """Snapshot ids as logs, summaries, reports and the drifts API may show them.
+
+        The one redaction rule: a snapshot id is the hash of the drifted content, so the id of
+        sensitive *content* is itself a secret; a container's sensitive env is no reason to
+        hide the id of its inspect snapshot.
+        """
+        return [REDACTED] * len(ids) if "content" in self.sensitive else list(ids)
+
 
 P = TypeVar("P", HostPayload, ContainerPayload, UngovernedPayload, PodPayload)
 
