@@ -380,7 +380,7 @@ class TestTargetUp:
                                    daemon=True)
         watcher.start()
         try:
-            assert _wait(lambda: target._stream is not None, 10) is not None
+            assert _wait(lambda: target._streams.current is not None, 10) is not None
             time.sleep(0.5)
             kill_engine(signal.SIGTERM)
             took = _wait(lambda: up() == 0, 5)

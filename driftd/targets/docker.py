@@ -23,7 +23,6 @@ the Docker target is enabled.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import tarfile
@@ -58,6 +57,7 @@ from driftd.models.resources import Action, ActResult, ContainerPayload, Desired
 from driftd.observability.logging import Event, get_logger
 from driftd.safety.snapshots import SnapshotError, SnapshotStore
 from driftd.targets.base import NodeInfo, Reachability, ResourceGoneError, TargetError
+from driftd.targets.streams import Reconnecting
 
 # exec_die: an exec's writes are done only when it ends (exec_start comes before them)
 WATCHED_ACTIONS = frozenset({"create", "start", "restart", "update", "exec_create", "exec_start", "exec_die", "rename",
@@ -115,7 +115,7 @@ class DockerTarget:
         self._baselines: tuple[ContainerBaseline, ...] = ()
         self._policy = Ungoverned.REPORT
         self._approved_cache: dict[str, dict[str, str]] = {}  # baseline -> ref -> pinned image id
-        self._stream: Any = None
+        self._streams: Reconnecting[Any] = Reconnecting()
         self._in_flight: set[str] = set()
         self.reach = Reachability(self.name, endpoint=self.base_url)
 
@@ -535,39 +535,34 @@ class DockerTarget:
         A reconnect asks the engine for the events since the last one seen (or since the
         stream was opened), so what happened while the stream was down is not lost.
         """
-        backoff = 1.0
         since: int | None = None
-        while not stop.is_set():
-            try:
-                api = self.api()
-                opened = int(time.time())
-                stream = api.events(decode=True, filters={"type": "container"}, since=since)
-                self._stream = stream
-                self._set_up(True)
-                backoff = 1.0
-                if since is None:
-                    since = opened
-                for ev in stream:
-                    if stop.is_set():
-                        break
-                    since = max(since, int(ev.get("time") or 0))
-                    action = str(ev.get("Action") or ev.get("status") or "").split(":", 1)[0]
-                    name = ((ev.get("Actor") or {}).get("Attributes") or {}).get("name")
-                    if action in WATCHED_ACTIONS and name and OLD_SUFFIX not in name:
-                        on_key(container_key(name))
-                if not stop.is_set():
-                    raise ConnectionError("event stream ended")
-            except Exception as e:
+
+        def open_stream() -> Any:
+            nonlocal since
+            opened = int(time.time())
+            stream = self.api().events(decode=True, filters={"type": "container"}, since=since)
+            if since is None:
+                since = opened
+            return stream
+
+        def consume(stream: Any) -> None:
+            nonlocal since
+            for ev in stream:
                 if stop.is_set():
                     break
-                with self._lock:
-                    self._api_client = None
-                self._set_up(False, f"event stream: {e}")
-                stop.wait(backoff)
-                backoff = min(max_backoff, backoff * 2)
+                since = max(since or 0, int(ev.get("time") or 0))
+                action = str(ev.get("Action") or ev.get("status") or "").split(":", 1)[0]
+                name = ((ev.get("Actor") or {}).get("Attributes") or {}).get("name")
+                if action in WATCHED_ACTIONS and name and OLD_SUFFIX not in name:
+                    on_key(container_key(name, self.name))
+
+        def down(e: Exception) -> None:
+            with self._lock:
+                self._api_client = None  # reconnect from scratch (the engine may have restarted)
+            self._set_up(False, f"event stream: {e}")
+
+        self._streams.run(open_stream, consume, stop, on_up=lambda: self._set_up(True), on_down=down,
+                          end_is_error=True, max_backoff=max_backoff)
 
     def close(self) -> None:
-        stream = self._stream
-        if stream is not None:
-            with contextlib.suppress(Exception):  # closing a dead stream is best effort
-                stream.close()
+        self._streams.close()  # unblocks a pending read of the events stream

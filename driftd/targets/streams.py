@@ -1,7 +1,7 @@
 """Event streams that reconnect with backoff: the loop every event source shares.
 
 Pipeline position: the trigger side of the pipeline.  An adapter's event source (the
-Kubernetes pod watch; the Docker events stream can adopt it) runs :meth:`Reconnecting.run`
+Kubernetes pod watch and the Docker events stream) runs :meth:`Reconnecting.run`
 in its own thread; what it does with each event is only ``queue.add(key)``, through the
 adapter's ``consume`` callback.
 
