@@ -63,12 +63,6 @@ class BaselineSet:
         return cls(directory=directory, baselines=(), sources={}, files={}, hashes={}, version="none")
 
 
-class BaselineLoadError(Exception):
-    def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("\n".join(str(p) for p in problems))
-        self.problems = problems
-
-
 # --------------------------------------------------------------------------- YAML
 
 
@@ -570,4 +564,4 @@ def json_schema() -> dict[str, Any]:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **top, "oneOf": kinds}
 
 
-__all__ = ["BaselineLoadError", "BaselineSet", "Problem", "fingerprint", "json_schema", "load_set"]
+__all__ = ["BaselineSet", "Problem", "fingerprint", "json_schema", "load_set"]

@@ -58,10 +58,7 @@ def _make(
 ) -> DesiredResource:
     if payload is None:
         payload = _RETIRE_ON_FAILURE if b.spec.retire_on_failure else NO_PAYLOAD
-    # model_construct (no validation) on purpose: the compile of a 10,000-file baseline is on the
-    # start-up and reload path, and every field here comes from an already validated baseline
-    # (bench/bench_host.py; full validation cost about 4x as much per resource)
-    return DesiredResource.model_construct(
+    return DesiredResource(
         key=key,
         target="host",
         kind=kind,

@@ -122,7 +122,7 @@ def compile_container(
             continue
         rule = _RULE_OF.get(f, f)
         actions[f] = spec.action_overrides.get(rule, spec.runtime_action).value
-    return DesiredResource.model_construct(
+    return DesiredResource(
         key=container_key(c.name, target),
         target=target,
         kind="container",
@@ -144,7 +144,7 @@ def compile_container(
 
 def compile_ungoverned(c: ContainerSummary, policy: Ungoverned, *, target: str = "docker") -> DesiredResource:
     """A container no baseline governs: drift by definition, handled by the ``ungoverned`` policy."""
-    return DesiredResource.model_construct(
+    return DesiredResource(
         key=container_key(c.name, target),
         target=target,
         kind="ungoverned",

@@ -192,7 +192,7 @@ def compile_pod(b: PodBaseline, pod: Mapping[str, Any]) -> DesiredResource:
     ns, name = meta.get("namespace", ""), meta.get("name", "")
     actions = b.spec.actions.model_dump()
     fields = governed_fields(b)
-    return DesiredResource.model_construct(
+    return DesiredResource(
         key=pod_key(ns, name),
         target="kubernetes",
         kind="pod",

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from driftd.baselines.loader import Problem, fingerprint, load_set
-from driftd.engine.clock import Clock, SystemClock
+from driftd.engine.clock import Clock
 from driftd.engine.queue import KeyedQueue
 from driftd.engine.reconciler import Engine
 from driftd.observability.logging import Event, get_logger
@@ -78,7 +78,6 @@ class Daemon:
         metrics: Metrics,
         manager: BaselineManager,
         api: Any | None = None,
-        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -86,7 +85,6 @@ class Daemon:
         self.metrics = metrics
         self.manager = manager
         self.api = api
-        self.clock = clock or SystemClock()
         self.log = get_logger()
         self.stop_event = threading.Event()
         self.scans_done = 0

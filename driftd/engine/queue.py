@@ -132,10 +132,6 @@ class KeyedQueue:
             self.add(key, max(0.0, dirty_at - self._clock.monotonic()))
         return delay
 
-    def forget(self, key: str) -> None:
-        with self._cv:
-            self._failures.pop(key, None)
-
     def close(self) -> None:
         with self._cv:
             self._closed = True

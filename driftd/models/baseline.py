@@ -49,13 +49,6 @@ def parse_duration(value: object) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def format_duration(td: timedelta) -> str:
-    total = int(td.total_seconds())
-    h, rest = divmod(total, 3600)
-    m, s = divmod(rest, 60)
-    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v) or "0s"
-
-
 def check_managed_path(value: str) -> str:
     """A managed path is absolute, normalised and cannot climb out of the host root."""
     if not value.startswith("/"):

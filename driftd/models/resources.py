@@ -106,7 +106,6 @@ class ObservedResource(Frozen):
 
     key: str
     actual: dict[str, Any]
-    note: str | None = Field(default=None, description="Adapter remark, e.g. 'is a symlink'.")
 
 
 class FieldDrift(Frozen):

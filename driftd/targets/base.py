@@ -47,7 +47,6 @@ class ResourceGoneError(TargetError):
 @runtime_checkable
 class Target(Protocol):
     name: str
-    capabilities: frozenset[str]
 
     def desired(self, baselines: BaselineSet, node: NodeInfo) -> list[DesiredResource]:
         """Resources this target governs on this node, fully resolved (ids, digests)."""

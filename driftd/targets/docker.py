@@ -96,7 +96,6 @@ class DockerTarget:
     """Adapter for a Docker Engine reached through its API socket."""
 
     name = "docker"
-    capabilities = frozenset({"container", "recreate", "retire", "events", "snapshot"})
 
     def __init__(self, snapshots: SnapshotStore, *, base_url: str = "unix:///var/run/docker.sock",
                  timeout: float = 30.0, stop_timeout: int = 10, file_snapshot_max_bytes: int = 1024 * 1024,
@@ -325,7 +324,7 @@ class DockerTarget:
         try:
             ins = self._call(api.inspect_container, desired.address)
             if desired.kind == "ungoverned":
-                return ObservedResource.model_construct(key=desired.key, actual={"governed": False}, note=None)
+                return ObservedResource(key=desired.key, actual={"governed": False})
             fs = None
             if "fsChanges" in desired.expected:
                 fs = leaf_changes(self._call(api.diff, ins["Id"]), mount_points(ins))
@@ -335,7 +334,7 @@ class DockerTarget:
             raise TargetError(f"inspect {desired.address}: {e}") from None
         env_rule = desired.expected.get("env")
         env_keys = list(env_rule["$contains"]) if isinstance(env_rule, dict) else []
-        return ObservedResource.model_construct(key=desired.key, actual=normalize(ins, fs, env_keys), note=None)
+        return ObservedResource(key=desired.key, actual=normalize(ins, fs, env_keys))
 
     # ------------------------------------------------------------------ act
     def apply(self, desired: DesiredResource, observed: ObservedResource, plan: Plan) -> ActResult:

@@ -51,7 +51,6 @@ class HostTarget:
     """Adapter for the host filesystem and ``/proc/sys`` seen through ``host_root``."""
 
     name = "host"
-    capabilities = frozenset({"file", "directory", "sysctl", "snapshot"})
 
     def __init__(self, host_root: str | os.PathLike[str], snapshots: SnapshotStore) -> None:
         self.fs = SafeRoot(host_root)
@@ -116,8 +115,8 @@ class HostTarget:
                 return self._observe_sysctl(desired)
             if desired.kind == "kernel":
                 raw = self.fs.read("/proc/sys/kernel/osrelease", 4096)
-                return ObservedResource.model_construct(
-                    key=desired.key, actual={"release": raw.decode("utf-8", "replace").strip()}, note=None)
+                return ObservedResource(
+                    key=desired.key, actual={"release": raw.decode("utf-8", "replace").strip()})
             return self._observe_path(desired)
         except UnsafePathError as e:
             raise TargetError(str(e), transient=False) from None
@@ -128,7 +127,7 @@ class HostTarget:
         path = desired.address
         st = self.fs.lstat(path)
         if st is None:
-            return ObservedResource.model_construct(key=desired.key, actual={"present": False}, note=None)
+            return ObservedResource(key=desired.key, actual={"present": False})
         kind = ftype(st.st_mode)
         actual: dict[str, Any] = {
             "present": True,
@@ -141,7 +140,7 @@ class HostTarget:
             actual["links"] = st.st_nlink  # not governed: the planner refuses chmod/chown of a shared inode
         if kind == "file" and "content" in desired.expected:
             actual["content"] = self._digest(path, st)
-        return ObservedResource.model_construct(key=desired.key, actual=actual, note=None)
+        return ObservedResource(key=desired.key, actual=actual)
 
     def _digest(self, path: str, st: os.stat_result) -> str:
         skey = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -160,9 +159,9 @@ class HostTarget:
         try:
             raw = self.fs.read(path, 1 << 16)
         except (FileNotFoundError, ParentMissingError):
-            return ObservedResource.model_construct(key=desired.key, actual={"value": None}, note="no such key")
+            return ObservedResource(key=desired.key, actual={"value": None})
         value = " ".join(raw.decode("utf-8", "replace").split())
-        return ObservedResource.model_construct(key=desired.key, actual={"value": value}, note=None)
+        return ObservedResource(key=desired.key, actual={"value": value})
 
     # ------------------------------------------------------------------ act
     def apply(self, desired: DesiredResource, observed: ObservedResource, plan: Plan) -> ActResult:

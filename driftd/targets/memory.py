@@ -83,7 +83,6 @@ class Write:
 class MemoryTarget:
     """A Target and EventSource over ``{name: {field: value}}`` held in memory."""
 
-    capabilities = frozenset({KIND, "set", "snapshot", "watch"})
 
     def __init__(
         self,

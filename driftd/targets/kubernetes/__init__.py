@@ -91,7 +91,6 @@ class KubernetesTarget:
 
     name = "kubernetes"
     key_prefix = "pod"  # keys are pod:<namespace>/<name>
-    capabilities = frozenset({"pod", "evict", "events", "policyreport", "retire_node", "watch"})
 
     # knobs of one part each, settable on the target after construction
     clock: _Part[Callable[[], float]] = _Part("pods")

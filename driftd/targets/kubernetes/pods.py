@@ -165,7 +165,7 @@ class PodAdapter:
         b = self._baselines.get(desired.baseline)
         if b is None:
             raise ResourceGoneError(f"baseline {desired.baseline} no longer active")
-        return ObservedResource.model_construct(key=desired.key, actual=evaluate(b, pod), note=None)
+        return ObservedResource(key=desired.key, actual=evaluate(b, pod))
 
     # ------------------------------------------------------------------ act
     def apply(self, desired: DesiredResource, observed: ObservedResource, plan: Plan) -> ActResult:
