@@ -15,6 +15,7 @@ from pathlib import Path
 
 import driftd
 from driftd.models.baseline import HostBaseline
+from driftd.models.keys import sysctl_path
 
 MARKER = ".driftd-demo"
 
@@ -49,7 +50,7 @@ def build_tree(root: Path, desired: list, uid: int, gid: int) -> None:  # type: 
                 p.write_text(f"# placeholder for {r.address}\n")
             os.chmod(p, int(r.expected.get("mode", "0644"), 8))
         elif r.kind == "sysctl":
-            sp = root / "proc/sys" / r.address.translate(str.maketrans("./", "/."))
+            sp = root / sysctl_path(r.address).lstrip("/")
             sp.parent.mkdir(parents=True, exist_ok=True)
             sp.write_text(r.expected["value"] + "\n")
 
@@ -154,7 +155,7 @@ def inject_drift(host: Path, desired: list) -> list[str]:  # type: ignore[type-a
             kinds_done.add("dir")
             done.append(f"{r.address}/: chmod 0777 (directory mode drift)")
         elif r.kind == "sysctl" and "sysctl" not in kinds_done:
-            sp = host / "proc/sys" / r.address.translate(str.maketrans("./", "/."))
+            sp = host / sysctl_path(r.address).lstrip("/")
             wrong = "1" if r.expected["value"] == "0" else "0"
             sp.write_text(wrong + "\n")
             kinds_done.add("sysctl")
