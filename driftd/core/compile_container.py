@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from fnmatch import fnmatchcase
 from typing import Any
 
+from driftd.core import selectors
 from driftd.models.baseline import Enforcement
 from driftd.models.container import ContainerBaseline, RuleAction, RuntimePolicy, Ungoverned
 from driftd.models.keys import ResourceKey
@@ -40,9 +40,7 @@ def container_key(name: str, target: str = "docker") -> str:
 
 def selects(b: ContainerBaseline, c: ContainerSummary) -> bool:
     sel = b.spec.selector
-    if any(c.labels.get(k) != v for k, v in sel.match_labels.items()):
-        return False
-    return not sel.names or any(fnmatchcase(c.name, p) for p in sel.names)
+    return selectors.labels(sel.match_labels, c.labels) and selectors.globs(sel.names, c.name)
 
 
 def governing(baselines: Iterable[ContainerBaseline], c: ContainerSummary) -> ContainerBaseline | None:

@@ -9,9 +9,9 @@ governed rule is the empty list, so the generic diff reports exactly the offende
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from fnmatch import fnmatchcase
 from typing import Any
 
+from driftd.core import selectors
 from driftd.models.keys import ResourceKey
 from driftd.models.pod import PodBaseline
 from driftd.models.resources import DesiredResource, PodPayload
@@ -48,12 +48,9 @@ def selects(b: PodBaseline, pod: Mapping[str, Any]) -> bool:
     sel = b.spec.selector
     meta = _meta(pod)
     ns = meta.get("namespace", "")
-    if any(fnmatchcase(ns, p) for p in sel.exclude_namespaces):
+    if selectors.globs(sel.exclude_namespaces, ns, empty=False):
         return False
-    if sel.namespaces and not any(fnmatchcase(ns, p) for p in sel.namespaces):
-        return False
-    labels = meta.get("labels") or {}
-    return all(labels.get(k) == v for k, v in sel.match_labels.items())
+    return selectors.globs(sel.namespaces, ns) and selectors.labels(sel.match_labels, meta.get("labels") or {})
 
 
 def governing(baselines: Iterable[PodBaseline], pod: Mapping[str, Any]) -> PodBaseline | None:

@@ -1,11 +1,14 @@
-"""Host selectors (pure): which baselines apply to this node, and which could collide.
+"""Selectors (pure): which baselines apply to a node, a container or a pod, and which could collide.
 
-Pipeline position: before compile.  ``matches`` decides applicability at run time;
-``may_overlap`` is the conservative check lint uses for conflicting claims.
+Pipeline position: before compile.  ``globs`` and ``labels`` are the two primitives every
+selector is made of (host: hostnames + matchLabels; container: names + matchLabels; pod:
+namespaces, excludeNamespaces + matchLabels); ``matches`` decides a host selector at run
+time; ``may_overlap`` is the conservative check lint uses for conflicting claims.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
 
 from driftd.models.baseline import HostSelector
@@ -13,11 +16,20 @@ from driftd.models.baseline import HostSelector
 _GLOB = set("*?[")
 
 
+def globs(patterns: Iterable[str], value: str, *, empty: bool = True) -> bool:
+    """Whether ``value`` matches one of the shell-style ``patterns`` (``empty`` when there are none)."""
+    pats = list(patterns)
+    return any(fnmatchcase(value, p) for p in pats) if pats else empty
+
+
+def labels(required: Mapping[str, str], actual: Mapping[str, str]) -> bool:
+    """Whether every required label is present with its value (matchLabels)."""
+    return all(actual.get(k) == v for k, v in required.items())
+
+
 def matches(selector: HostSelector, node_name: str, node_labels: dict[str, str]) -> bool:
     """True when every part of the selector accepts this node (an empty selector accepts all)."""
-    if selector.hostnames and not any(fnmatchcase(node_name, p) for p in selector.hostnames):
-        return False
-    return all(node_labels.get(k) == v for k, v in selector.match_labels.items())
+    return globs(selector.hostnames, node_name) and labels(selector.match_labels, node_labels)
 
 
 def may_overlap(a: HostSelector, b: HostSelector) -> bool:
