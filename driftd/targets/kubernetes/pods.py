@@ -30,10 +30,10 @@ import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
 from driftd.baselines.loader import BaselineSet
+from driftd.core import selectors
 from driftd.core.pod_policy import compile_pod, evaluate, governing, is_mirror, pod_key
 from driftd.models.keys import ResourceKey
 from driftd.models.pod import PodBaseline
@@ -116,7 +116,7 @@ class PodAdapter:
         if is_mirror(pod) or meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in (
                 "Succeeded", "Failed"):
             return None
-        if any(fnmatchcase(meta.get("namespace", ""), p) for p in self.exclude_namespaces):
+        if selectors.globs(self.exclude_namespaces, meta.get("namespace", ""), empty=False):
             return None  # kubernetes.exclude_namespaces: never governed, whatever a baseline selects
         b = governing(self._baselines.values(), pod)
         if b is None:
