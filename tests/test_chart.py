@@ -772,7 +772,7 @@ def test_driftd_adapter_works_under_the_chart_identity(installed: Installed, tmp
     from driftd.baselines.loader import load_set
     from driftd.core.diff import diff
     from driftd.core.plan import plan as make_plan
-    from driftd.models.resources import DesiredResource
+    from driftd.models.resources import DesiredResource, ReportResult, ResourceResult
     from driftd.safety.snapshots import SnapshotStore
     from driftd.targets.base import NodeInfo, TargetError
     from driftd.targets.kubernetes import RETIRED_LABEL, TAINT_KEY, KubernetesTarget
@@ -830,10 +830,10 @@ def test_driftd_adapter_works_under_the_chart_identity(installed: Installed, tmp
         owner_events = [e for e in c.events("agent") if e["involvedObject"]["kind"] == "DaemonSet"]
         assert [e["reason"] for e in owner_events] == ["TemplateAtFault"]
         # the node's PolicyReport: create, then update
-        result = {"policy": "cis-system-files", "rule": "/etc/issue.net", "result": "fail", "severity": "medium",
-                  "source": "driftd", "message": "mode drifted"}
+        result = ResourceResult(key="host:file:/etc/issue.net", baseline="cis-system-files", target="host", kind="file",
+                                address="/etc/issue.net", result=ReportResult.FAIL, message="mode drifted", at=0.0)
         target.publish_report([result])
-        target.publish_report([{**result, "result": "pass"}])
+        target.publish_report([result.model_copy(update={"result": ReportResult.PASS})])
         report = installed.admin.get(f"/apis/wgpolicyk8s.io/v1alpha2/namespaces/{ns}/policyreports/driftd-{node}")
         assert report["summary"]["pass"] == 1
         # retirement: Lease, cordon + taint + label, drain by eviction, Lease released

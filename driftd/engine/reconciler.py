@@ -37,6 +37,8 @@ from driftd.models.resources import (
     Plan,
     PodPayload,
     RemediationResult,
+    ReportResult,
+    ResourceResult,
 )
 from driftd.observability.logging import Event, get_logger, set_baseline_version
 from driftd.targets.base import (
@@ -108,7 +110,7 @@ class Engine:
         self.clock = clock or SystemClock()
         self.notifiers: list[Notifier] = [t for t in targets.values() if isinstance(t, Notifier)]
         self.reporters: list[Reporter] = [t for t in targets.values() if isinstance(t, Reporter)]
-        self._report_rows: dict[str, dict[str, Any]] = {}
+        self._report_rows: dict[str, ResourceResult] = {}
         self._report_dirty = False
         self.retirer: NodeRetirer | None = retirer or next((t for t in targets.values() if isinstance(t, NodeRetirer)), None)
         # a key's prefix names its target, unless the target declares another (pods: "pod:<ns>/<name>")
@@ -178,7 +180,7 @@ class Engine:
         report = ScanReport(resources=len(desired), targets_down=down, keys=frozenset(desired))
         self.log.debug(Event.SCAN_STARTED, resources=len(desired), full=full)
         active = self.state.active()
-        rows: dict[str, dict[str, Any]] = {}
+        rows: dict[str, ResourceResult] = {}
         for key, d in desired.items():
             counts = per_target[d.target]
             counts[0] += 1
@@ -196,7 +198,7 @@ class Engine:
                 )
                 self.log.warning(Event.OBSERVE_FAILED, key=key, target=d.target, baseline=d.baseline, error=str(e))
                 if self.reporters:
-                    rows[key] = self._row(d, "error", f"cannot observe: {e}")
+                    rows[key] = self._row(d, ReportResult.ERROR, f"cannot observe: {e}")
                 continue
             drift = diff(d, observed)
             if drift:
@@ -206,7 +208,8 @@ class Engine:
             elif key in active:
                 queue.add(key)
             if self.reporters:
-                rows[key] = self._row(d, "fail" if drift else "pass", ", ".join(f.field for f in drift) or "compliant")
+                rows[key] = self._row(d, ReportResult.FAIL if drift else ReportResult.PASS,
+                                      ", ".join(f.field for f in drift) or "compliant")
         for key in active.keys() - desired.keys():
             if self.target_name(key) not in down:
                 queue.add(key)  # gone or no longer governed: the reconciler closes the record
@@ -424,7 +427,7 @@ class Engine:
             warning=False,
         )
         self._resolve(rec, d, self.clock.time(), "remediated", log)
-        self._update_row(d, "pass", f"{action_names} done; was: {', '.join(f['field'] for f in fields)}")
+        self._update_row(d, ReportResult.PASS, f"{action_names} done; was: {', '.join(f['field'] for f in fields)}")
         out.status, out.snapshots = OutcomeStatus.REMEDIATED, shown
         return out
 
@@ -435,32 +438,22 @@ class Engine:
         return h.hexdigest()[:24]
 
     # ------------------------------------------------------------------ reports
-    def _row(self, d: DesiredResource, result: str, message: str) -> dict[str, Any]:
-        """One PolicyReport result (field names only, never values)."""
-        row: dict[str, Any] = {
-            "source": "driftd",
-            "policy": d.baseline,
-            "rule": f"{d.target}/{d.kind}",
-            "result": result,
-            "severity": "high" if result == "fail" else "info",
-            "scored": True,
-            "message": f"{d.address}: {message}"[:500],
-            "timestamp": {"seconds": int(self.clock.time()), "nanos": 0},
-            "properties": {"key": d.key, "baselineHash": self.baselines.hashes.get(d.baseline, "")},
-        }
-        if d.kind == "pod":
-            row["resources"] = [
-                {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "namespace": d.payload.namespace if isinstance(d.payload, PodPayload) else "",
-                    "name": d.payload.name if isinstance(d.payload, PodPayload) else "",
-                    "uid": (d.payload.uid if isinstance(d.payload, PodPayload) else None) or "",
-                }
-            ]
-        return row
+    def _row(self, d: DesiredResource, result: ReportResult, message: str) -> ResourceResult:
+        """The latest result of one resource for the reporters (field names only, never values)."""
+        return ResourceResult(
+            key=d.key,
+            baseline=d.baseline,
+            baseline_hash=self.baselines.hashes.get(d.baseline, ""),
+            target=d.target,
+            kind=d.kind,
+            address=d.address,
+            result=result,
+            message=message,
+            at=self.clock.time(),
+            subject=d.payload if isinstance(d.payload, PodPayload) else None,
+        )
 
-    def _update_row(self, d: DesiredResource, result: str, message: str) -> None:
+    def _update_row(self, d: DesiredResource, result: ReportResult, message: str) -> None:
         if self.reporters:
             with self._swap:
                 self._report_rows[d.key] = self._row(d, result, message)

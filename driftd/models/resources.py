@@ -159,6 +159,35 @@ class RemediationResult(StrEnum):
     BLOCKED = "blocked"
 
 
+class ReportResult(StrEnum):
+    """A resource's result as policy reports know it (wgpolicyk8s.io result values)."""
+
+    PASS = "pass"  # noqa: S105 - a result value, not a password
+    FAIL = "fail"
+    WARN = "warn"
+    ERROR = "error"
+    SKIP = "skip"
+
+
+class ResourceResult(Frozen):
+    """The latest result of one governed resource, handed by the engine to every Reporter.
+
+    Field names only in ``message``, never values; the wire format (a PolicyReport row) is the
+    reporter's business.
+    """
+
+    key: str
+    baseline: str
+    baseline_hash: str = ""
+    target: str
+    kind: str
+    address: str
+    result: ReportResult
+    message: str
+    at: float = Field(description="Wall-clock time of the observation (seconds).")
+    subject: PodPayload | None = Field(default=None, description="The pod, for pod resources.")
+
+
 class PlannedAction(Frozen):
     action: Action
     reason: str

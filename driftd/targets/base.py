@@ -8,12 +8,12 @@ imports its client library.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from driftd.baselines.loader import BaselineSet
-from driftd.models.resources import ActResult, DesiredResource, ObservedResource, Plan
+from driftd.models.resources import ActResult, DesiredResource, ObservedResource, Plan, ResourceResult
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class Notifier(Protocol):
 class Reporter(Protocol):
     """Publishes the results of a full scan (one PolicyReport per node)."""
 
-    def publish_report(self, results: list[dict[str, Any]]) -> None: ...
+    def publish_report(self, results: Sequence[ResourceResult]) -> None: ...
 
 
 @runtime_checkable

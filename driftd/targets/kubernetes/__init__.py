@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from driftd.baselines.loader import BaselineSet
-from driftd.models.resources import ActResult, DesiredResource, ObservedResource, Plan
+from driftd.models.resources import ActResult, DesiredResource, ObservedResource, Plan, ResourceResult
 from driftd.observability.logging import get_logger
 from driftd.safety.snapshots import SnapshotStore
 from driftd.targets.base import NodeInfo, Reachability
@@ -207,7 +207,7 @@ class KubernetesTarget:
         self.events.notify(reason, desired, message, warning=warning)
 
     # ------------------------------------------------------------------ Reporter (policyreport.py)
-    def publish_report(self, results: list[dict[str, Any]]) -> None:
+    def publish_report(self, results: Sequence[ResourceResult]) -> None:
         """Replace this node's PolicyReport with ``results`` (failures first, capped), only when it changed."""
         self.report.publish(results)
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from driftd.models.resources import ReportResult, ResourceResult
 from driftd.observability.logging import Event
 from driftd.targets.base import TargetError
 from driftd.targets.kubernetes.client import Api, KubeError
@@ -37,6 +38,25 @@ def report_content(report: Mapping[str, Any]) -> str:
                       sort_keys=True, default=str)
 
 
+def to_row(r: ResourceResult) -> dict[str, Any]:
+    """The wire format of one result (``wgpolicyk8s.io/v1alpha2`` PolicyReportResult)."""
+    row: dict[str, Any] = {
+        "source": "driftd",
+        "policy": r.baseline,
+        "rule": f"{r.target}/{r.kind}",
+        "result": r.result.value,
+        "severity": "high" if r.result is ReportResult.FAIL else "info",
+        "scored": True,
+        "message": f"{r.address}: {r.message}"[:500],
+        "timestamp": {"seconds": int(r.at), "nanos": 0},
+        "properties": {"key": r.key, "baselineHash": r.baseline_hash},
+    }
+    if r.subject is not None:
+        row["resources"] = [{"apiVersion": "v1", "kind": "Pod", "namespace": r.subject.namespace,
+                             "name": r.subject.name, "uid": r.subject.uid or ""}]
+    return row
+
+
 class PolicyReportWriter:
     """This node's PolicyReport; :attr:`last_report` is what the server holds since the last publish."""
 
@@ -53,7 +73,7 @@ class PolicyReportWriter:
         self.last_report: dict[str, Any] | None = None
         self._written: tuple[str, float] | None = None  # (content, monotonic time it was known on the server)
 
-    def publish(self, results: list[dict[str, Any]]) -> None:
+    def publish(self, resources: Sequence[ResourceResult]) -> None:
         """Replace this node's PolicyReport with ``results`` (failures first, capped), only when it changed.
 
         Row timestamps change on every scan and are not a change: a report whose content is what
@@ -62,6 +82,7 @@ class PolicyReportWriter:
         """
         if not self.enabled:
             return
+        results = [to_row(r) for r in resources]
         ordered = sorted(results, key=lambda r: (r["result"] == "pass", r["policy"], r.get("rule", ""),
                                                  str((r.get("properties") or {}).get("key", "")), r.get("message", "")))
         summary = {k: sum(1 for r in results if r["result"] == k) for k in ("pass", "fail", "warn", "error", "skip")}
