@@ -631,3 +631,16 @@ class TestOwnerNames:
         assert o.status == "blocked" and name in (o.error or "") and "not defined on this host" in (o.error or "")
         assert tree_digest(host_root) == before
         assert rt.state.get_active("host:file:/etc/motd").last_error == o.error
+
+
+def test_a_kind_without_an_observer_is_an_error_not_a_silent_lstat(host_root):
+    """The host target refuses a resource kind it has no observer for, instead of lstat-ing its address."""
+    from driftd.models.resources import DesiredResource
+    from driftd.targets.host import HostTarget
+
+    (host_root / "etc/pkg").write_text("x\n")
+    t = HostTarget(host_root, SnapshotStore(host_root.parent / "snaps"))
+    d = DesiredResource(key="host:package:/etc/pkg", target="host", kind="package", address="/etc/pkg", baseline="b",
+                        expected={"present": True})
+    with pytest.raises(TargetError, match="cannot observe a 'package' resource"):
+        t.observe(d)

@@ -23,7 +23,7 @@ import yaml
 from pydantic import ValidationError
 
 from driftd.core.selectors import may_overlap
-from driftd.models.baseline import HostBaseline
+from driftd.models.baseline import HostBaseline, Rule
 from driftd.models.container import ContainerBaseline
 from driftd.models.kinds import BASELINE_KINDS, AnyBaseline
 
@@ -323,29 +323,32 @@ def _validate(doc: _Doc, problems: list[Problem]) -> None:
 # --------------------------------------------------------------------------- set checks
 
 
-def _claims(doc: _Doc) -> Iterator[tuple[str, tuple[str | int, ...], object]]:
+def _claims(doc: _Doc) -> Iterator[tuple[str, tuple[str | int, ...], Rule]]:
+    """Every rule of a HostBaseline with what it claims, found from the spec's fields (no list of kinds)."""
     if not isinstance(doc.model, HostBaseline):
         return
     spec = doc.model.spec
-    for i, f in enumerate(spec.files):
-        yield f"path {f.path}", ("spec", "files", i, "path"), ("file", f)
-    for i, d in enumerate(spec.directories):
-        yield f"path {d.path}", ("spec", "directories", i, "path"), ("directory", d)
-    if spec.kernel is not None:
-        yield "kernel rule", ("spec", "kernel"), ("kernel", spec.kernel)
-    for i, s in enumerate(spec.sysctls):
-        yield f"sysctl {s.key}", ("spec", "sysctls", i, "key"), ("sysctl", s)
+    for name, info in type(spec).model_fields.items():
+        value = getattr(spec, name)
+        alias = info.alias or name
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for i, rule in items:
+            if not isinstance(rule, Rule):
+                continue
+            loc: tuple[str | int, ...] = ("spec", alias) if i is None else ("spec", alias, i)
+            if rule.claim_field is not None:
+                loc += (rule.claim_field,)
+            yield rule.claim(), loc, rule
 
 
-def _claim_value(claim: Any) -> tuple[str, dict[str, Any]]:
+def _claim_value(rule: Rule) -> tuple[str, dict[str, Any]]:
     """What a claim asks for, dumped only when two claims collide (rare; dumps are not free)."""
-    kind, entry = claim
-    return kind, entry.model_dump()
+    return type(rule).__name__, rule.model_dump()
 
 
 def _check_set(docs: list[_Doc], problems: list[Problem]) -> None:
     names: dict[str, _Doc] = {}
-    claims: dict[str, list[tuple[_Doc, tuple[str | int, ...], object]]] = {}
+    claims: dict[str, list[tuple[_Doc, tuple[str | int, ...], Rule]]] = {}
     for doc in docs:
         assert doc.model is not None
         name = doc.model.metadata.name

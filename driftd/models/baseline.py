@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -108,8 +108,27 @@ Principal = Annotated[
 ]
 
 
-class _PathEntry(Strict):
+class Rule(Strict):
+    """A host rule: one thing on the node that at most one baseline may govern.
+
+    ``claim()`` names that thing for lint's duplicate/conflict check (two rules with the
+    same claim and overlapping selectors collide); ``claim_field`` is the field whose line
+    a finding points at.  A new rule kind is a model with these two and a field on HostSpec.
+    """
+
+    claim_field: ClassVar[str | None] = None
+
+    def claim(self) -> str:  # pragma: no cover - every rule kind overrides it
+        raise NotImplementedError
+
+
+class _PathEntry(Rule):
     """Shared fields of files and directories: path, mode, owner, group."""
+
+    claim_field: ClassVar[str | None] = "path"
+
+    def claim(self) -> str:
+        return f"path {self.path}"
 
     path: str = Field(description="Absolute path on the host, relative to --host-root.")
     mode: ModeStr = None
@@ -162,8 +181,10 @@ class ManagedDirectory(_PathEntry):
     """A directory that must exist with the given mode, owner and group."""
 
 
-class Sysctl(Strict):
+class Sysctl(Rule):
     """A kernel parameter read and written under ``<host-root>/proc/sys``."""
+
+    claim_field: ClassVar[str | None] = "key"
 
     key: str = Field(description="Dotted key, e.g. net.ipv4.ip_forward.")
     value: str = Field(description="Expected value; whitespace between fields is normalised.")
@@ -189,6 +210,9 @@ class Sysctl(Strict):
             raise ValueError(f"invalid sysctl key {v!r}")
         return v
 
+    def claim(self) -> str:
+        return f"sysctl {self.key}"
+
 
 class HostSelector(Strict):
     """Which hosts a baseline applies to; an empty selector matches every host."""
@@ -199,7 +223,7 @@ class HostSelector(Strict):
     )
 
 
-class KernelRule(Strict):
+class KernelRule(Rule):
     """The running kernel must be at least this release (read from <host-root>/proc/sys/kernel/osrelease)."""
 
     minimum_release: str = Field(alias="minimumRelease", description="e.g. '6.1.0'; compared numerically.")
@@ -213,6 +237,9 @@ class KernelRule(Strict):
         if not re.match(r"^\d+(\.\d+){0,3}$", v):
             raise ValueError("minimumRelease must look like '6.1' or '6.1.0'")
         return v
+
+    def claim(self) -> str:
+        return "kernel rule"  # one per node: any two kernel rules collide
 
 
 class HostSpec(Strict):

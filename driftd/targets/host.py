@@ -60,6 +60,22 @@ class HostTarget:
         # set by the engine: records snapshot ids durably in state before anything is overwritten
         # (raises TargetError when it cannot; then nothing is overwritten)
         self.journal: Callable[[str, tuple[str, ...]], None] | None = None
+        # one observer per resource kind, one step per action: the whole of this adapter's vocabulary
+        self._observers: dict[str, Callable[[DesiredResource], ObservedResource]] = {
+            "file": self._observe_path,
+            "directory": self._observe_path,
+            "sysctl": self._observe_sysctl,
+            "kernel": self._observe_kernel,
+        }
+        self._steps: dict[Action, Callable[[DesiredResource, dict[str, Any]], None]] = {
+            Action.WRITE_FILE: self._write_file,
+            Action.REMOVE: lambda d, p: self.fs.remove(d.address),
+            Action.CHMOD: lambda d, p: self.fs.chmod(d.address, int(p["mode"], 8), is_dir=d.kind == "directory"),
+            Action.CHOWN: lambda d, p: self.fs.chown(d.address, _id(p.get("owner")), _id(p.get("group")),
+                                                     is_dir=d.kind == "directory", mode=_mode(p.get("mode"))),
+            Action.MKDIR: lambda d, p: self.fs.mkdir(d.address, _mode(p.get("mode")), _id(p.get("owner")), _id(p.get("group"))),
+            Action.WRITE_SYSCTL: lambda d, p: self.fs.write_in_place(sysctl_path(d.address), (p["value"] + "\n").encode()),
+        }
 
     # ------------------------------------------------------------------ desired
     def _id_db(self, path: str) -> dict[str, int]:
@@ -110,18 +126,19 @@ class HostTarget:
 
     def observe(self, desired: DesiredResource) -> ObservedResource:
         self._check_root()
+        observer = self._observers.get(desired.kind)
+        if observer is None:  # a kind without an observer is a bug to report, never a silent lstat
+            raise TargetError(f"the host target cannot observe a {desired.kind!r} resource", transient=False)
         try:
-            if desired.kind == "sysctl":
-                return self._observe_sysctl(desired)
-            if desired.kind == "kernel":
-                raw = self.fs.read("/proc/sys/kernel/osrelease", 4096)
-                return ObservedResource(
-                    key=desired.key, actual={"release": raw.decode("utf-8", "replace").strip()})
-            return self._observe_path(desired)
+            return observer(desired)
         except UnsafePathError as e:
             raise TargetError(str(e), transient=False) from None
         except OSError as e:
             raise TargetError(f"cannot observe {desired.address}: {e.strerror or e}") from None
+
+    def _observe_kernel(self, desired: DesiredResource) -> ObservedResource:
+        raw = self.fs.read("/proc/sys/kernel/osrelease", 4096)
+        return ObservedResource(key=desired.key, actual={"release": raw.decode("utf-8", "replace").strip()})
 
     def _observe_path(self, desired: DesiredResource) -> ObservedResource:
         path = desired.address
@@ -183,6 +200,11 @@ class HostTarget:
             transient = e.errno not in (errno.EROFS, errno.EPERM, errno.EFBIG)
             raise TargetError(f"{desired.address}: {e.strerror or e}", transient=transient) from None
 
+    def _write_file(self, d: DesiredResource, p: dict[str, Any]) -> None:
+        if d.content is None:
+            raise TargetError(f"{d.address}: no content to write", transient=False)
+        self.fs.write_atomic(d.address, d.content, mode=_mode(p.get("mode")), uid=_id(p.get("owner")), gid=_id(p.get("group")))
+
     def _snapshot(self, path: str, observed: ObservedResource) -> str | None:
         kind = observed.actual.get("type")
         if kind == "file":
@@ -195,32 +217,17 @@ class HostTarget:
         path = desired.address
         applied: list[Action] = []
         snaps: list[str] = []
-        is_dir = desired.kind == "directory"
         for step in plan.actions:
-            p = step.params
+            do = self._steps.get(step.action)
+            if do is None:  # planner and adapter disagree: refuse before touching anything
+                raise TargetError(f"the host target cannot {step.action}", transient=False)
             if step.action in (Action.WRITE_FILE, Action.REMOVE) and observed.actual.get("present"):
                 sid = self._snapshot(path, observed)
                 if sid is not None:
                     snaps.append(sid)
                     if self.journal is not None:  # no durable record of the snapshot, no overwrite
                         self.journal(desired.key, tuple(snaps))
-            if step.action is Action.WRITE_FILE:
-                assert desired.content is not None
-                self.fs.write_atomic(
-                    path, desired.content, mode=_mode(p.get("mode")), uid=_id(p.get("owner")), gid=_id(p.get("group"))
-                )
-            elif step.action is Action.REMOVE:
-                self.fs.remove(path)
-            elif step.action is Action.CHMOD:
-                self.fs.chmod(path, int(p["mode"], 8), is_dir=is_dir)
-            elif step.action is Action.CHOWN:
-                self.fs.chown(path, _id(p.get("owner")), _id(p.get("group")), is_dir=is_dir, mode=_mode(p.get("mode")))
-            elif step.action is Action.MKDIR:
-                self.fs.mkdir(path, _mode(p.get("mode")), _id(p.get("owner")), _id(p.get("group")))
-            elif step.action is Action.WRITE_SYSCTL:
-                self.fs.write_in_place(self.sysctl_path(desired.address), (p["value"] + "\n").encode())
-            else:  # pragma: no cover - planner and adapter disagree
-                raise TargetError(f"host target cannot {step.action}", transient=False)
+            do(desired, step.params)
             applied.append(step.action)
         self._hash_cache.pop(path, None)
         return ActResult(key=desired.key, applied=tuple(applied), snapshots=tuple(snaps))
