@@ -220,3 +220,16 @@ class TestRecreateConfig:
 
         changes = [{"Path": "/etc", "Kind": 0}, {"Path": "/etc/evil", "Kind": 1}, {"Path": "/root", "Kind": 0}]
         assert leaf_changes(changes) == ["/etc/evil", "/root"]
+
+
+class TestSecondRuntime:
+    def test_a_second_container_runtime_reuses_the_baseline_compile_and_plan(self):
+        """A runtime other than Docker compiles, diffs and plans ContainerBaseline through the same core."""
+        from driftd.core.plan import register_container_runtime
+
+        register_container_runtime("podman")
+        d = compile_container(baseline(), WEB1, [IMG_A], target="podman")
+        assert (d.key, d.target) == ("podman:web1", "podman")
+        obs = observed_for(d, hardened_inspect(Config__User="0"))
+        p = plan(d, obs, diff(d, obs))
+        assert [a.action for a in p.actions] == [Action.RECREATE] and p.blocked is None

@@ -205,6 +205,12 @@ def register_planner(target: str, kind: str, planner: Planner) -> None:
     PLANNERS[(target, kind)] = planner
 
 
+def register_container_runtime(target: str) -> None:
+    """Plan the containers of another runtime's target exactly like Docker's (ContainerBaseline is runtime-neutral)."""
+    register_planner(target, "container", _plan_container)
+    register_planner(target, "ungoverned", _plan_ungoverned)
+
+
 def plan(desired: DesiredResource, observed: ObservedResource, drift: tuple[FieldDrift, ...], *, dry_run: bool = False) -> Plan:
     """The plan for one resource; empty when there is no drift."""
     mode = effective_mode(desired, dry_run)
