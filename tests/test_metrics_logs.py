@@ -314,3 +314,19 @@ class TestCliLogLines:
         levels = {json.loads(x)["level"] for x in r.stderr.splitlines()}
         events = {json.loads(x)["event"] for x in r.stderr.splitlines()}
         assert levels == {"warning"} and events == {"drift.detected"}
+
+
+def test_docs_list_every_outcome_status_and_the_exit_code_it_leads_to():
+    """docs/operations.md documents exactly the OutcomeStatus values, with the exit codes once.py gives them."""
+    import re
+
+    from driftd.engine.once import _PRIORITY
+    from driftd.exitcodes import ExitCode
+    from driftd.models.resources import OutcomeStatus
+
+    text = (Path(__file__).resolve().parent.parent / "docs/operations.md").read_text()
+    section = text.split("## Outcome statuses", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `([a-z]+)` \|.*\| (\d) \|$", section, re.M))
+    assert set(rows) == {s.value for s in OutcomeStatus}
+    for status, code in rows.items():
+        assert int(code) == int(_PRIORITY.get(OutcomeStatus(status), ExitCode.CLEAN)), status
