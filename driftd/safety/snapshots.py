@@ -72,9 +72,9 @@ class SnapshotStore:
         """Descriptor of ``<root>/sha256/<first two hex>``, reached without following links."""
         opened: list[int] = []
         try:
-            if create:
-                self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             parent = self.root.parent
+            if create:  # the state directory (StateStore secures it); the store's own folders follow
+                parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             opened.append(fd)
             for name in (self.root.name, "sha256", hexdigest[:2]):

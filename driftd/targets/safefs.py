@@ -195,8 +195,6 @@ class SafeRoot:
                     os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
                 os.fchmod(fd, 0o644 if mode is None else mode)  # after fchown, which clears set-id bits
                 os.fsync(fd)
-                if os.fstat(fd).st_size != len(data):  # belt and braces: never rename a partial file in
-                    raise OSError(errno.EIO, f"temp file for {path} holds {os.fstat(fd).st_size} of {len(data)} bytes")
                 os.close(fd)
                 fd = -1
                 os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
@@ -219,8 +217,9 @@ class SafeRoot:
         """Write a pseudo-file such as a sysctl (renaming is impossible under /proc)."""
         fd = self._open_leaf(path, os.O_WRONLY | os.O_TRUNC)
         try:
-            if stat.S_ISREG(os.fstat(fd).st_mode) and os.fstat(fd).st_nlink > 1:
-                raise HardLinkError(f"{path} has {os.fstat(fd).st_nlink} hard links; not writing it in place")
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                raise HardLinkError(f"{path} has {st.st_nlink} hard links; not writing it in place")
             # a pseudo-file takes one write; a short write would set a truncated value
             n = os.write(fd, data)
             if n != len(data):
@@ -271,15 +270,10 @@ class SafeRoot:
         try:
             before = stat.S_IMODE(os.fstat(fd).st_mode)
             os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
-            if is_dir:
-                if mode is not None:
-                    os.fchmod(fd, mode)
-                elif stat.S_IMODE(os.fstat(fd).st_mode) != before:
-                    os.fchmod(fd, before)  # a directory's set-gid bit is inheritance, not privilege: keep it
-            else:
-                want = mode if mode is not None else before & ~_SETID
-                if stat.S_IMODE(os.fstat(fd).st_mode) != want:
-                    os.fchmod(fd, want)
+            # a directory's set-gid bit is inheritance, not privilege: its mode is kept
+            want = mode if mode is not None else (before if is_dir else before & ~_SETID)
+            if stat.S_IMODE(os.fstat(fd).st_mode) != want:
+                os.fchmod(fd, want)
         finally:
             os.close(fd)
 
