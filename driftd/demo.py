@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 import driftd
+from driftd.core import kinds
 from driftd.models.baseline import HostBaseline
-from driftd.models.keys import sysctl_path
+from driftd.models.resources import DesiredResource
 
 MARKER = ".driftd-demo"
 
@@ -34,25 +35,41 @@ def _ids_text(names: set[str], ident: int, fmt: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_tree(root: Path, desired: list, uid: int, gid: int) -> None:  # type: ignore[type-arg]
-    """A compliant host tree for ``desired`` resources (owner names mapped to uid/gid)."""
-    for r in desired:
-        if r.kind == "directory":
-            (root / r.address.lstrip("/")).mkdir(parents=True, exist_ok=True)
-            os.chmod(root / r.address.lstrip("/"), int(r.expected.get("mode", "0755"), 8))
-    for r in desired:
-        p = root / r.address.lstrip("/")
-        if r.kind == "file" and r.expected.get("present"):
-            p.parent.mkdir(parents=True, exist_ok=True)
-            if r.content is not None:
-                p.write_bytes(r.content)
-            elif not p.exists():
-                p.write_text(f"# placeholder for {r.address}\n")
-            os.chmod(p, int(r.expected.get("mode", "0644"), 8))
-        elif r.kind == "sysctl":
-            sp = root / sysctl_path(r.address).lstrip("/")
-            sp.parent.mkdir(parents=True, exist_ok=True)
-            sp.write_text(r.expected["value"] + "\n")
+class DemoTree:
+    """The kind handlers' ``DemoFS`` over the demo host tree (parents created as needed)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _p(self, path: str) -> Path:
+        return self.root / path.lstrip("/")
+
+    def write(self, path: str, data: bytes, mode: int) -> None:
+        p = self._p(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        os.chmod(p, mode)
+
+    def append(self, path: str, data: bytes) -> None:
+        with self._p(path).open("ab") as fh:
+            fh.write(data)
+
+    def chmod(self, path: str, mode: int) -> None:
+        os.chmod(self._p(path), mode)
+
+    def unlink(self, path: str) -> None:
+        self._p(path).unlink()
+
+    def mkdir(self, path: str, mode: int) -> None:
+        self._p(path).mkdir(parents=True, exist_ok=True)
+        os.chmod(self._p(path), mode)
+
+
+def build_tree(root: Path, desired: list[DesiredResource]) -> None:
+    """A compliant host tree for ``desired`` resources (each kind's handler seeds its own)."""
+    tree = DemoTree(root)
+    for r in desired:  # compiled order: directories (parents first) before files
+        kinds.handler_for(r.target, r.kind).seed(tree, r)
 
 
 def run_demo(workdir: Path, baselines: Path | None = None) -> int:
@@ -81,11 +98,11 @@ def run_demo(workdir: Path, baselines: Path | None = None) -> int:
     for b in bset.baselines:
         if not isinstance(b, HostBaseline):
             continue
-        for e in [*b.spec.files, *b.spec.directories]:
-            if isinstance(e.owner, str):
-                names.add(e.owner)
-            if isinstance(e.group, str):
-                groups.add(e.group)
+        for _field, _index, rule in b.spec.rules():
+            if isinstance(owner := getattr(rule, "owner", None), str):
+                names.add(owner)
+            if isinstance(group := getattr(rule, "group", None), str):
+                groups.add(group)
     # The baselines' user and group names resolve against the host tree's own databases.
     # Without root, map them to the demo user so driftd can apply ownership for real.
     (host / "etc/passwd").write_text(_ids_text(names, uid, "{name}:x:{id}:{id}::/nonexistent:/usr/sbin/nologin"))
@@ -97,7 +114,7 @@ def run_demo(workdir: Path, baselines: Path | None = None) -> int:
     rt = build_runtime(settings)
     rt.engine.set_baselines(bset)
     desired = list(rt.engine.desired.values())
-    build_tree(host, desired, uid, gid)
+    build_tree(host, desired)
 
     print(
         f"driftd demo: host tree {host} built from {len(bset.baselines)} example baselines "
@@ -122,42 +139,13 @@ def run_demo(workdir: Path, baselines: Path | None = None) -> int:
     return second.exit_code
 
 
-def inject_drift(host: Path, desired: list) -> list[str]:  # type: ignore[type-arg]
-    """One drift of each kind the baselines allow; returns what was done."""
+def inject_drift(host: Path, desired: list[DesiredResource]) -> list[str]:
+    """One drift of each variety the baselines allow (each kind's handler says how); returns what was done."""
+    tree = DemoTree(host)
     done: list[str] = []
-    kinds_done: set[str] = set()
-
-    def p(addr: str) -> Path:
-        return host / addr.lstrip("/")
-
+    varieties: set[str] = set()
     for r in desired:
-        e = r.expected
-        if r.kind == "file" and "content" in e and "content" not in kinds_done:
-            with p(r.address).open("a") as fh:
-                fh.write("PermitRootLogin yes\n")
-            kinds_done.add("content")
-            done.append(f"{r.address}: appended 'PermitRootLogin yes' (content drift)")
-        elif r.kind == "file" and "content" in e and "missing" not in kinds_done:
-            p(r.address).unlink()
-            kinds_done.add("missing")
-            done.append(f"{r.address}: deleted (missing file)")
-        elif r.kind == "file" and e.get("present") and "mode" in e and "mode" not in kinds_done:
-            os.chmod(p(r.address), 0o666)  # noqa: S103 - injected drift
-            kinds_done.add("mode")
-            done.append(f"{r.address}: chmod 0666 (mode drift{', sensitive file' if r.sensitive else ''})")
-        elif r.kind == "file" and e.get("present") is False and "absent" not in kinds_done:
-            p(r.address).parent.mkdir(parents=True, exist_ok=True)
-            p(r.address).write_text("+ +\n")
-            kinds_done.add("absent")
-            done.append(f"{r.address}: created (must be absent)")
-        elif r.kind == "directory" and "dir" not in kinds_done:
-            os.chmod(p(r.address), 0o777)  # noqa: S103 - injected drift
-            kinds_done.add("dir")
-            done.append(f"{r.address}/: chmod 0777 (directory mode drift)")
-        elif r.kind == "sysctl" and "sysctl" not in kinds_done:
-            sp = host / sysctl_path(r.address).lstrip("/")
-            wrong = "1" if r.expected["value"] == "0" else "0"
-            sp.write_text(wrong + "\n")
-            kinds_done.add("sysctl")
-            done.append(f"sysctl {r.address} = {wrong} (expected {r.expected['value']})")
+        line = kinds.handler_for(r.target, r.kind).inject(tree, r, varieties)
+        if line is not None:
+            done.append(line)
     return done

@@ -60,13 +60,14 @@ def engine_for(rt: Any, target: StuckTarget) -> Engine:
 
 def _plan_value(monkeypatch: Any) -> None:
     """The memory target's kind gets a planner (the production planners know host/docker/pod kinds only)."""
-    from driftd.core import plan as plan_mod
+    from driftd.core import kinds
+    from driftd.core.kinds.base import PlanOnly
     from driftd.models.resources import Action, PlannedAction
 
     def plan_value(desired: Any, observed: Any, drift: Any) -> tuple[list[PlannedAction], None]:
         return [PlannedAction(action=Action.WRITE_SYSCTL, reason="value differs", params={})], None
 
-    monkeypatch.setitem(plan_mod.PLANNERS, ("mem", "value"), plan_value)
+    monkeypatch.setitem(kinds.REGISTRY, ("mem", "value"), PlanOnly(plan_value))
 
 
 class TestTerminalFailure:

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from driftd.core import kinds
 from driftd.core.selectors import may_overlap
 from driftd.models.baseline import HostBaseline, Rule
 from driftd.models.container import ContainerBaseline
@@ -324,21 +325,15 @@ def _validate(doc: _Doc, problems: list[Problem]) -> None:
 
 
 def _claims(doc: _Doc) -> Iterator[tuple[str, tuple[str | int, ...], Rule]]:
-    """Every rule of a HostBaseline with what it claims, found from the spec's fields (no list of kinds)."""
+    """Every rule of a HostBaseline with what its kind handler says it claims."""
     if not isinstance(doc.model, HostBaseline):
         return
-    spec = doc.model.spec
-    for name, info in type(spec).model_fields.items():
-        value = getattr(spec, name)
-        alias = info.alias or name
-        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
-        for i, rule in items:
-            if not isinstance(rule, Rule):
-                continue
-            loc: tuple[str | int, ...] = ("spec", alias) if i is None else ("spec", alias, i)
-            if rule.claim_field is not None:
-                loc += (rule.claim_field,)
-            yield rule.claim(), loc, rule
+    for alias, i, rule in doc.model.spec.rules():
+        handler = kinds.rule_handler(rule)
+        loc: tuple[str | int, ...] = ("spec", alias) if i is None else ("spec", alias, i)
+        if handler.claim_field is not None:
+            loc += (handler.claim_field,)
+        yield handler.claim(rule), loc, rule
 
 
 def _claim_value(rule: Rule) -> tuple[str, dict[str, Any]]:

@@ -8,9 +8,10 @@ fields are rejected everywhere so a typo never silently weakens a baseline.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -111,24 +112,13 @@ Principal = Annotated[
 class Rule(Strict):
     """A host rule: one thing on the node that at most one baseline may govern.
 
-    ``claim()`` names that thing for lint's duplicate/conflict check (two rules with the
-    same claim and overlapping selectors collide); ``claim_field`` is the field whose line
-    a finding points at.  A new rule kind is a model with these two and a field on HostSpec.
+    A new rule kind is a model deriving from this, a field on HostSpec, and its kind handler
+    in ``driftd.core.kinds`` (which compiles it and names what it claims for lint).
     """
-
-    claim_field: ClassVar[str | None] = None
-
-    def claim(self) -> str:  # pragma: no cover - every rule kind overrides it
-        raise NotImplementedError
 
 
 class _PathEntry(Rule):
     """Shared fields of files and directories: path, mode, owner, group."""
-
-    claim_field: ClassVar[str | None] = "path"
-
-    def claim(self) -> str:
-        return f"path {self.path}"
 
     path: str = Field(description="Absolute path on the host, relative to --host-root.")
     mode: ModeStr = None
@@ -184,8 +174,6 @@ class ManagedDirectory(_PathEntry):
 class Sysctl(Rule):
     """A kernel parameter read and written under ``<host-root>/proc/sys``."""
 
-    claim_field: ClassVar[str | None] = "key"
-
     key: str = Field(description="Dotted key, e.g. net.ipv4.ip_forward.")
     value: str = Field(description="Expected value; whitespace between fields is normalised.")
     namespace: Literal["host"] = Field(
@@ -209,9 +197,6 @@ class Sysctl(Rule):
         if not _SYSCTL_RE.match(v) or ".." in v or "//" in v:
             raise ValueError(f"invalid sysctl key {v!r}")
         return v
-
-    def claim(self) -> str:
-        return f"sysctl {self.key}"
 
 
 class HostSelector(Strict):
@@ -238,9 +223,6 @@ class KernelRule(Rule):
             raise ValueError("minimumRelease must look like '6.1' or '6.1.0'")
         return v
 
-    def claim(self) -> str:
-        return "kernel rule"  # one per node: any two kernel rules collide
-
 
 class HostSpec(Strict):
     enforcement: Enforcement = Enforcement.ENFORCE
@@ -262,6 +244,18 @@ class HostSpec(Strict):
     @classmethod
     def _v_window(cls, v: object) -> timedelta:
         return parse_duration(v)
+
+    def rules(self) -> Iterator[tuple[str, int | None, Rule]]:
+        """Every rule with its field's YAML name and list index, found from the fields (no list of kinds)."""
+        for name, info in type(self).model_fields.items():
+            value = getattr(self, name)
+            alias = info.alias or name
+            if isinstance(value, list):
+                for i, rule in enumerate(value):
+                    if isinstance(rule, Rule):
+                        yield alias, i, rule
+            elif isinstance(value, Rule):
+                yield alias, None, value
 
 
 class Metadata(Strict):

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from driftd.baselines.loader import BaselineSet
+from driftd.models.errors import ResourceGoneError as ResourceGoneError
+from driftd.models.errors import TargetError as TargetError
 from driftd.models.resources import ActResult, DesiredResource, ObservedResource, Plan, ResourceResult
 
 
@@ -22,26 +24,6 @@ class NodeInfo:
 
     name: str
     labels: dict[str, str] = field(default_factory=dict)
-
-
-class TargetError(Exception):
-    """An observe or act failure.  ``transient`` failures are retried with backoff.
-
-    ``escalate`` asks for an alert at the first failure rather than after several: the
-    cause (a full disk, an I/O error) needs a person, and retrying will not fix it alone.
-    """
-
-    def __init__(self, message: str, *, transient: bool = True, escalate: bool = False) -> None:
-        super().__init__(message)
-        self.transient = transient
-        self.escalate = escalate
-
-
-class ResourceGoneError(TargetError):
-    """The resource vanished between listing and acting (not an error: nothing left to fix)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, transient=False)
 
 
 @runtime_checkable

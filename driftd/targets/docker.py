@@ -36,6 +36,7 @@ import docker
 from docker import errors as docker_errors
 
 from driftd.baselines.loader import BaselineSet
+from driftd.core import kinds
 from driftd.core.compile_container import (
     OLD_SUFFIX,
     ContainerSummary,
@@ -48,12 +49,11 @@ from driftd.core.compile_container import (
 from driftd.core.container_engine import (
     leaf_changes,
     mount_points,
-    normalize,
     recreate_config,
 )
 from driftd.models.container import ContainerBaseline, Ungoverned
 from driftd.models.keys import ResourceKey
-from driftd.models.resources import Action, ActResult, ContainerPayload, DesiredResource, ObservedResource, Plan
+from driftd.models.resources import Action, ActResult, DesiredResource, ObservedResource, Plan
 from driftd.observability.logging import Event, get_logger
 from driftd.safety.snapshots import SnapshotError, SnapshotStore
 from driftd.targets.base import NodeInfo, Reachability, ResourceGoneError, TargetError
@@ -90,6 +90,43 @@ def parse_parked(parked: str) -> Parked:
 
 
 # --------------------------------------------------------------------------- adapter
+
+
+class _Port:
+    """The container kinds' port (``core.kinds.ports.ContainerPort``) over one API client; in ``apply``,
+    bound to the container inspected (and snapshotted) before the first step."""
+
+    def __init__(self, target: DockerTarget, api: Any, ins: dict[str, Any] | None = None) -> None:
+        self.target, self.api, self.ins = target, api, ins
+
+    def inspect(self, address: str) -> dict[str, Any]:
+        try:
+            ins: dict[str, Any] = self.target._call(self.api.inspect_container, address)
+        except docker_errors.NotFound:
+            raise ResourceGoneError(f"container {address} no longer exists") from None
+        except docker_errors.APIError as e:
+            raise TargetError(f"inspect {address}: {e}") from None
+        return ins
+
+    def changes(self, container_id: str) -> list[dict[str, Any]] | None:
+        try:
+            out: list[dict[str, Any]] | None = self.target._call(self.api.diff, container_id)
+        except docker_errors.NotFound:
+            raise ResourceGoneError(f"container {container_id[:12]} no longer exists") from None
+        except docker_errors.APIError as e:
+            raise TargetError(f"diff {container_id[:12]}: {e}") from None
+        return out
+
+    def _bound(self) -> dict[str, Any]:
+        if self.ins is None:
+            raise TargetError("no container was inspected before acting", transient=False)
+        return self.ins
+
+    def recreate(self, address: str, runtime: dict[str, Any], image: str) -> None:
+        self.target._recreate(self.api, self._bound(), runtime, image)
+
+    def retire(self, address: str) -> None:
+        self.target._retire(self.api, self._bound())
 
 
 class DockerTarget:
@@ -320,24 +357,12 @@ class DockerTarget:
         return None
 
     def observe(self, desired: DesiredResource) -> ObservedResource:
-        api = self.api()
-        try:
-            ins = self._call(api.inspect_container, desired.address)
-            if desired.kind == "ungoverned":
-                return ObservedResource(key=desired.key, actual={"governed": False})
-            fs = None
-            if "fsChanges" in desired.expected:
-                fs = leaf_changes(self._call(api.diff, ins["Id"]), mount_points(ins))
-        except docker_errors.NotFound:
-            raise ResourceGoneError(f"container {desired.address} no longer exists") from None
-        except docker_errors.APIError as e:
-            raise TargetError(f"inspect {desired.address}: {e}") from None
-        env_rule = desired.expected.get("env")
-        env_keys = list(env_rule["$contains"]) if isinstance(env_rule, dict) else []
-        return ObservedResource(key=desired.key, actual=normalize(ins, fs, env_keys))
+        return kinds.handler_for(self.name, desired.kind).observe(_Port(self, self.api()), desired)
 
     # ------------------------------------------------------------------ act
     def apply(self, desired: DesiredResource, observed: ObservedResource, plan: Plan) -> ActResult:
+        handler = kinds.handler_for(self.name, desired.kind)
+        handler.check(desired, plan.actions)
         api = self.api()
         name = desired.address
         try:
@@ -345,15 +370,10 @@ class DockerTarget:
         except docker_errors.NotFound:
             raise ResourceGoneError(f"container {name} vanished before acting") from None
         snaps = self._snapshot(api, ins)
+        port = _Port(self, api, ins)
         applied: list[Action] = []
         for step in plan.actions:
-            if step.action is Action.RETIRE:
-                self._retire(api, ins)
-            elif step.action is Action.RECREATE:
-                runtime = desired.payload.runtime if isinstance(desired.payload, ContainerPayload) else {}
-                self._recreate(api, ins, runtime, step.params["image"])
-            else:
-                raise TargetError(f"docker target cannot {step.action}", transient=False)
+            snaps.extend(handler.apply(port, desired, observed, step))
             applied.append(step.action)
         return ActResult(key=desired.key, applied=tuple(applied), snapshots=tuple(snaps))
 

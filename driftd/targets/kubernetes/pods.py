@@ -33,11 +33,20 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from driftd.baselines.loader import BaselineSet
-from driftd.core import selectors
+from driftd.core import kinds, selectors
 from driftd.core.pod_policy import compile_pod, evaluate, governing, is_mirror, pod_key
 from driftd.models.keys import ResourceKey
 from driftd.models.pod import PodBaseline
-from driftd.models.resources import Action, ActResult, DesiredResource, ObservedResource, Plan, PodPayload, payload_of
+from driftd.models.resources import (
+    Action,
+    ActResult,
+    DesiredResource,
+    ObservedResource,
+    Plan,
+    PlannedAction,
+    PodPayload,
+    payload_of,
+)
 from driftd.observability.logging import Event
 from driftd.safety.snapshots import SnapshotError, SnapshotStore
 from driftd.targets.base import NodeInfo, ResourceGoneError, TargetError
@@ -149,43 +158,50 @@ class PodAdapter:
 
     # ------------------------------------------------------------------ observe
     def observe(self, desired: DesiredResource) -> ObservedResource:
+        return kinds.handler_for(self.target, desired.kind).observe(self, desired)
+
+    # ------------------------------------------------------------------ PodPort
+    def fetch(self, desired: DesiredResource) -> dict[str, Any]:
+        """The pod as the last listing saw it (once), else as the apiserver has it now."""
         pod = self._pods.pop(desired.key, None)
+        if pod is not None:
+            return pod
         ident = payload_of(desired, PodPayload)
-        if pod is None:
-            ns, name = ident.namespace, ident.name
-            try:
-                pod = self.api("GET", pod_path(ns, name))
-            except KubeError as e:
-                if e.status == 404:
-                    raise ResourceGoneError(f"pod {desired.address} no longer exists") from None
-                raise
-        meta = pod.get("metadata") or {}
-        if meta.get("deletionTimestamp") or meta.get("uid") != ident.uid:
-            raise ResourceGoneError(f"pod {desired.address} is terminating or was replaced")
-        b = self._baselines.get(desired.baseline)
-        if b is None:
-            raise ResourceGoneError(f"baseline {desired.baseline} no longer active")
-        return ObservedResource(key=desired.key, actual=evaluate(b, pod))
+        try:
+            fetched: dict[str, Any] = self.api("GET", pod_path(ident.namespace, ident.name))
+        except KubeError as e:
+            if e.status == 404:
+                raise ResourceGoneError(f"pod {desired.address} no longer exists") from None
+            raise
+        return fetched
+
+    def baseline(self, name: str) -> PodBaseline | None:
+        return self._baselines.get(name)
+
+    def evict_for(self, desired: DesiredResource, observed: ObservedResource, step: PlannedAction) -> str:
+        """Snapshot and evict; a revert first checks that the owner's template would bring back a compliant pod."""
+        ident = payload_of(desired, PodPayload)
+        ns, name = ident.namespace, ident.name
+        pod = self._get_pod(ns, name)
+        ref = controller_ref(pod, ns) if ident.controller else None
+        guard: tuple[str, dict[str, Any]] | None = None
+        if ref is not None and not step.params.get("retire"):
+            guard = self._check_owner(ref, pod, desired, observed)
+        sid = self._put_snapshot(pod)
+        self.evict(ns, name, uid=ident.uid)
+        if guard is not None and self.template_guard_seconds > 0:
+            now = self.clock()
+            self.guards.set_guard(guard[0], until=now + self.template_guard_seconds, data=guard[1], now=now)
+        return sid
 
     # ------------------------------------------------------------------ act
     def apply(self, desired: DesiredResource, observed: ObservedResource, plan: Plan) -> ActResult:
+        handler = kinds.handler_for(self.target, desired.kind)
+        handler.check(desired, plan.actions)
         applied: list[Action] = []
         snaps: list[str] = []
         for step in plan.actions:
-            if step.action is not Action.EVICT:
-                raise TargetError(f"kubernetes target cannot {step.action}", transient=False)
-            ident = payload_of(desired, PodPayload)
-            ns, name = ident.namespace, ident.name
-            pod = self._get_pod(ns, name)
-            ref = controller_ref(pod, ns) if ident.controller else None
-            guard: tuple[str, dict[str, Any]] | None = None
-            if ref is not None and not step.params.get("retire"):
-                guard = self._check_owner(ref, pod, desired, observed)
-            snaps.append(self._put_snapshot(pod))
-            self.evict(ns, name, uid=ident.uid)
-            if guard is not None and self.template_guard_seconds > 0:
-                now = self.clock()
-                self.guards.set_guard(guard[0], until=now + self.template_guard_seconds, data=guard[1], now=now)
+            snaps.extend(handler.apply(self, desired, observed, step))
             applied.append(step.action)
         return ActResult(key=desired.key, applied=tuple(applied), snapshots=tuple(snaps))
 
