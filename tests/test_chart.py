@@ -838,8 +838,8 @@ def test_driftd_adapter_works_under_the_chart_identity(installed: Installed, tmp
         assert report["summary"]["pass"] == 1
         # retirement: Lease, cordon + taint + label, drain by eviction, Lease released
         fake_kubelet(node)
-        plan = target.retire_node("cis-sshd drift", dry_run=True)
-        assert sorted(plan["would_evict"]) == [f"{apps}/app-a", f"{apps}/app-c"], plan
+        plan = target.would_evict()
+        assert sorted(plan) == [f"{apps}/app-a", f"{apps}/app-c"], plan
         out = target.retire_node("cis-sshd drift")
         assert out["evicted"] == [f"{apps}/app-a", f"{apps}/app-c"]
         assert installed.cluster.pod(installed.agent_pod["metadata"]["name"]) is not None, "the agent evicted itself"

@@ -541,7 +541,7 @@ class TestDryRun:
             assert driftd_writes(c, p) == []
         assert remediation_count(rt, "evict", "skipped") == 2
         # like kubectl drain without --force, a bare pod is never evicted by a drain
-        assert rt.engine.targets["kubernetes"].retire_node("x", dry_run=True)["would_evict"] == [
+        assert rt.engine.targets["kubernetes"].would_evict() == [
             f"{ns}/{p}" for p in sorted(pods) if p != "lonely"]
         assert c.node(node)["metadata"]["resourceVersion"] == node_rv
         assert c.rest.get_or_none(f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{LEASE}") is None

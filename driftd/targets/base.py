@@ -78,7 +78,7 @@ class Reporter(Protocol):
 class NodeRetirer(Protocol):
     """Takes this node out of service when a host rule with action retire fails."""
 
-    def retire_node(self, reason: str, *, dry_run: bool = False) -> dict[str, Any]: ...
+    def retire_node(self, reason: str) -> dict[str, Any]: ...
 
 
 @runtime_checkable

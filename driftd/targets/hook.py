@@ -20,9 +20,7 @@ class HookRetirer:
         self.node_name = node_name
         self.timeout = timeout
 
-    def retire_node(self, reason: str, *, dry_run: bool = False) -> dict[str, Any]:
-        if dry_run:
-            return {"node": self.node_name, "dry_run": True, "hook": self.argv}
+    def retire_node(self, reason: str) -> dict[str, Any]:
         env = {**os.environ, "DRIFTD_NODE": self.node_name, "DRIFTD_REASON": reason}
         try:
             done = subprocess.run(self.argv, env=env, capture_output=True, text=True, timeout=self.timeout, check=False)

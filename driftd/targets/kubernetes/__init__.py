@@ -212,9 +212,13 @@ class KubernetesTarget:
         self.report.publish(results)
 
     # ------------------------------------------------------------------ NodeRetirer (retirement.py)
-    def retire_node(self, reason: str, *, dry_run: bool = False) -> dict[str, Any]:
+    def retire_node(self, reason: str) -> dict[str, Any]:
         """Cordon, taint, label and drain this node, holding the cluster-wide retirement Lease."""
-        return self.retirement.retire_node(reason, dry_run=dry_run)
+        return self.retirement.retire_node(reason)
+
+    def would_evict(self) -> list[str]:
+        """The pods a retirement of this node would evict now; changes nothing."""
+        return self.retirement.would_evict()
 
     def cordon_and_mark(self, slug: str, reason: str) -> None:
         self.retirement.cordon_and_mark(slug, reason)

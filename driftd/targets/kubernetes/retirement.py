@@ -68,10 +68,12 @@ class NodeRetirement:
         self.log = log
         self.skipped_bare: set[str] = set()
 
-    def retire_node(self, reason: str, *, dry_run: bool = False) -> dict[str, Any]:
+    def would_evict(self) -> list[str]:
+        """The pods a drain of this node would evict now (``ns/name``): the retirement's impact, changing nothing."""
+        return [p for p, _ in self.drain_candidates()]
+
+    def retire_node(self, reason: str) -> dict[str, Any]:
         """Cordon, taint, label and drain this node, holding the cluster-wide retirement Lease."""
-        if dry_run:
-            return {"node": self.node_name, "dry_run": True, "would_evict": [p for p, _ in self.drain_candidates()]}
         if not self._acquire_lease():
             raise TargetError("another node is being retired (retirement lease held); will retry", transient=True)
         try:
