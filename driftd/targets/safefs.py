@@ -17,6 +17,7 @@ import secrets
 import stat
 from collections.abc import Callable, Iterator
 
+from driftd.core.kinds._host import ftype as ftype
 from driftd.safety.durable import read_all, write_all
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -37,16 +38,6 @@ class HardLinkError(UnsafePathError):
 
 class ParentMissingError(Exception):
     """A parent directory of the path does not exist (yet)."""
-
-
-def ftype(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "directory"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    return "other"
 
 
 class SafeRoot:

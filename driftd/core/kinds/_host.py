@@ -53,6 +53,7 @@ def attrs(entry: ManagedFile | ManagedDirectory) -> dict[str, object]:
 
 
 def ftype(mode: int) -> str:
+    """The type name a path observation reports for an ``st_mode``."""
     if stat.S_ISREG(mode):
         return "file"
     if stat.S_ISDIR(mode):
