@@ -28,6 +28,8 @@ class ScanSettings(_Section):
     full_rehash_interval_seconds: float = Field(
         3600.0, ge=0, description="How often a scan re-hashes every file even if size, mtime, ctime and inode are unchanged."
     )
+    inotify: bool = Field(True, description="Watch managed host paths with inotify (reverts in seconds); the scan stays on.")
+    inotify_debounce_seconds: float = Field(0.2, ge=0, description="Quiet time after a host path's last event before it is enqueued.")
 
 
 class RetrySettings(_Section):
@@ -86,6 +88,45 @@ class KubernetesSettings(_Section):
     policy_report: bool = Field(True, description="Maintain one PolicyReport (wgpolicyk8s.io/v1alpha2) per node.")
 
 
+class BudgetSettings(_Section):
+    interval_seconds: float = Field(3600.0, gt=0, description="The sliding interval budgets are counted over.")
+    reverts_per_node: int = Field(100, ge=0, description="Reverts (rewrites, recreates, evictions) one node may do per interval.")
+    reverts_per_baseline: int = Field(50, ge=0, description="Reverts one baseline may cause on this node per interval.")
+    retirements_per_node: int = Field(1, ge=0, description="Container/pod retirements and node retirements per interval.")
+    retirements_per_baseline: int = Field(1, ge=0, description="Retirements one baseline may cause on this node per interval.")
+
+
+class BreakerSettings(_Section):
+    share: float = Field(0.5, gt=0, le=1, description="Share of a baseline's resources drifting at once that opens its breaker.")
+    min_resources: int = Field(10, ge=1, description="Fewest drifting resources that can open a breaker (small baselines never trip).")
+    retirement_share: float = Field(
+        0.2, gt=0, le=1, description="The stricter share for retirements (container/pod retire, node retirement)."
+    )
+    retirement_min_resources: int = Field(3, ge=1, description="Fewest resources whose retirement can open the retirement breaker.")
+
+
+class FlapSettings(_Section):
+    reverts: int = Field(5, ge=1, description="Reverts of the same drift on one resource that make it flapping...")
+    window_seconds: float = Field(1800.0, gt=0, description="...within this many seconds; acting then stops until a reset.")
+
+
+class BreakGlassSettings(_Section):
+    max_ttl_seconds: float = Field(24 * 3600.0, gt=0, description="Longest override `driftd pause` or an annotation may ask for.")
+
+
+class RetireSettings(_Section):
+    after_seconds: float = Field(600.0, ge=0, description="A finding must persist this long before anything is retired for it.")
+    dry_run: bool = Field(False, description="Report retirements only, while reverts are enforced.")
+
+
+class SafetySettings(_Section):
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    flap: FlapSettings = Field(default_factory=FlapSettings)
+    break_glass: BreakGlassSettings = Field(default_factory=BreakGlassSettings)
+    retire: RetireSettings = Field(default_factory=RetireSettings)
+
+
 class Settings(BaseSettings):
     """Root of every driftd setting."""
 
@@ -111,6 +152,7 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     docker: DockerSettings = Field(default_factory=DockerSettings)
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    safety: SafetySettings = Field(default_factory=SafetySettings)
     retire_hook: list[str] | None = Field(
         None, description="On a plain server: command run to retire this machine (argv list); gets DRIFTD_NODE and DRIFTD_REASON."
     )
