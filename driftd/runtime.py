@@ -34,6 +34,7 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, met
     from driftd.engine.queue import Backoff, KeyedQueue
     from driftd.engine.reconciler import Engine
     from driftd.engine.state import StateStore
+    from driftd.safety.breakglass import OverrideStore
     from driftd.safety.snapshots import SnapshotStore
     from driftd.targets.base import NodeInfo
     from driftd.targets.host import HostTarget
@@ -110,6 +111,8 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, met
         escalate_after=settings.retry.escalate_after,
         clock=clock,
         retirer=retirer,
+        safety=settings.safety,
+        overrides=OverrideStore(settings.state_dir, max_ttl=settings.safety.break_glass.max_ttl_seconds),
     )
     if metrics_enabled:
         from driftd.observability.metrics import StateCollector

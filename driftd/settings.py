@@ -90,10 +90,10 @@ class KubernetesSettings(_Section):
 
 class BudgetSettings(_Section):
     interval_seconds: float = Field(3600.0, gt=0, description="The sliding interval budgets are counted over.")
-    reverts_per_node: int = Field(100, ge=0, description="Reverts (rewrites, recreates, evictions) one node may do per interval.")
-    reverts_per_baseline: int = Field(50, ge=0, description="Reverts one baseline may cause on this node per interval.")
-    retirements_per_node: int = Field(1, ge=0, description="Container/pod retirements and node retirements per interval.")
-    retirements_per_baseline: int = Field(1, ge=0, description="Retirements one baseline may cause on this node per interval.")
+    reverts_per_node: int = Field(2000, ge=0, description="Reverts (rewrites, recreates, evictions) one node may do per interval.")
+    reverts_per_baseline: int = Field(1000, ge=0, description="Reverts one baseline may cause on this node per interval.")
+    retirements_per_node: int = Field(20, ge=0, description="Container/pod retirements and node retirements per interval.")
+    retirements_per_baseline: int = Field(10, ge=0, description="Retirements one baseline may cause on this node per interval.")
 
 
 class BreakerSettings(_Section):

@@ -85,12 +85,18 @@ def host_baseline(name: str = "test", spec: str = "", enforcement: str = "enforc
     return f"apiVersion: driftd.io/v1alpha1\nkind: HostBaseline\nmetadata:\n  name: {name}\nspec:\n  enforcement: {enforcement}\n{body}\n"
 
 
+# Tests of the adapters' mechanics retire at once; the gates' own defaults (a finding persists
+# 10 min before a retirement) are tested in tests/test_safety_gates.py, which passes safety=... itself.
+MECHANICS_SAFETY: dict[str, Any] = {"retire": {"after_seconds": 0}}
+
+
 @pytest.fixture
 def make_runtime(tmp_path: Path, host_root: Path) -> Callable[..., Runtime]:
     """A fully wired runtime over ``host_root`` with a fresh registry and a fake clock."""
 
     def make(baselines: Path, *, dry_run: bool = False, clock: FakeClock | None = None,
              state_dir: Path | None = None, registry: CollectorRegistry | None = None, **settings: Any) -> Runtime:
+        settings.setdefault("safety", MECHANICS_SAFETY)
         s = load_settings(host_root=host_root, baselines=baselines, state_dir=state_dir or tmp_path / "state",
                           node_name="node-a", dry_run=dry_run, **settings)
         rt = build_runtime(s, registry=registry or CollectorRegistry(), clock=clock or FakeClock())

@@ -609,6 +609,7 @@ def k8s_runtime(tmp_path: Path, host_root: Path, k8s_kubeconfig: str, k8s_namesp
              state_dir: Path | None = None, **settings: Any) -> Any:
         kube = {"enabled": True, "kubeconfig": k8s_kubeconfig, "namespace": k8s_namespace,
                 "eviction_retry_seconds": 0.2, "drain_timeout_seconds": 30, **(kubernetes or {})}
+        settings.setdefault("safety", {"retire": {"after_seconds": 0}})  # mechanics; gates: test_safety_gates.py
         s = load_settings(host_root=host_root, baselines=baselines, state_dir=state_dir or tmp_path / f"state{len(made)}",
                           node_name=node_name, dry_run=dry_run, kubernetes=kube, **settings)
         rt = build_runtime(s, registry=registry or CollectorRegistry(), clock=clock or FakeClock())

@@ -37,6 +37,7 @@ _PRIORITY = {
     OutcomeStatus.ERROR: ExitCode.ERROR,
     OutcomeStatus.FAILED: ExitCode.REMEDIATION_FAILED,
     OutcomeStatus.BLOCKED: ExitCode.DRIFT_REMAINED,
+    OutcomeStatus.HELD: ExitCode.DRIFT_REMAINED,  # a safety gate held the action; the drift is still there
     OutcomeStatus.REPORTED: ExitCode.DRIFT_REMAINED,
     OutcomeStatus.RETIRED: ExitCode.DRIFT_REMAINED,  # the node was taken out of service; its drift is still there
 }
@@ -79,6 +80,7 @@ _SYMBOL = {
     OutcomeStatus.REMEDIATED: "fixed",
     OutcomeStatus.REPORTED: "drift",
     OutcomeStatus.BLOCKED: "BLOCKED",
+    OutcomeStatus.HELD: "HELD",
     OutcomeStatus.FAILED: "FAILED",
     OutcomeStatus.ERROR: "ERROR",
 }
@@ -107,7 +109,7 @@ def render_text(s: PassSummary) -> str:
             lines.append(f"           {o.error}")
     S = OutcomeStatus
     order = [S.CLEAN, S.REMEDIATED, S.REPORTED, S.BLOCKED, S.FAILED, S.ERROR]
-    order += [k for k in (S.RETIRED, S.GONE) if s.counts.get(k)]
+    order += [k for k in (S.HELD, S.RETIRED, S.GONE) if s.counts.get(k)]
     lines.append(
         "result: "
         + ", ".join(f"{s.counts.get(k, 0)} {k}" for k in order)

@@ -35,12 +35,21 @@ from driftd.models.resources import (
     ObservedResource,
     OutcomeStatus,
     Plan,
+    PlannedAction,
     PodPayload,
     RemediationResult,
     ReportResult,
     ResourceResult,
 )
 from driftd.observability.logging import Event, get_logger, set_baseline_version
+from driftd.safety.breaker import Threshold, evaluate
+from driftd.safety.breaker import scope as breaker_scope
+from driftd.safety.breakglass import BreakGlassGate, OverrideStore
+from driftd.safety.chain import default_chain
+from driftd.safety.dryrun import DryRunGate
+from driftd.safety.flap import scope as flap_scope
+from driftd.safety.gates import RETIREMENT, REVERT, Gate, GateInput, Verdict, action_class, run_chain
+from driftd.settings import SafetySettings
 from driftd.targets.base import (
     EventSource,
     NodeInfo,
@@ -54,6 +63,28 @@ from driftd.targets.base import (
 
 if TYPE_CHECKING:
     from driftd.observability.metrics import Metrics  # prometheus_client: not imported by a --once pass
+
+
+_FOREVER = 1e18  # a guard that holds until someone (or a later scan) clears it
+
+
+class _View:
+    """The state store as the gates see it (``safety.gates.SafetyView``), at one moment."""
+
+    def __init__(self, state: StateStore, now: float) -> None:
+        self.state, self.now = state, now
+
+    def count_actions(self, kind: str, since: float, *, baseline: str | None = None) -> int:
+        return self.state.count_actions(kind, since, baseline=baseline)
+
+    def count_key_actions(self, key: str, since: float) -> int:
+        return self.state.count_key_actions(key, since)
+
+    def oldest_held(self, gate: str, *, baseline: str | None = None) -> tuple[float, str] | None:
+        return self.state.oldest_held(gate, baseline=baseline)
+
+    def guard(self, scope: str) -> dict[str, object] | None:
+        return self.state.get_guard(scope, self.now)
 
 
 @dataclass
@@ -100,6 +131,8 @@ class Engine:
         escalate_after: int = 3,
         clock: Clock | None = None,
         retirer: NodeRetirer | None = None,
+        safety: SafetySettings | None = None,
+        overrides: OverrideStore | None = None,
     ) -> None:
         self.targets = targets
         self.state = state
@@ -121,6 +154,17 @@ class Engine:
         self._swap = threading.Lock()
         self.outcomes: dict[str, Outcome] = {}
         self._last_full = -float("inf")
+        self.safety = safety or SafetySettings()
+        self.overrides = overrides
+        self.break_glass = BreakGlassGate()
+        self._overrides_read = -float("inf")
+        self.override_problems: list[str] = []
+        self.gates: list[Gate] = default_chain(self.safety, dry_run=dry_run, break_glass=self.break_glass)
+        br = self.safety.breaker
+        self.breaker_thresholds = {
+            REVERT: Threshold(br.share, br.min_resources),
+            RETIREMENT: Threshold(br.retirement_share, br.retirement_min_resources),
+        }
         for t in targets.values():
             if hasattr(t, "journal"):  # adapters that record snapshot ids durably before overwriting
                 t.journal = self._journal
@@ -131,6 +175,63 @@ class Engine:
             self.state.journal_snapshots(key, snapshots, self.clock.time())
         except StateError as e:
             raise TargetError(f"snapshot saved but not recorded ({e}); not overwriting", escalate=True) from None
+
+    # ------------------------------------------------------------------ safety
+    def _load_overrides(self, *, force: bool = False) -> None:
+        """Re-read the break-glass files (at most every 2 s): an operator's override takes effect at once."""
+        if self.overrides is None:
+            return
+        mono = self.clock.monotonic()
+        if not force and mono - self._overrides_read < 2.0:
+            return
+        self._overrides_read = mono
+        active, problems = self.overrides.load(self.clock.time())
+        for prob in problems:
+            if prob not in self.override_problems:
+                self.log.error(Event.OVERRIDE_REFUSED, error=prob)
+        self.override_problems = problems
+        old = {o.id for o in self.break_glass.overrides}
+        for o in active:
+            if o.id not in old:
+                self.log.warning(Event.OVERRIDE_ACTIVE, id=o.id, scope=o.scope_text(), reason=o.reason, expires=o.expires,
+                                 by=o.by)
+        for gone in old - {o.id for o in active}:
+            self.log.info(Event.OVERRIDE_ENDED, id=gone)
+        self.break_glass.overrides = active
+        self.metrics.overrides_active.set(len(active))
+
+    def _evaluate_breakers(self, counts: dict[str, dict[str, tuple[int, int]]], scanned_ok: set[str]) -> None:
+        """Open or close each baseline's breakers from this scan's counts (before any key is enqueued)."""
+        now = self.clock.time()
+        open_now = self.state.guards("breaker:", now)
+        known = {b for per in counts.values() for b in per}
+        is_open = {}
+        for sc in open_now:
+            _, kind, baseline = sc.split(":", 2)
+            if baseline in scanned_ok or baseline not in known:
+                is_open[(kind, baseline)] = True
+        ok = {k: {b: c for b, c in per.items() if b in scanned_ok} for k, per in counts.items()}
+        for ch in evaluate(ok, is_open, self.breaker_thresholds):
+            sc = breaker_scope(ch.kind, ch.baseline)
+            if ch.reason is not None:
+                self.state.set_guard(sc, until=_FOREVER, now=now, data={"reason": ch.reason, "at": now})
+                self.log.error(Event.BREAKER_OPENED, baseline=ch.baseline, kind=ch.kind, reason=ch.reason)
+                self.metrics.breaker_trips.labels(ch.baseline, ch.kind).inc()
+                any_d = next((d for d in self.desired.values() if d.baseline == ch.baseline), None)
+                if any_d is not None:
+                    self._notify("BreakerOpened", any_d, ch.reason)
+            else:
+                self.state.clear_guard(sc)
+                self.log.warning(Event.BREAKER_CLOSED, baseline=ch.baseline, kind=ch.kind)
+
+    def reset_breakers(self, baseline: str | None = None) -> list[str]:
+        """``driftd breaker reset``: close the open breakers (of one baseline); returns the scopes closed."""
+        closed = []
+        for sc in self.state.guards("breaker:", self.clock.time()):
+            if baseline is None or sc.split(":", 2)[2] == baseline:
+                self.state.clear_guard(sc)
+                closed.append(sc)
+        return closed
 
     # ------------------------------------------------------------------ baselines
     def set_baselines(self, bset: BaselineSet) -> None:
@@ -181,6 +282,8 @@ class Engine:
         self.log.debug(Event.SCAN_STARTED, resources=len(desired), full=full)
         active = self.state.active()
         rows: dict[str, ResourceResult] = {}
+        to_enqueue: list[str] = []
+        per_baseline: dict[str, list[int]] = {}  # baseline -> [resources, drifting, drifting to a retirement]
         for key, d in desired.items():
             counts = per_target[d.target]
             counts[0] += 1
@@ -201,15 +304,26 @@ class Engine:
                     rows[key] = self._row(d, ReportResult.ERROR, f"cannot observe: {e}")
                 continue
             drift = diff(d, observed)
+            pb = per_baseline.setdefault(d.baseline, [0, 0, 0])
+            pb[0] += 1
             if drift:
                 report.drifted += 1
                 counts[1] += 1
-                queue.add(key)
+                pb[1] += 1
+                if action_class(make_plan(d, observed, drift)) == RETIREMENT:
+                    pb[2] += 1  # the retirement breaker counts what would be retired
+                to_enqueue.append(key)
             elif key in active:
-                queue.add(key)
+                to_enqueue.append(key)
             if self.reporters:
                 rows[key] = self._row(d, ReportResult.FAIL if drift else ReportResult.PASS,
                                       ", ".join(f.field for f in drift) or "compliant")
+        bad_baselines = {d.baseline for k, d in desired.items() if d.target in down or k in report.errors_by_key}
+        self._evaluate_breakers({REVERT: {b: (c[0], c[1]) for b, c in per_baseline.items()},
+                                 RETIREMENT: {b: (c[0], c[2]) for b, c in per_baseline.items()}},
+                                set(per_baseline) - bad_baselines)
+        for key in to_enqueue:
+            queue.add(key)
         for key in active.keys() - desired.keys():
             if self.target_name(key) not in down:
                 queue.add(key)  # gone or no longer governed: the reconciler closes the record
@@ -249,103 +363,38 @@ class Engine:
             return out
 
     def _reconcile(self, key: str) -> Outcome:
-        d = self.desired.get(key)
-        if d is None:
-            dynamic = self.targets.get(self.target_name(key))
-            if dynamic is None or not isinstance(dynamic, EventSource):
-                return self._unmanaged(key)  # a static target (host): its baseline entry was removed
-            try:
-                d = dynamic.resolve(key)
-            except TargetError as e:
-                out = Outcome(key=key, status=OutcomeStatus.ERROR, target=dynamic.name, error=str(e), retry=e.transient)
-                self.outcomes[key] = out
-                return out
-            if d is None:
-                return self._unmanaged(key, "gone")
+        """The stages, in order: resolve → observe → diff → record → plan → gate → act → verify → record."""
+        d = self._resolve_desired(key)
+        if isinstance(d, Outcome):
+            return d
         target = self.targets[d.target]
-
-        def outcome(status: OutcomeStatus, **kw: Any) -> Outcome:
-            out = Outcome(key=key, status=status, address=d.address, baseline=d.baseline, target=d.target, **kw)
-            self.outcomes[key] = out
-            return out
-
         log = self.log.bind(key=key, target=d.target, baseline=d.baseline)
-        try:
-            observed = target.observe(d)
-        except ResourceGoneError:
-            return self._unmanaged(key, "gone")
-        except TargetError as e:
-            log.warning(Event.OBSERVE_FAILED, error=str(e))
-            return outcome(OutcomeStatus.ERROR, error=str(e), retry=e.transient)
+        observed = self._observe(d, target, log)
+        if isinstance(observed, Outcome):
+            return observed
         drift = diff(d, observed)
         now = self.clock.time()
-        rec = self.state.get_active(key)
         if not drift:
-            if rec is not None:
-                self._resolve(rec, d, now, "resolved externally" if rec.last_result != "succeeded" else "remediated", log)
-            return outcome(OutcomeStatus.CLEAN)
-
+            rec0 = self.state.get_active(key)
+            if rec0 is not None:
+                self._resolve(rec0, d, now, "resolved externally" if rec0.last_result != "succeeded" else "remediated", log)
+            return self._outcome(d, OutcomeStatus.CLEAN)
         fields = reportable(d, drift)
-        new = rec is None
-        rec = self.state.open_drift(
-            key=key,
-            target=d.target,
-            baseline=d.baseline,
-            address=d.address,
-            now=now,
-            window_seconds=d.window.total_seconds(),
-            fields=fields,
-        )
-        if new:
-            self.metrics.drifts_detected.labels(d.target, d.baseline).inc()
-            log.warning(
-                Event.DRIFT_DETECTED, address=d.address, drift=fields, deadline=rec.deadline, window_s=d.window.total_seconds()
-            )
-            self._notify(
-                "DriftDetected",
-                d,
-                "drifted: "
-                + ", ".join(f"{f['field']}" + (f" ({'; '.join(f['changes'])})" if f.get("changes") else "") for f in fields),
-            )
-        if now > rec.deadline and not rec.breached:
-            self.state.mark_breached(rec, now)
-            self.metrics.window_breaches.labels(d.target, d.baseline).inc()
-            log.error(Event.DRIFT_WINDOW_BREACHED, address=d.address, first_seen=rec.first_seen, deadline=rec.deadline)
-
-        p = make_plan(d, observed, drift, dry_run=self.dry_run)
-        out = outcome(
-            OutcomeStatus.REPORTED,
-            mode=p.mode.value,
-            drift=fields,
-            actions=[a.action.value for a in p.actions],
-            first_seen=rec.first_seen,
-            deadline=rec.deadline,
-        )
+        rec = self._record_drift(d, fields, now, log)
+        p = make_plan(d, observed, drift)
+        out = self._outcome(d, OutcomeStatus.REPORTED, mode=p.mode.value, drift=fields,
+                            actions=[a.action.value for a in p.actions], first_seen=rec.first_seen, deadline=rec.deadline)
         if p.blocked:
-            if rec.last_result != "blocked":
-                self._notify("RemediationBlocked", d, p.blocked)
-            self.state.record_action(rec, now=now, action="none", result="blocked", error=p.blocked, attempt=False)
-            log.error(Event.REMEDIATION_BLOCKED, reason=p.blocked, drift=fields)
-            out.status, out.error = OutcomeStatus.BLOCKED, p.blocked
-            return out
-        if not p.applies:
-            why = "dry-run" if self.dry_run else ("report" if p.mode is Enforcement.ENFORCE else p.mode.value)
-            if rec.last_result != why:
-                self.state.record_action(rec, now=now, action="none", result=why, attempt=False)
-            for a in p.actions:
-                self.metrics.remediations.labels(d.target, a.action.value, RemediationResult.SKIPPED).inc()
-            log.info(
-                Event.REMEDIATION_SKIPPED,
-                mode=p.mode.value,
-                dry_run=self.dry_run,
-                planned=[{"action": a.action.value, "reason": a.reason} for a in p.actions],
-            )
-            return out
-
+            return self._blocked(d, rec, p, out, now, log)
+        if not p.actions:  # report-only rules
+            return self._skipped(d, rec, p, out, now, log, "report", dry_run=False)
         action_names = "+".join(a.action.value for a in p.actions)
         if action_names == Action.RETIRE_NODE.value and rec.last_action == action_names and rec.last_result == "succeeded":
             out.status = OutcomeStatus.RETIRED
             return out  # already retired for this drift: nothing more to do
+        verdict = self._gate(d, p, rec, now)
+        if not verdict.allowed:
+            return self._held(d, rec, p, out, verdict, now, log)
         if rec.held is not None:
             if rec.held.get("fingerprint") == self._fingerprint(d, drift):
                 # acting again cannot help: the same action already "succeeded" and left this very drift
@@ -353,6 +402,121 @@ class Engine:
                 out.status, out.error = OutcomeStatus.FAILED, f"held: {rec.held.get('reason')} (not acting until the baseline or the resource changes)"
                 return out
             rec = self.state.record_action(rec, now=now, action="none", result="released", attempt=False)
+        return self._act_and_verify(d, target, observed, drift, fields, p, rec, out, now, log)
+
+    # ------------------------------------------------------------------ stages
+    def _outcome(self, d: DesiredResource, status: OutcomeStatus, **kw: Any) -> Outcome:
+        out = Outcome(key=d.key, status=status, address=d.address, baseline=d.baseline, target=d.target, **kw)
+        self.outcomes[d.key] = out
+        return out
+
+    def _resolve_desired(self, key: str) -> DesiredResource | Outcome:
+        d = self.desired.get(key)
+        if d is not None:
+            return d
+        dynamic = self.targets.get(self.target_name(key))
+        if dynamic is None or not isinstance(dynamic, EventSource):
+            return self._unmanaged(key)  # a static target (host): its baseline entry was removed
+        try:
+            found = dynamic.resolve(key)
+        except TargetError as e:
+            out = Outcome(key=key, status=OutcomeStatus.ERROR, target=dynamic.name, error=str(e), retry=e.transient)
+            self.outcomes[key] = out
+            return out
+        return found if found is not None else self._unmanaged(key, "gone")
+
+    def _observe(self, d: DesiredResource, target: Target, log: Any) -> ObservedResource | Outcome:
+        try:
+            return target.observe(d)
+        except ResourceGoneError:
+            return self._unmanaged(d.key, "gone")
+        except TargetError as e:
+            log.warning(Event.OBSERVE_FAILED, error=str(e))
+            return self._outcome(d, OutcomeStatus.ERROR, error=str(e), retry=e.transient)
+
+    def _record_drift(self, d: DesiredResource, fields: list[dict[str, Any]], now: float, log: Any) -> DriftRecord:
+        new = self.state.get_active(d.key) is None
+        rec = self.state.open_drift(key=d.key, target=d.target, baseline=d.baseline, address=d.address, now=now,
+                                    window_seconds=d.window.total_seconds(), fields=fields)
+        if new:
+            self.metrics.drifts_detected.labels(d.target, d.baseline).inc()
+            log.warning(Event.DRIFT_DETECTED, address=d.address, drift=fields, deadline=rec.deadline,
+                        window_s=d.window.total_seconds())
+            self._notify("DriftDetected", d, "drifted: " + ", ".join(
+                f"{f['field']}" + (f" ({'; '.join(f['changes'])})" if f.get("changes") else "") for f in fields))
+        if now > rec.deadline and not rec.breached:
+            self.state.mark_breached(rec, now)
+            self.metrics.window_breaches.labels(d.target, d.baseline).inc()
+            log.error(Event.DRIFT_WINDOW_BREACHED, address=d.address, first_seen=rec.first_seen, deadline=rec.deadline,
+                      held_by=rec.last_result if (rec.last_result or "").startswith("held:") else None)
+            if (rec.last_result or "").startswith("held:"):
+                self._escalate_held(d, rec, rec.last_error or rec.last_result or "", log)
+        return rec
+
+    def _blocked(self, d: DesiredResource, rec: DriftRecord, p: Plan, out: Outcome, now: float, log: Any) -> Outcome:
+        assert p.blocked is not None
+        if rec.last_result != "blocked":
+            self._notify("RemediationBlocked", d, p.blocked)
+        self.state.record_action(rec, now=now, action="none", result="blocked", error=p.blocked, attempt=False)
+        log.error(Event.REMEDIATION_BLOCKED, reason=p.blocked, drift=out.drift)
+        out.status, out.error = OutcomeStatus.BLOCKED, p.blocked
+        return out
+
+    def _skipped(self, d: DesiredResource, rec: DriftRecord, p: Plan, out: Outcome, now: float, log: Any, why: str,
+                 *, dry_run: bool) -> Outcome:
+        """Drift left in place by the mode (dry-run, a warn/dryrun baseline, report-only rules): reported."""
+        if rec.last_result != why:
+            self.state.record_action(rec, now=now, action="none", result=why, attempt=False)
+        for a in p.actions:
+            self.metrics.remediations.labels(d.target, a.action.value, RemediationResult.SKIPPED).inc()
+        log.info(Event.REMEDIATION_SKIPPED, mode=out.mode, dry_run=dry_run,
+                 planned=[{"action": a.action.value, "reason": a.reason} for a in p.actions])
+        return out
+
+    def _gate(self, d: DesiredResource, p: Plan, rec: DriftRecord, now: float) -> Verdict:
+        self._load_overrides()
+        inp = GateInput(desired=d, plan=p, now=now, first_seen=rec.first_seen, deadline=rec.deadline,
+                        baseline_hash=self.baselines.hashes.get(d.baseline, ""))
+        return run_chain(self.gates, inp, _View(self.state, now))
+
+    def _held(self, d: DesiredResource, rec: DriftRecord, p: Plan, out: Outcome, v: Verdict, now: float,
+              log: Any) -> Outcome:
+        """A gate holds the plan: reported with the gate and why, recorded, counted, Evented; never dropped."""
+        assert v.gate is not None
+        if isinstance(self.gates[0], DryRunGate) and v.gate in (self.gates[0].name, *(m.value for m in Enforcement)):
+            if v.gate == DryRunGate.name:
+                out.mode = Enforcement.DRYRUN.value
+            return self._skipped(d, rec, p, out, now, log, "dry-run" if v.gate == DryRunGate.name else v.gate,
+                                 dry_run=v.gate == DryRunGate.name)
+        result = f"held:{v.gate}"
+        changed = rec.last_result != result or rec.last_error != v.reason
+        if v.quarantine:
+            self.state.set_guard(flap_scope(d.key), until=_FOREVER, now=now, data={
+                "reason": v.reason, "baseline_hash": self.baselines.hashes.get(d.baseline, ""), "at": now})
+        if changed:
+            self.state.record_action(rec, now=now, action="none", result=result, error=v.reason, attempt=False)
+            self.metrics.held.labels(d.target, v.gate).inc()
+            self._notify("RemediationHeld", d, f"held: {v.gate}: {v.reason}")
+            self._update_row(d, ReportResult.FAIL, f"held: {v.gate}: {v.reason}")
+            if now > rec.deadline:
+                self._escalate_held(d, rec, f"{v.gate}: {v.reason}", log)
+        log.warning(Event.REMEDIATION_HELD, gate=v.gate, reason=v.reason, until=v.until,
+                    planned=[a.action.value for a in p.actions], first=changed)
+        # not retried by the queue: the next scan or change event comes back (a pass must not sleep on a budget)
+        out.status, out.error = OutcomeStatus.HELD, f"held: {v.gate}: {v.reason}"
+        return out
+
+    def _escalate_held(self, d: DesiredResource, rec: DriftRecord, why: str, log: Any) -> None:
+        """A drift held past its deadline needs a person: alert once per hold and window."""
+        log.error(Event.REMEDIATION_ESCALATED, reason=f"held past its deadline: {why}", first_seen=rec.first_seen,
+                  deadline=rec.deadline)
+        self._notify("RemediationEscalated", d, f"held past its deadline: {why}")
+
+    def _act_and_verify(self, d: DesiredResource, target: Target, observed: ObservedResource,
+                        drift: tuple[FieldDrift, ...], fields: list[dict[str, Any]], p: Plan, rec: DriftRecord,
+                        out: Outcome, now: float, log: Any) -> Outcome:
+        action_names = "+".join(a.action.value for a in p.actions)
+        kind = action_class(p)
         terminal: str | None = None
         try:
             result = self._act(target, d, observed, p)
@@ -377,39 +541,44 @@ class Engine:
                     )
                 raise TargetError("verification failed: still drifted after acting: " + ", ".join(v.field for v in verify))
         except ResourceGoneError:
-            return self._unmanaged(key, "gone")
+            return self._unmanaged(d.key, "gone")
         except TargetError as e:
-            held = {"fingerprint": terminal, "reason": str(e), "at": now} if terminal else None
-            for a in p.actions:
-                self.metrics.remediations.labels(d.target, a.action.value, RemediationResult.FAILED).inc()
-            # logged before the state write: a full state disk must not swallow why the action failed
-            log.error(Event.REMEDIATION_FAILED, action=action_names, error=str(e), attempts=rec.attempts + 1, transient=e.transient)
-            rec = self.state.record_action(rec, now=now, action=action_names, result="failed", error=str(e), held=held)
-            if rec.consecutive_failures == 1:
-                self._notify("RemediationFailed", d, f"{action_names} failed: {e}")
-            at_threshold = rec.consecutive_failures == self.escalate_after
-            if at_threshold or (e.escalate and rec.consecutive_failures == 1):
-                log.error(
-                    Event.REMEDIATION_ESCALATED,
-                    action=action_names,
-                    error=str(e),
-                    consecutive_failures=rec.consecutive_failures,
-                    first_seen=rec.first_seen,
-                )
-                self._notify("RemediationEscalated", d, f"{action_names} failed {rec.consecutive_failures} times: {e}")
-                retire = isinstance(d.payload, HostPayload) and d.payload.retire_on_failure
-                if retire and not self.dry_run and (at_threshold or terminal):
-                    self._retire_node_on_failure(d, str(e), log)
-            out.status, out.error, out.retry = OutcomeStatus.FAILED, str(e), e.transient
-            return out
+            return self._failed(d, p, rec, out, e, terminal, now, log, kind)
+        return self._succeeded(d, p, rec, out, result, fields, log, kind)
 
+    def _failed(self, d: DesiredResource, p: Plan, rec: DriftRecord, out: Outcome, e: TargetError, terminal: str | None,
+                now: float, log: Any, kind: str) -> Outcome:
+        action_names = "+".join(a.action.value for a in p.actions)
+        held = {"fingerprint": terminal, "reason": str(e), "at": now} if terminal else None
+        for a in p.actions:
+            self.metrics.remediations.labels(d.target, a.action.value, RemediationResult.FAILED).inc()
+        # logged before the state write: a full state disk must not swallow why the action failed
+        log.error(Event.REMEDIATION_FAILED, action=action_names, error=str(e), attempts=rec.attempts + 1, transient=e.transient)
+        rec = self.state.record_action(rec, now=now, action=action_names, result="failed", error=str(e), held=held, kind=kind)
+        if rec.consecutive_failures == 1:
+            self._notify("RemediationFailed", d, f"{action_names} failed: {e}")
+        at_threshold = rec.consecutive_failures == self.escalate_after
+        if at_threshold or (e.escalate and rec.consecutive_failures == 1):
+            log.error(Event.REMEDIATION_ESCALATED, action=action_names, error=str(e),
+                      consecutive_failures=rec.consecutive_failures, first_seen=rec.first_seen)
+            self._notify("RemediationEscalated", d, f"{action_names} failed {rec.consecutive_failures} times: {e}")
+            retire = isinstance(d.payload, HostPayload) and d.payload.retire_on_failure
+            if retire and (at_threshold or terminal):
+                self._retire_node_on_failure(d, rec, str(e), now, log)
+        out.status, out.error, out.retry = OutcomeStatus.FAILED, str(e), e.transient
+        return out
+
+    def _succeeded(self, d: DesiredResource, p: Plan, rec: DriftRecord, out: Outcome, result: ActResult,
+                   fields: list[dict[str, Any]], log: Any, kind: str) -> Outcome:
+        action_names = "+".join(a.action.value for a in p.actions)
         # a content hash of a secret is itself a secret: sensitive content shows no snapshot ids
         # (a container's sensitive env is no reason to hide the ids of its snapshot)
         shown = d.shown_snapshots(result.snapshots)
         for sid in shown:
             self.metrics.snapshots.labels(d.target).inc()
             log.info(Event.SNAPSHOT_SAVED, snapshot=sid, address=d.address)
-        rec = self.state.record_action(rec, now=now, action=action_names, result="succeeded", snapshots=result.snapshots)
+        rec = self.state.record_action(rec, now=self.clock.time(), action=action_names, result="succeeded",
+                                       snapshots=result.snapshots, kind=kind)
         for done in result.applied:
             self.metrics.remediations.labels(d.target, done.value, RemediationResult.SUCCEEDED).inc()
         log.info(Event.REMEDIATION_SUCCEEDED, action=action_names, snapshots=shown, drift=fields)
@@ -417,15 +586,9 @@ class Engine:
             self._notify("NodeRetired", d, f"node retired: {', '.join(f['field'] for f in fields)} drifted")
             out.status, out.snapshots = OutcomeStatus.RETIRED, shown
             return out  # the record stays open: the drift is still there, on a node taken out of service
-        retired = {Action.RETIRE, Action.EVICT} & set(result.applied) and any(
-            a.action is Action.RETIRE or a.params.get("retire") for a in p.actions
-        )
-        self._notify(
-            "DriftRetired" if retired else "DriftReverted",
-            d,
-            f"{action_names}: {', '.join(f['field'] for f in fields)}",
-            warning=False,
-        )
+        retired = {Action.RETIRE, Action.EVICT} & set(result.applied) and kind == RETIREMENT
+        self._notify("DriftRetired" if retired else "DriftReverted", d,
+                     f"{action_names}: {', '.join(f['field'] for f in fields)}", warning=False)
         self._resolve(rec, d, self.clock.time(), "remediated", log)
         self._update_row(d, ReportResult.PASS, f"{action_names} done; was: {', '.join(f['field'] for f in fields)}")
         out.status, out.snapshots = OutcomeStatus.REMEDIATED, shown
@@ -487,9 +650,18 @@ class Engine:
             )
         self.retirer.retire_node(f"{d.baseline}: {d.address}: {reason}")
 
-    def _retire_node_on_failure(self, d: DesiredResource, error: str, log: Any) -> None:
+    def _retire_node_on_failure(self, d: DesiredResource, rec: DriftRecord, error: str, now: float, log: Any) -> None:
+        """Retire the node for a resource that cannot be restored: through the same gates as any retirement."""
+        p = Plan(key=d.key, mode=d.enforcement, drift=(), actions=(
+            PlannedAction(action=Action.RETIRE_NODE, reason=f"cannot be restored: {error}"),))
+        v = self._gate(d, p, rec, now)
+        if not v.allowed:
+            log.warning(Event.REMEDIATION_HELD, gate=v.gate, reason=v.reason, planned=[Action.RETIRE_NODE.value])
+            self.metrics.held.labels(d.target, str(v.gate)).inc()
+            return
         try:
             self._retire_node(d, f"cannot be restored: {error}")
+            self.state.note_action(rec, now=now, action=Action.RETIRE_NODE.value, result="succeeded", kind=RETIREMENT)
             self.metrics.remediations.labels(d.target, Action.RETIRE_NODE.value, RemediationResult.SUCCEEDED).inc()
             self._notify("NodeRetired", d, f"node retired: {d.address} cannot be restored")
         except TargetError as e:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_NAME = "state.db"
 
 _SCHEMA = """
@@ -64,8 +64,11 @@ CREATE TABLE IF NOT EXISTS actions (
   action TEXT NOT NULL,
   result TEXT NOT NULL,
   error TEXT,
-  snapshots TEXT NOT NULL DEFAULT '[]'
+  snapshots TEXT NOT NULL DEFAULT '[]',
+  kind TEXT NOT NULL DEFAULT '',
+  baseline TEXT NOT NULL DEFAULT ''
 );
+CREATE INDEX IF NOT EXISTS actions_at ON actions(at);
 CREATE TABLE IF NOT EXISTS guards (
   scope TEXT PRIMARY KEY,
   until REAL NOT NULL,
@@ -210,6 +213,11 @@ class StateStore:
         cols = {r[1] for r in self._conn.execute("PRAGMA table_info(drift)").fetchall()}
         if "held" not in cols:  # schema 1 -> 2
             self._conn.execute("ALTER TABLE drift ADD COLUMN held TEXT")
+        acols = {r[1] for r in self._conn.execute("PRAGMA table_info(actions)").fetchall()}
+        for col in ("kind", "baseline"):  # schema 2 -> 3: budgets count actions by class and baseline
+            if col not in acols:
+                self._conn.execute(f"ALTER TABLE actions ADD COLUMN {col} TEXT NOT NULL DEFAULT ''")
+        self._conn.execute("CREATE INDEX IF NOT EXISTS actions_at ON actions(at)")
         self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
@@ -273,6 +281,34 @@ class StateStore:
             out["past_deadline"][target] = out["past_deadline"].get(target, 0) + (past or 0)
         return out
 
+    # ------------------------------------------------------------------ safety gates (safety.gates.SafetyView)
+    def count_actions(self, kind: str, since: float, *, baseline: str | None = None) -> int:
+        """Actions of class ``kind`` attempted (succeeded or failed) since ``since``."""
+        sql = "SELECT COUNT(*) FROM actions WHERE kind=? AND at>=? AND result IN ('succeeded', 'failed')"
+        args: tuple[Any, ...] = (kind, since)
+        if baseline is not None:
+            sql, args = sql + " AND baseline=?", (*args, baseline)
+        return int(self._read(sql, args)[0][0])
+
+    def count_key_actions(self, key: str, since: float) -> int:
+        """Successful remediations of ``key`` since ``since`` (across its drift records)."""
+        rows = self._read("SELECT COUNT(*) FROM actions WHERE key=? AND at>=? AND result='succeeded' AND action!='none'",
+                          (key, since))
+        return int(rows[0][0])
+
+    def oldest_held(self, gate: str, *, baseline: str | None = None) -> tuple[float, str] | None:
+        sql = "SELECT first_seen, key FROM drift WHERE resolved_at IS NULL AND last_result=?"
+        args: tuple[Any, ...] = (f"held:{gate}",)
+        if baseline is not None:
+            sql, args = sql + " AND baseline=?", (*args, baseline)
+        rows = self._read(sql + " ORDER BY first_seen, key LIMIT 1", args)
+        return (float(rows[0][0]), str(rows[0][1])) if rows else None
+
+    def guards(self, prefix: str, now: float) -> dict[str, dict[str, Any]]:
+        """Every unexpired guard whose scope starts with ``prefix`` (open breakers, quarantines)."""
+        rows = self._read("SELECT scope, data FROM guards WHERE scope LIKE ? AND until > ?", (prefix.replace("%", "") + "%", now))
+        return {r[0]: json.loads(r[1]) for r in rows}
+
     # ------------------------------------------------------------------ writes
     def open_drift(
         self,
@@ -311,6 +347,7 @@ class StateStore:
         snapshots: tuple[str, ...] = (),
         attempt: bool = True,
         held: dict[str, Any] | None = None,
+        kind: str = "",
     ) -> DriftRecord:
         """Log one action against a drift and update its counters (``held``: a terminal failure's fingerprint)."""
         failed = result == "failed"
@@ -327,12 +364,22 @@ class StateStore:
                  json.dumps(held, sort_keys=True) if held else None, rec.id),
             )
             c.execute(
-                "INSERT INTO actions (at, drift_id, key, action, result, error, snapshots) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (now, rec.id, rec.key, action, result, error, json.dumps(list(snapshots))),
+                "INSERT INTO actions (at, drift_id, key, action, result, error, snapshots, kind, baseline) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (now, rec.id, rec.key, action, result, error, json.dumps(list(snapshots)), kind, rec.baseline),
             )
         rec.attempts, rec.consecutive_failures, rec.snapshots, rec.updated_at = attempts, consecutive, merged, now
         rec.last_action, rec.last_result, rec.last_error, rec.held = action, result, error, held
         return rec
+
+    def note_action(self, rec: DriftRecord, *, now: float, action: str, result: str, kind: str) -> None:
+        """Log an action in the history only (budgets count it); the drift's own counters are left alone."""
+        with self._tx("record the action") as c:
+            c.execute(
+                "INSERT INTO actions (at, drift_id, key, action, result, error, snapshots, kind, baseline) "
+                "VALUES (?, ?, ?, ?, ?, NULL, '[]', ?, ?)",
+                (now, rec.id, rec.key, action, result, kind, rec.baseline),
+            )
 
     def journal_snapshots(self, key: str, snapshots: tuple[str, ...], now: float) -> None:
         """Durably (synchronous=FULL) add snapshot ids to the active drift of ``key`` before an overwrite."""

@@ -143,6 +143,7 @@ class OutcomeStatus(StrEnum):
     REMEDIATED = "remediated"  # drift reverted and verified
     REPORTED = "reported"  # drift left in place: dry-run, warn/dryrun baseline, report rule
     BLOCKED = "blocked"  # no safe action exists (the plan says why)
+    HELD = "held"  # a safety gate holds the action (budget, breaker, break-glass, flap, retire): reported, not dropped
     FAILED = "failed"  # an action failed, or succeeded without fixing the drift (terminal)
     ERROR = "error"  # the resource could not be observed, or state could not be written
     RETIRED = "retired"  # the node was taken out of service; its drift stays
