@@ -32,6 +32,11 @@ class Event(StrEnum):
     REMEDIATION_FAILED = "remediation.failed"
     REMEDIATION_ESCALATED = "remediation.escalated"
     REMEDIATION_HELD = "remediation.held"
+    BREAKER_OPENED = "breaker.opened"
+    BREAKER_CLOSED = "breaker.closed"
+    OVERRIDE_ACTIVE = "override.active"
+    OVERRIDE_ENDED = "override.ended"
+    OVERRIDE_REFUSED = "override.refused"
     STATE_FAILED = "state.failed"
     SNAPSHOT_SAVED = "snapshot.saved"
     BASELINE_LOADED = "baseline.loaded"
@@ -43,6 +48,7 @@ class Event(StrEnum):
     TARGET_DOWN = "target.down"
     TARGET_UP = "target.up"
     WATCH_EVENT = "watch.event"
+    INOTIFY_DEGRADED = "inotify.degraded"
 
 
 _context: dict[str, str] = {"baseline_version": "none"}

@@ -20,6 +20,8 @@ from driftd.models.resources import Action, RemediationResult
 ACTIONS = tuple(a.value for a in Action)
 RESULTS = tuple(r.value for r in RemediationResult)
 TARGETS = ("host",)
+# why the host file watcher fell back to the scan for some or all paths (driftd.targets.inotify)
+INOTIFY_DEGRADED_REASONS = ("unavailable", "watch_limit", "watch_failed", "queue_overflow", "error")
 TTR_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, 7200)
 
 
@@ -70,6 +72,26 @@ class Metrics:
         self.events = Counter("driftd_events_total", "Change events that queued a targeted reconcile.", ["target"], registry=r)
         self.target_up = Gauge("driftd_target_up", "1 when the target's last scan could observe it.", ["target"], registry=r)
         self.last_scan = Gauge("driftd_last_scan_timestamp_seconds", "End of the last completed scan.", ["target"], registry=r)
+        self.held = Counter(
+            "driftd_held_total", "Plans a safety gate started holding (budget, breaker, break-glass, flap, retire).",
+            ["target", "gate"], registry=r,
+        )
+        self.breaker_trips = Counter(
+            "driftd_breaker_trips_total", "Circuit breakers opened by a mass drift of one baseline.", ["baseline", "kind"],
+            registry=r,
+        )
+        self.overrides_active = Gauge("driftd_overrides_active", "Active break-glass overrides on this node.", registry=r)
+        self.inotify_watches = Gauge(
+            "driftd_inotify_watches", "inotify watches held on host directories (0: host paths only on the scan).", registry=r
+        )
+        self.inotify_degraded = Counter(
+            "driftd_inotify_degraded_total",
+            "Times the host file watcher fell back to the scan (inotify unavailable, watches exhausted, queue overflow).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in INOTIFY_DEGRADED_REASONS:
+            self.inotify_degraded.labels(reason)
         for t in targets:
             for res in ("clean", "drift", "error"):
                 self.scans.labels(t, res)

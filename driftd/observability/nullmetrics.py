@@ -55,6 +55,11 @@ class NullMetrics:
     events = _SERIES
     target_up = _SERIES
     last_scan = _SERIES
+    held = _SERIES
+    breaker_trips = _SERIES
+    overrides_active = _SERIES
+    inotify_watches = _SERIES
+    inotify_degraded = _SERIES
 
     def set_baselines(self, version: str, baselines: Iterable[tuple[str, str, str]], when: float) -> None:
         pass
