@@ -232,6 +232,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         import time
 
         now = time.time()
+        for line in _safety_lines(settings, now):
+            print(line)
         if not active:
             print("no active drift")
         for r in active:
@@ -243,6 +245,93 @@ def cmd_status(args: argparse.Namespace) -> int:
                 + (f" ({r.last_error})" if r.last_error else "")
             )
     return ExitCode.CLEAN if not active else ExitCode.DRIFT_REMAINED
+
+
+def _safety_lines(settings: Any, now: float) -> list[str]:
+    """Active break-glass overrides, open breakers and quarantined resources, for ``status``."""
+    from driftd.engine.state import StateError, StateStore
+    from driftd.safety.breakglass import OverrideStore
+
+    lines = []
+    overrides, problems = OverrideStore(settings.state_dir, max_ttl=settings.safety.break_glass.max_ttl_seconds).load(now)
+    for o in overrides:
+        lines.append(f"override {o.id}: {o.scope_text()} paused for {o.expires - now:.0f}s more: {o.reason}"
+                     + (f" (by {o.by})" if o.by else ""))
+    lines.extend(f"override REFUSED: {p}" for p in problems)
+    try:
+        state = StateStore(settings.state_dir, readonly=True)
+        guards = state.guards("", now)
+        state.close()
+    except StateError:
+        return lines
+    for scope, data in sorted(guards.items()):
+        if scope.startswith("breaker:"):
+            _, kind, baseline = scope.split(":", 2)
+            lines.append(f"breaker OPEN ({kind}) for baseline {baseline}: {data.get('reason')}")
+        elif scope.startswith("flap:"):
+            lines.append(f"flapping {scope.removeprefix('flap:')}: {data.get('reason')}")
+    return lines
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    """Break-glass: suspend enforcement of what the selector names, for --ttl, with a --reason."""
+    import getpass
+    import time
+
+    from driftd.safety.breakglass import OverrideError, OverrideStore, make_override
+
+    settings = _settings(args)
+    try:
+        o = make_override(reason=args.reason or "", ttl=args.ttl, now=time.time(),
+                          max_ttl=settings.safety.break_glass.max_ttl_seconds, by=args.by or getpass.getuser(),
+                          key=args.key, baseline=args.baseline_name, target=args.target, all=args.all)
+    except OverrideError as e:
+        print(f"driftd pause: {e}", file=sys.stderr)
+        return ExitCode.USAGE
+    path = OverrideStore(settings.state_dir, max_ttl=settings.safety.break_glass.max_ttl_seconds).add(o)
+    print(f"override {o.id}: {o.scope_text()} paused until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(o.expires))} "
+          f"({path}); `driftd resume {o.id}` ends it early")
+    return ExitCode.CLEAN
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from driftd.safety.breakglass import OverrideStore
+
+    settings = _settings(args)
+    if not OverrideStore(settings.state_dir, max_ttl=settings.safety.break_glass.max_ttl_seconds).remove(args.id):
+        print(f"driftd resume: no override {args.id}", file=sys.stderr)
+        return ExitCode.ERROR
+    print(f"override {args.id} removed: enforcement resumes at the next reconcile")
+    return ExitCode.CLEAN
+
+
+def _reset_guards(args: argparse.Namespace, prefix: str, match: Any) -> int:
+    import time
+
+    from driftd.engine.state import StateError, StateStore
+
+    settings = _settings(args)
+    try:
+        state = StateStore(settings.state_dir, readonly=True)
+        state.close()  # never create a state directory here: a wrong --state-dir is an error
+        state = StateStore(settings.state_dir)
+        closed = [sc for sc in state.guards(prefix, time.time()) if match(sc)]
+        for sc in closed:
+            state.clear_guard(sc)
+        state.close()
+    except StateError as e:
+        print(f"driftd: {e}", file=sys.stderr)
+        return ExitCode.ERROR
+    print("\n".join(f"cleared {sc}" for sc in closed) or "nothing to clear")
+    return ExitCode.CLEAN
+
+
+def cmd_breaker_reset(args: argparse.Namespace) -> int:
+    return _reset_guards(args, "breaker:", lambda sc: args.baseline_name is None or sc.split(":", 2)[2] == args.baseline_name)
+
+
+def cmd_flap_reset(args: argparse.Namespace) -> int:
+    return _reset_guards(args, "flap:", lambda sc: args.key is None or sc == f"flap:{args.key}")
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
@@ -317,6 +406,33 @@ def parser() -> argparse.ArgumentParser:
     _common(snap)
     snap.add_argument("id", help="snapshot id, sha256:<hex> (or a unique prefix of at least 12 hex digits)")
     snap.set_defaults(func=cmd_snapshot)
+
+    pause = sub.add_parser("pause", help="break-glass: suspend enforcement of some resources for a while, with a reason")
+    _common(pause)
+    pause.add_argument("--reason", required=True, help="why (incident, ticket): recorded and shown")
+    pause.add_argument("--ttl", required=True, help="how long, e.g. 30m, 2h (at most safety.break_glass.max_ttl_seconds)")
+    pause.add_argument("--key", help="resource key glob, e.g. 'host:file:/etc/ssh/*'")
+    pause.add_argument("--baseline", dest="baseline_name", help="every resource of this baseline")
+    pause.add_argument("--target", help="every resource of this target (host, docker, kubernetes)")
+    pause.add_argument("--all", action="store_true", help="everything on this node")
+    pause.add_argument("--by", help="who (default: the current user)")
+    pause.set_defaults(func=cmd_pause)
+    resume = sub.add_parser("resume", help="end a break-glass override early")
+    _common(resume)
+    resume.add_argument("id")
+    resume.set_defaults(func=cmd_resume)
+    br = sub.add_parser("breaker", help="circuit breakers: reset")
+    brsub = br.add_subparsers(dest="breaker_command", required=True)
+    brr = brsub.add_parser("reset", help="close the open breakers (of one baseline)")
+    _common(brr)
+    brr.add_argument("--baseline", dest="baseline_name")
+    brr.set_defaults(func=cmd_breaker_reset)
+    fl = sub.add_parser("flap", help="flap quarantine: reset")
+    flsub = fl.add_subparsers(dest="flap_command", required=True)
+    flr = flsub.add_parser("reset", help="end the quarantine of one resource key (or all)")
+    _common(flr)
+    flr.add_argument("key", nargs="?")
+    flr.set_defaults(func=cmd_flap_reset)
 
     demo = sub.add_parser("demo", help="build a demo host tree, inject drift, enforce once, show the result")
     demo.add_argument("--dir", default="driftd-demo", help="working folder (default ./driftd-demo)")

@@ -284,7 +284,7 @@ class StateStore:
     # ------------------------------------------------------------------ safety gates (safety.gates.SafetyView)
     def count_actions(self, kind: str, since: float, *, baseline: str | None = None) -> int:
         """Actions of class ``kind`` attempted (succeeded or failed) since ``since``."""
-        sql = "SELECT COUNT(*) FROM actions WHERE kind=? AND at>=? AND result IN ('succeeded', 'failed')"
+        sql = "SELECT COUNT(*) FROM actions WHERE kind=? AND at>? AND result IN ('succeeded', 'failed')"
         args: tuple[Any, ...] = (kind, since)
         if baseline is not None:
             sql, args = sql + " AND baseline=?", (*args, baseline)
@@ -292,7 +292,7 @@ class StateStore:
 
     def count_key_actions(self, key: str, since: float) -> int:
         """Successful remediations of ``key`` since ``since`` (across its drift records)."""
-        rows = self._read("SELECT COUNT(*) FROM actions WHERE key=? AND at>=? AND result='succeeded' AND action!='none'",
+        rows = self._read("SELECT COUNT(*) FROM actions WHERE key=? AND at>? AND result='succeeded' AND action!='none'",
                           (key, since))
         return int(rows[0][0])
 
