@@ -263,3 +263,54 @@ class TestEndToEnd:
         rt.engine.clock.advance(601)
         assert run_once(rt.engine, rt.queue, attempts=1).outcomes[0].status is OutcomeStatus.RETIRED
         assert marker.exists()
+
+
+# ---------------------------------------------------------------------------- the commands
+
+DRIFTD = str(Path(__import__("sys").executable).with_name("driftd"))
+
+
+def cli(*args: str) -> Any:
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
+    return subprocess.run([DRIFTD, *args], capture_output=True, text=True, timeout=30, env=env, stdin=subprocess.DEVNULL)
+
+
+class TestCommands:
+    def test_pause_refuses_without_reason_or_over_max_ttl_and_a_pause_holds_a_real_run_until_resume(
+            self, host_root, baselines_dir, tmp_path):
+        write_tree(host_root, 2, drifted={0})
+        bdir = baselines_dir({"b.yaml": host_baseline("b", files_spec(2))})
+        st = str(tmp_path / "st")
+        common = ["--host-root", str(host_root), "--baselines", str(bdir), "--state-dir", st]
+        r = cli("pause", "--state-dir", st, "--reason", "", "--ttl", "1h", "--all")
+        assert r.returncode == 2 and "needs a reason" in r.stderr
+        r = cli("pause", "--state-dir", st, "--reason", "INC-9", "--ttl", "25h", "--all")
+        assert r.returncode == 2 and "max_ttl" in r.stderr
+        r = cli("pause", "--state-dir", st, "--reason", "INC-9 hotfix", "--ttl", "1h", "--baseline", "b")
+        assert r.returncode == 0, r.stderr
+        oid = r.stdout.split()[1].rstrip(":")
+        r = cli("run", "--once", *common)
+        assert r.returncode == 3 and "HELD" in r.stdout and "INC-9 hotfix" in r.stdout, r.stdout
+        assert (host_root / "etc/app/f00.conf").read_text() == "drifted 0\n"
+        assert "INC-9 hotfix" in cli("status", "--state-dir", st).stdout
+        assert cli("resume", "--state-dir", st, oid).returncode == 0
+        r = cli("run", "--once", *common)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (host_root / "etc/app/f00.conf").read_text() == "v0\n"
+
+    def test_breaker_reset_and_flap_reset_clear_the_marks_a_run_left(self, host_root, baselines_dir, tmp_path):
+        write_tree(host_root, 12, drifted=set(range(12)))
+        bdir = baselines_dir({"b.yaml": host_baseline("b", files_spec(12))})
+        st = str(tmp_path / "st")
+        r = cli("run", "--once", "--host-root", str(host_root), "--baselines", str(bdir), "--state-dir", st)
+        assert r.returncode == 3 and "held: breaker" in r.stdout
+        assert "breaker OPEN (revert) for baseline b" in cli("status", "--state-dir", st).stdout
+        r = cli("breaker", "reset", "--state-dir", st, "--baseline", "b")
+        assert r.returncode == 0 and "cleared breaker:revert:b" in r.stdout
+        assert "breaker OPEN" not in cli("status", "--state-dir", st).stdout
+        assert cli("flap", "reset", "--state-dir", st).stdout.strip() == "nothing to clear"
+        assert cli("breaker", "reset", "--state-dir", str(tmp_path / "nowhere")).returncode == 1  # never creates state
+        assert not (tmp_path / "nowhere").exists()
