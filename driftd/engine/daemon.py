@@ -2,16 +2,20 @@
 
 Pipeline position: the long-running driver of the engine.  APScheduler 3.x runs the
 full scan at a cadence with jitter (never overlapping itself) and polls the baselines
-directory; worker threads drain the keyed queue.  On stop (SIGTERM) the scheduler stops,
-the queue closes, and each worker finishes the action in flight before exiting; writes
-are atomic, so nothing is left half-written.
+directory; worker threads drain the keyed queue.  Event sources (the targets that are an
+``EventSource``, and the inotify :class:`~driftd.targets.inotify.HostWatcher` over the host
+target's files when ``scan.inotify`` is on) run in their own threads and only enqueue keys;
+the watcher gets the desired set at start and after each successful reload, and is armed
+before the first scan.  On stop (SIGTERM) the scheduler stops, the queue closes, and each
+worker finishes the action in flight before exiting; writes are atomic, so nothing is left
+half-written.
 """
 
 from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from driftd.baselines.loader import Problem, fingerprint, load_set
 from driftd.engine.clock import Clock
@@ -21,6 +25,9 @@ from driftd.observability.logging import Event, get_logger
 from driftd.observability.metrics import Metrics
 from driftd.settings import Settings
 from driftd.targets.base import EventSource
+
+if TYPE_CHECKING:
+    from driftd.targets.inotify import HostWatcher
 
 
 class BaselineManager:
@@ -92,6 +99,26 @@ class Daemon:
         self._workers: list[threading.Thread] = []
         self._watchers: list[tuple[Any, threading.Thread]] = []
         self._scheduler: Any = None
+        self.host_watcher = self._host_watcher()
+
+    def _host_watcher(self) -> HostWatcher | None:
+        """The inotify watcher over the host target's files and directories (None: scan only)."""
+        from driftd.targets.host import HostTarget
+
+        host = getattr(self.engine, "targets", {}).get("host")
+        if not self.settings.scan.inotify or not isinstance(host, HostTarget):
+            return None
+        from driftd.targets.inotify import HostWatcher
+
+        return HostWatcher(
+            host.fs.root, metrics=self.metrics, debounce=self.settings.scan.inotify_debounce_seconds, on_overflow=self.scan_soon
+        )
+
+    def scan_soon(self) -> None:
+        """Run one full scan now in the scheduler's pool (inotify lost events); never overlaps a scan."""
+        sched = self._scheduler
+        if sched is not None and sched.running and not self.stop_event.is_set():
+            sched.add_job(self.scan, id="scan-now", name="full scan (requested)", replace_existing=True)
 
     # ------------------------------------------------------------------ probes
     def healthy(self) -> tuple[bool, str]:
@@ -127,6 +154,8 @@ class Daemon:
     def reload(self) -> None:
         try:
             if self.manager.check():
+                if self.host_watcher is not None:
+                    self.host_watcher.refresh(self.engine.desired.values())
                 self.scan()
         except Exception as e:
             self.log.exception(Event.SCAN_FAILED, error=f"baseline reload: {e}")
@@ -159,6 +188,10 @@ class Daemon:
             t = threading.Thread(target=self._work, name=f"driftd-worker-{i}", daemon=True)
             t.start()
             self._workers.append(t)
+        if self.host_watcher is not None:  # armed before the first scan: a change after it is not missed
+            self.host_watcher.refresh(self.engine.desired.values())
+            self._start_source(self.host_watcher)
+            self.host_watcher.wait_armed(timeout=10.0)
         sched = BackgroundScheduler(timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
         sched.add_job(
             self.scan,
@@ -181,11 +214,7 @@ class Daemon:
         self._scheduler = sched
         for target in self.engine.targets.values():
             if isinstance(target, EventSource):
-                w = threading.Thread(
-                    target=target.watch, args=(self._on_event, self.stop_event), name=f"driftd-watch-{target.name}", daemon=True
-                )
-                w.start()
-                self._watchers.append((target, w))
+                self._start_source(target)
         if self.api is not None:
             self.api.start()
             host, port = self.api.address
@@ -197,6 +226,12 @@ class Daemon:
             dry_run=self.engine.dry_run,
             node=self.engine.node.name,
         )
+
+    def _start_source(self, source: EventSource) -> None:
+        name = getattr(source, "name", type(source).__name__)
+        w = threading.Thread(target=source.watch, args=(self._on_event, self.stop_event), name=f"driftd-watch-{name}", daemon=True)
+        w.start()
+        self._watchers.append((source, w))
 
     def stop(self) -> None:
         self.log.info(Event.DAEMON_STOPPING, in_flight=sorted(self.queue.processing))
