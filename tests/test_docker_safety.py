@@ -34,7 +34,7 @@ from docker_support import (
     need_engine_control,
     start_engine,
 )
-from test_docker_target import DRIFTD, HARDENED, container_baseline, enforce, outcome_of, state
+from test_docker_target import DRIFTD, HARDENED, HARDENED_RUNTIME, container_baseline, enforce, outcome_of, state
 
 from driftd.core.compile_container import OLD_SUFFIX
 from driftd.engine.once import run_once
@@ -395,3 +395,27 @@ class TestTargetUp:
             target.close()
             ensure_engine()
             watcher.join(10)
+
+
+HARDENED_RUNTIME_V2 = {**HARDENED_RUNTIME, "user": "2000"}  # a baseline change every running container breaks
+
+
+class TestBreakerOnContainers:
+    def test_every_container_drifting_after_a_baseline_change_trips_the_breaker_and_nothing_is_recreated(
+            self, docker_client, make, docker_runtime, image_ids, scope, baselines_dir):
+        """A baseline change that would recreate all of a baseline's containers is a mass drift: held, not acted on."""
+        from driftd.baselines.loader import load_set
+
+        made = [make(f"fleet{i}", start=False, **HARDENED) for i in range(3)]
+        v1 = container_baseline(scope, [image_ids[IMAGE_V1]])
+        rt = docker_runtime({"c.yaml": v1}, safety={"breaker": {"min_resources": 2}})
+        assert enforce(rt).exit_code == 0  # compliant under v1
+        bad = container_baseline(scope, [image_ids[IMAGE_V1]], runtime={**HARDENED_RUNTIME_V2})
+        bset, problems = load_set(baselines_dir({"c.yaml": bad}))
+        assert bset is not None, problems
+        rt.engine.set_baselines(bset)  # the hot reload of a merged pull request
+        s = enforce(rt)
+        outs = [outcome_of(s, c.name) for c in made]
+        assert [o.status for o in outs] == ["held"] * 3, [(o.status, o.error) for o in outs]
+        assert all("held: breaker: 3 of 3 resources of baseline hardened" in (o.error or "") for o in outs)
+        assert [state(docker_client, c.name)[0] for c in made] == [c.id for c in made]  # not one recreated
