@@ -367,6 +367,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", help="state directory (default /var/lib/driftd)")
 
 
+def _reset_parser(sub: Any, name: str, help_: str, reset_help: str, func: Any) -> argparse.ArgumentParser:
+    """``driftd <name> reset``: the parser of a command that clears a safety mark."""
+    group = sub.add_parser(name, help=help_).add_subparsers(dest=f"{name}_command", required=True)
+    reset: argparse.ArgumentParser = group.add_parser("reset", help=reset_help)
+    _common(reset)
+    reset.set_defaults(func=func)
+    return reset
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="driftd", description="Configuration drift enforcement daemon.")
     ap.add_argument("--version", action="version", version=f"driftd {__version__}")
@@ -421,18 +430,10 @@ def parser() -> argparse.ArgumentParser:
     _common(resume)
     resume.add_argument("id")
     resume.set_defaults(func=cmd_resume)
-    br = sub.add_parser("breaker", help="circuit breakers: reset")
-    brsub = br.add_subparsers(dest="breaker_command", required=True)
-    brr = brsub.add_parser("reset", help="close the open breakers (of one baseline)")
-    _common(brr)
-    brr.add_argument("--baseline", dest="baseline_name")
-    brr.set_defaults(func=cmd_breaker_reset)
-    fl = sub.add_parser("flap", help="flap quarantine: reset")
-    flsub = fl.add_subparsers(dest="flap_command", required=True)
-    flr = flsub.add_parser("reset", help="end the quarantine of one resource key (or all)")
-    _common(flr)
-    flr.add_argument("key", nargs="?")
-    flr.set_defaults(func=cmd_flap_reset)
+    _reset_parser(sub, "breaker", "circuit breakers: reset", "close the open breakers (of one baseline)",
+                  cmd_breaker_reset).add_argument("--baseline", dest="baseline_name")
+    _reset_parser(sub, "flap", "flap quarantine: reset", "end the quarantine of one resource key (or all)",
+                  cmd_flap_reset).add_argument("key", nargs="?")
 
     demo = sub.add_parser("demo", help="build a demo host tree, inject drift, enforce once, show the result")
     demo.add_argument("--dir", default="driftd-demo", help="working folder (default ./driftd-demo)")
