@@ -118,6 +118,7 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, met
         from driftd.observability.metrics import StateCollector
 
         esc = settings.retry.escalate_after
-        metrics.registry.register(StateCollector(lambda: state.summary(clock.time(), esc), targets=list(targets)))
+        margin = settings.safety.deadline_margin_seconds
+        metrics.registry.register(StateCollector(lambda: state.summary(clock.time(), esc, margin), targets=list(targets)))
     queue = KeyedQueue(clock=clock, backoff=Backoff(settings.retry.base_seconds, settings.retry.max_seconds))
     return Runtime(settings=settings, engine=engine, queue=queue, state=state, metrics=metrics)

@@ -120,6 +120,9 @@ class RetireSettings(_Section):
 
 
 class SafetySettings(_Section):
+    deadline_margin_seconds: float = Field(
+        300.0, ge=0, description="A drift this close to its deadline counts in driftd_drifts_near_deadline."
+    )
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     flap: FlapSettings = Field(default_factory=FlapSettings)

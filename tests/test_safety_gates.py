@@ -314,3 +314,42 @@ class TestCommands:
         assert cli("flap", "reset", "--state-dir", st).stdout.strip() == "nothing to clear"
         assert cli("breaker", "reset", "--state-dir", str(tmp_path / "nowhere")).returncode == 1  # never creates state
         assert not (tmp_path / "nowhere").exists()
+
+
+class TestWindowFromTheChange:
+    def test_the_deadline_counts_from_the_files_change_not_from_when_driftd_saw_it(self, host_root, baselines_dir,
+                                                                                  make_runtime):
+        import os
+        import time
+
+        from prometheus_client import CollectorRegistry
+
+        write_tree(host_root, 2)
+        clock = FakeClock(start=time.time())
+        reg = CollectorRegistry()
+        rt = make_runtime(baselines_dir({"b.yaml": host_baseline("b", files_spec(2), enforcement="warn")}), clock=clock,
+                          registry=reg)
+        assert run_once(rt.engine, rt.queue, attempts=1).exit_code == 0  # seen clean
+        f = host_root / "etc/app/f00.conf"
+        f.write_text("changed\n")
+        changed = os.stat(f).st_ctime
+        clock.advance(240)  # driftd looks again 4 minutes later (the next scan)
+        run_once(rt.engine, rt.queue, attempts=1)
+        rec = rt.state.get_active("host:file:/etc/app/f00.conf")
+        assert rec.changed_at == pytest.approx(changed, abs=1.0)
+        assert rec.first_seen == pytest.approx(clock.time())
+        assert rec.deadline == pytest.approx(rec.changed_at + 1800)  # 4 minutes less than first seen + window
+        detect = reg.get_sample_value("driftd_time_to_detect_seconds_sum", {"target": "host"})
+        assert detect == pytest.approx(240, abs=2)
+
+    def test_a_drift_already_there_when_driftd_first_looks_counts_from_first_seen(self, host_root, baselines_dir,
+                                                                                  make_runtime):
+        import time
+
+        write_tree(host_root, 2, drifted={1})
+        clock = FakeClock(start=time.time() + 3600)  # the file changed an hour before driftd's first look
+        rt = make_runtime(baselines_dir({"b.yaml": host_baseline("b", files_spec(2), enforcement="warn")}), clock=clock)
+        run_once(rt.engine, rt.queue, attempts=1)
+        rec = rt.state.get_active("host:file:/etc/app/f01.conf")
+        assert rec.changed_at is None and rec.deadline == pytest.approx(rec.first_seen + 1800)
+        assert not rec.breached

@@ -154,6 +154,7 @@ class Engine:
         self._swap = threading.Lock()
         self.outcomes: dict[str, Outcome] = {}
         self._last_full = -float("inf")
+        self._clean_at: dict[str, float] = {}  # when each key was last seen clean (a change after it can be dated)
         self.safety = safety or SafetySettings()
         self.overrides = overrides
         self.break_glass = BreakGlassGate()
@@ -283,6 +284,7 @@ class Engine:
         active = self.state.active()
         rows: dict[str, ResourceResult] = {}
         to_enqueue: list[str] = []
+        seen_at = self.clock.time()
         per_baseline: dict[str, list[int]] = {}  # baseline -> [resources, drifting, drifting to a retirement]
         for key, d in desired.items():
             counts = per_target[d.target]
@@ -313,8 +315,10 @@ class Engine:
                 if action_class(make_plan(d, observed, drift)) == RETIREMENT:
                     pb[2] += 1  # the retirement breaker counts what would be retired
                 to_enqueue.append(key)
-            elif key in active:
-                to_enqueue.append(key)
+            else:
+                self._clean_at[key] = seen_at
+                if key in active:
+                    to_enqueue.append(key)
             if self.reporters:
                 rows[key] = self._row(d, ReportResult.FAIL if drift else ReportResult.PASS,
                                       ", ".join(f.field for f in drift) or "compliant")
@@ -375,12 +379,13 @@ class Engine:
         drift = diff(d, observed)
         now = self.clock.time()
         if not drift:
+            self._clean_at[key] = now
             rec0 = self.state.get_active(key)
             if rec0 is not None:
                 self._resolve(rec0, d, now, "resolved externally" if rec0.last_result != "succeeded" else "remediated", log)
             return self._outcome(d, OutcomeStatus.CLEAN)
         fields = reportable(d, drift)
-        rec = self._record_drift(d, fields, now, log)
+        rec = self._record_drift(d, fields, now, log, observed)
         p = make_plan(d, observed, drift)
         out = self._outcome(d, OutcomeStatus.REPORTED, mode=p.mode.value, drift=fields,
                             actions=[a.action.value for a in p.actions], first_seen=rec.first_seen, deadline=rec.deadline)
@@ -434,12 +439,24 @@ class Engine:
             log.warning(Event.OBSERVE_FAILED, error=str(e))
             return self._outcome(d, OutcomeStatus.ERROR, error=str(e), retry=e.transient)
 
-    def _record_drift(self, d: DesiredResource, fields: list[dict[str, Any]], now: float, log: Any) -> DriftRecord:
+    def _change_time(self, key: str, observed: ObservedResource, now: float) -> float | None:
+        """The change's own time, trusted only between the last clean observation and now (else unknown)."""
+        clean = self._clean_at.get(key)
+        t = observed.changed_at
+        if t is None or clean is None or not clean - 1.0 <= t <= now + 1.0:
+            return None  # a drift older than what driftd saw (or a clock skew): first seen stands for it
+        return min(t, now)
+
+    def _record_drift(self, d: DesiredResource, fields: list[dict[str, Any]], now: float, log: Any,
+                      observed: ObservedResource) -> DriftRecord:
         new = self.state.get_active(d.key) is None
+        changed = self._change_time(d.key, observed, now) if new else None
         rec = self.state.open_drift(key=d.key, target=d.target, baseline=d.baseline, address=d.address, now=now,
-                                    window_seconds=d.window.total_seconds(), fields=fields)
+                                    window_seconds=d.window.total_seconds(), fields=fields, changed_at=changed)
         if new:
             self.metrics.drifts_detected.labels(d.target, d.baseline).inc()
+            if changed is not None:
+                self.metrics.time_to_detect.labels(d.target).observe(max(0.0, now - changed))
             log.warning(Event.DRIFT_DETECTED, address=d.address, drift=fields, deadline=rec.deadline,
                         window_s=d.window.total_seconds())
             self._notify("DriftDetected", d, "drifted: " + ", ".join(
@@ -678,7 +695,8 @@ class Engine:
     def _resolve(self, rec: DriftRecord, d: DesiredResource, now: float, resolution: str, log: Any) -> None:
         self.state.resolve(rec, now=now, resolution=resolution)
         if resolution == "remediated":
-            self.metrics.time_to_remediate.labels(d.target).observe(max(0.0, now - rec.first_seen))
+            since = rec.changed_at if rec.changed_at is not None else rec.first_seen
+            self.metrics.time_to_remediate.labels(d.target).observe(max(0.0, now - since))
         log.info(
             Event.DRIFT_RESOLVED,
             resolution=resolution,

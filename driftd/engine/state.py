@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DB_NAME = "state.db"
 
 _SCHEMA = """
@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS drift (
   resolved_at REAL,
   resolution TEXT,
   updated_at REAL NOT NULL,
-  held TEXT
+  held TEXT,
+  changed_at REAL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS drift_active_key ON drift(key) WHERE resolved_at IS NULL;
 CREATE INDEX IF NOT EXISTS drift_resolved ON drift(resolved_at);
@@ -99,6 +100,7 @@ class DriftRecord:
     resolution: str | None = None
     updated_at: float = 0.0
     held: dict[str, Any] | None = None  # terminal failure: not acted on again while this fingerprint holds
+    changed_at: float | None = None  # when the drift happened, where known (else first_seen stands for it)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -110,7 +112,8 @@ class StateError(Exception):
 
 _COLS = (
     "id, key, target, baseline, address, first_seen, deadline, attempts, consecutive_failures, "
-    "last_action, last_result, last_error, fields, snapshots, breached, resolved_at, resolution, updated_at, held"
+    "last_action, last_result, last_error, fields, snapshots, breached, resolved_at, resolution, updated_at, held, "
+    "changed_at"
 )
 
 
@@ -135,6 +138,7 @@ def _row(r: tuple[Any, ...]) -> DriftRecord:
         resolution=r[16],
         updated_at=r[17],
         held=json.loads(r[18]) if r[18] else None,
+        changed_at=r[19],
     )
 
 
@@ -213,6 +217,8 @@ class StateStore:
         cols = {r[1] for r in self._conn.execute("PRAGMA table_info(drift)").fetchall()}
         if "held" not in cols:  # schema 1 -> 2
             self._conn.execute("ALTER TABLE drift ADD COLUMN held TEXT")
+        if "changed_at" not in cols:  # schema 3 -> 4: the change's own time, where known
+            self._conn.execute("ALTER TABLE drift ADD COLUMN changed_at REAL")
         acols = {r[1] for r in self._conn.execute("PRAGMA table_info(actions)").fetchall()}
         for col in ("kind", "baseline"):  # schema 2 -> 3: budgets count actions by class and baseline
             if col not in acols:
@@ -265,16 +271,17 @@ class StateStore:
         rows = self._read("SELECT at, action, result, error, snapshots FROM actions WHERE drift_id=? ORDER BY id", (drift_id,))
         return [{"at": r[0], "action": r[1], "result": r[2], "error": r[3], "snapshots": json.loads(r[4])} for r in rows]
 
-    def summary(self, now: float, escalate_after: int) -> dict[str, Any]:
-        """Aggregates for the metrics collector."""
+    def summary(self, now: float, escalate_after: int, margin: float = 300.0) -> dict[str, Any]:
+        """Aggregates for the metrics collector (``margin``: how close to its deadline a drift is "near")."""
         rows = self._read(
-            "SELECT target, baseline, COUNT(*), MIN(first_seen), "
-            "SUM(consecutive_failures >= ? OR held IS NOT NULL), SUM(deadline < ?) "
+            "SELECT target, baseline, COUNT(*), MIN(COALESCE(changed_at, first_seen)), "
+            "SUM(consecutive_failures >= ? OR held IS NOT NULL), SUM(deadline < ?), SUM(deadline >= ? AND deadline < ?) "
             "FROM drift WHERE resolved_at IS NULL GROUP BY target, baseline",
-            (escalate_after, now),
+            (escalate_after, now, now, now + margin),
         )
-        out: dict[str, Any] = {"active": {}, "oldest_age": {}, "failing": {}, "past_deadline": {}}
-        for target, baseline, n, oldest, failing, past in rows:
+        out: dict[str, Any] = {"active": {}, "oldest_age": {}, "failing": {}, "past_deadline": {}, "near_deadline": {}}
+        for target, baseline, n, oldest, failing, past, near in rows:
+            out["near_deadline"][target] = out["near_deadline"].get(target, 0) + (near or 0)
             out["active"][(target, baseline)] = n
             out["oldest_age"][target] = max(out["oldest_age"].get(target, 0.0), now - oldest)
             out["failing"][target] = out["failing"].get(target, 0) + (failing or 0)
@@ -320,16 +327,21 @@ class StateStore:
         now: float,
         window_seconds: float,
         fields: list[dict[str, Any]],
+        changed_at: float | None = None,
     ) -> DriftRecord:
-        """The active record for ``key``, created with first_seen=now if there is none."""
+        """The active record for ``key``, created with first_seen=now if there is none.
+
+        The deadline counts from the change when its time is known (``changed_at``), else from first seen.
+        """
         sel = f"SELECT {_COLS} FROM drift WHERE key=? AND resolved_at IS NULL"  # noqa: S608
         with self._tx("record the drift") as c:
             r = c.execute(sel, (key,)).fetchone()
             if r is None:
                 c.execute(
-                    "INSERT INTO drift (key, target, baseline, address, first_seen, deadline, fields, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (key, target, baseline, address, now, now + window_seconds, json.dumps(fields), now),
+                    "INSERT INTO drift (key, target, baseline, address, first_seen, deadline, fields, updated_at, changed_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key, target, baseline, address, now, (changed_at if changed_at is not None else now) + window_seconds,
+                     json.dumps(fields), now, changed_at),
                 )
             else:
                 c.execute("UPDATE drift SET fields=?, baseline=?, updated_at=? WHERE id=?", (json.dumps(fields), baseline, now, r[0]))

@@ -106,6 +106,9 @@ class ObservedResource(Frozen):
 
     key: str
     actual: dict[str, Any]
+    changed_at: float | None = Field(
+        default=None, description="Wall-clock time of the last change, where the adapter can know it (a file's ctime)."
+    )
 
 
 class FieldDrift(Frozen):

@@ -46,9 +46,16 @@ class Metrics:
         )
         self.time_to_remediate = Histogram(
             "driftd_time_to_remediate_seconds",
-            "From first detection to verified revert.",
+            "From the change (where its time is known, else first detection) to verified revert.",
             ["target"],
             buckets=TTR_BUCKETS,
+            registry=r,
+        )
+        self.time_to_detect = Histogram(
+            "driftd_time_to_detect_seconds",
+            "From the change (a file's ctime) to driftd seeing the drift, where the change time is known.",
+            ["target"],
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 15, 30, 60, 120, 300, 600, 1800),
             registry=r,
         )
         self.window_breaches = Counter(
@@ -151,6 +158,11 @@ class StateCollector(Collector):
         for target, n in self._per_target(s["past_deadline"]):
             breached.add_metric([target], n)
         yield breached
+        near = GaugeMetricFamily("driftd_drifts_near_deadline",
+                                 "Active drifts whose deadline is within safety.deadline_margin_seconds.", labels=["target"])
+        for target, n in self._per_target(s.get("near_deadline", {})):
+            near.add_metric([target], n)
+        yield near
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []

@@ -46,6 +46,7 @@ class NullMetrics:
     drifts_detected = _SERIES
     remediations = _SERIES
     time_to_remediate = _SERIES
+    time_to_detect = _SERIES
     window_breaches = _SERIES
     snapshots = _SERIES
     baseline_info = _SERIES

@@ -76,7 +76,8 @@ def observe_path(port: HostPort, desired: DesiredResource) -> ObservedResource:
         actual["links"] = st.st_nlink  # not governed: the planner refuses chmod/chown of a shared inode
         if "content" in desired.expected:
             actual["content"] = port.digest(desired.address, st)
-    return ObservedResource(key=desired.key, actual=actual)
+    # ctime moves on every write, chmod, chown and rename onto the name, and no one can set it back
+    return ObservedResource(key=desired.key, actual=actual, changed_at=st.st_ctime)
 
 
 def unresolved(desired: DesiredResource) -> str | None:
