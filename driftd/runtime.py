@@ -73,6 +73,9 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, met
             policy_report=k.policy_report,
             guards=state,  # the eviction guard survives restarts
             exclude_namespaces=k.exclude_namespaces,
+            max_concurrent_retirements=k.max_concurrent_retirements,
+            max_retirements_per_hour=k.max_retirements_per_hour,
+            retirement_cooldown_seconds=k.retirement_cooldown_seconds,
         )
     retirer = None
     if settings.retire_hook and "kubernetes" not in targets:

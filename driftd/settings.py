@@ -84,6 +84,11 @@ class KubernetesSettings(_Section):
         default_factory=list, description="Namespaces (glob patterns) whose pods are never governed, on top of each "
         "PodBaseline's own selector.excludeNamespaces."
     )
+    max_concurrent_retirements: int = Field(1, ge=1, description="Nodes of the cluster retiring (or cooling down) at once.")
+    max_retirements_per_hour: int = Field(1, ge=0, description="Node retirements that may start across the cluster per hour.")
+    retirement_cooldown_seconds: float = Field(
+        3600.0, ge=0, description="A retirement's cluster slot stays taken this long after its drain finished."
+    )
     events: bool = Field(True, description="Record Kubernetes Events on pods and the node.")
     policy_report: bool = Field(True, description="Maintain one PolicyReport (wgpolicyk8s.io/v1alpha2) per node.")
 

@@ -8,6 +8,7 @@ where a drain must complete.  The API server's audit log shows which calls drift
 from __future__ import annotations
 
 import contextlib
+import json
 import queue
 import subprocess
 import sys
@@ -421,7 +422,8 @@ class TestNodeRetirement:
         assert not terminating_or_gone(c.pod("web-b")) and driftd_writes(c, "web-b") == []
         assert not c.node(node_b)["spec"].get("unschedulable")
         lease = c.rest.get(f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{LEASE}")
-        assert not lease["spec"].get("holderIdentity")  # released after the drain
+        # not released after the drain: the slot stays this node's for the cooldown (cluster-wide cap)
+        assert lease["spec"]["holderIdentity"] == node and lease["spec"]["leaseDurationSeconds"] >= 3600
 
     def test_bare_pod_is_left_and_reported_like_kubectl_without_force(self, setup, kubectl, fake_kubelet):
         """kubectl drain refuses bare pods without --force; retire_node leaves them and reports them."""
@@ -456,6 +458,26 @@ class TestNodeRetirement:
         writes = driftd_writes(c, "web-1")
         assert all(w[:2] == ("create", "eviction") for w in writes)
         assert [w[2] for w in writes][-1] == 201 and 429 in [w[2] for w in writes]
+
+    @pytest.mark.parametrize("slots", [1, 3])
+    def test_the_cluster_retires_at_most_one_node_per_hour_and_holds_the_others(self, setup, fake_kubelet, slots):
+        """Every node failing a kernel rule: the first retires, the others wait (one slot, or one start per hour)."""
+        c, ns, node = setup.cluster, setup.ns, setup.node
+        others = [c.make_node(f"node-{i}") for i in range(1, 5)]  # a 5-node cluster
+        fake_kubelet(node, *others)
+        kube = {"max_concurrent_retirements": slots, "max_retirements_per_hour": 1}
+        first = target_of(setup.runtime(kubernetes=kube)).retire_node("kernel 5.10 is out of patch")
+        assert first["node"] == node and c.node(node)["spec"]["unschedulable"] is True
+        for other in others:
+            rt = setup.runtime(node_name=other, kubernetes=kube)
+            with pytest.raises(TargetError) as e:
+                target_of(rt).retire_node("kernel 5.10 is out of patch")
+            assert e.value.transient and "cluster retirement cap" in str(e.value)
+            assert ("in the last hour" in str(e.value)) == (slots > 1), str(e.value)  # the slot, or the hourly cap
+            assert not c.node(other)["spec"].get("unschedulable")  # held: not cordoned, not drained
+        ledger = c.rest.get(f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{LEASE}-ledger")
+        starts = json.loads(ledger["metadata"]["annotations"]["driftd.io/retirement-starts"])
+        assert [s[0] for s in starts] == [node]
 
     def test_lease_held_by_another_node_blocks_retirement(self, setup):
         """While another node holds an unexpired retirement Lease, retire_node fails transiently and changes nothing."""

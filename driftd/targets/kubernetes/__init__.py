@@ -115,7 +115,9 @@ class KubernetesTarget:
                  lease_duration_seconds: int = 900, events: bool = True, policy_report: bool = True,
                  sleep: Callable[[float], None] = time.sleep, template_guard_seconds: float = 900.0,
                  clock: Callable[[], float] = time.time, guards: GuardStore | None = None,
-                 exclude_namespaces: Sequence[str] = (), report_resync_seconds: float = 3600.0) -> None:
+                 exclude_namespaces: Sequence[str] = (), report_resync_seconds: float = 3600.0,
+                 max_concurrent_retirements: int = 1, max_retirements_per_hour: int = 1,
+                 retirement_cooldown_seconds: float = 3600.0) -> None:
         """``clock`` is wall-clock seconds (guards outlive the process); ``guards`` is the state store in the daemon."""
         self.snapshots = snapshots
         self._node_name = node_name
@@ -135,7 +137,9 @@ class KubernetesTarget:
                                          namespace=namespace, drain_timeout=drain_timeout,
                                          eviction_retry_seconds=eviction_retry_seconds, lease_name=lease_name,
                                          lease_duration_seconds=lease_duration_seconds, sleep=sleep,
-                                         target=self.name, log=self.log)
+                                         target=self.name, log=self.log, max_concurrent=max_concurrent_retirements,
+                                         max_per_hour=max_retirements_per_hour,
+                                         cooldown_seconds=retirement_cooldown_seconds)
         # reachability goes through self._set_up at call time (so a wrapper set on the target sees the watch)
         self.pod_watch = PodWatch(self.api, node_name, on_up=lambda: self._set_up(True),
                                   on_down=lambda e: self._set_up(False, f"pod watch: {e}"))

@@ -31,6 +31,7 @@ from driftd.targets.kubernetes.client import Api, KubeError, node_path, node_pod
 
 TAINT_KEY = "driftd.io/non-compliant"
 RETIRED_LABEL = "driftd.io/retired"
+LEDGER_ANNOTATION = "driftd.io/retirement-starts"  # on the ledger Lease: [[node, start time], ...] of the last hour
 
 
 class Evict(Protocol):
@@ -53,7 +54,8 @@ class NodeRetirement:
 
     def __init__(self, api: Api, snapshots: SnapshotStore, evict: Evict, *, node_name: str,
                  namespace: str, drain_timeout: float, eviction_retry_seconds: float, lease_name: str,
-                 lease_duration_seconds: int, sleep: Callable[[float], None], target: str, log: Any) -> None:
+                 lease_duration_seconds: int, sleep: Callable[[float], None], target: str, log: Any,
+                 max_concurrent: int = 1, max_per_hour: int = 1, cooldown_seconds: float = 3600.0) -> None:
         self.api = api
         self.snapshots = snapshots
         self.evict = evict  # the pod adapter's eviction (a PDB refusal is transient)
@@ -67,6 +69,11 @@ class NodeRetirement:
         self.target = target
         self.log = log
         self.skipped_bare: set[str] = set()
+        self.max_concurrent = max(1, max_concurrent)
+        self.max_per_hour = max_per_hour
+        self.cooldown_seconds = cooldown_seconds
+        self.slot = lease_name
+        self.last_refusal = ""
 
     def would_evict(self) -> list[str]:
         """The pods a drain of this node would evict now (``ns/name``): the retirement's impact, changing nothing."""
@@ -74,8 +81,11 @@ class NodeRetirement:
 
     def retire_node(self, reason: str) -> dict[str, Any]:
         """Cordon, taint, label and drain this node, holding the cluster-wide retirement Lease."""
+        self.last_refusal = ""
         if not self._acquire_lease():
-            raise TargetError("another node is being retired (retirement lease held); will retry", transient=True)
+            why = self.last_refusal or (f"{self.max_concurrent} node(s) being retired or cooling down "
+                                        "(every retirement lease held)")
+            raise TargetError(f"cluster retirement cap: {why}; will retry", transient=True)
         try:
             slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in reason)[:63].strip("-_.") or "retired"
             self.cordon_and_mark(slug, reason)
@@ -85,9 +95,11 @@ class NodeRetirement:
                 self.log.warning(Event.REMEDIATION_BLOCKED, target=self.target, action="drain",
                                  reason="bare pods (no controller) left on the retired node; nothing would recreate "
                                         "them elsewhere", pods=sorted(self.skipped_bare))
+            self._hold(self.slot, int(self.cooldown_seconds) + int(self.drain_timeout))  # drained: now the cooldown
             return {"node": self.node_name, "evicted": evicted, "not_evicted_bare": sorted(self.skipped_bare)}
-        finally:
-            self._release_lease()
+        except BaseException:
+            self._hold(self.slot, self.lease_duration_seconds)  # mid-retirement: ours until we finish (or it expires)
+            raise
 
     def cordon_and_mark(self, slug: str, reason: str) -> None:
         path = node_path(self.node_name)
@@ -155,46 +167,113 @@ class NodeRetirement:
             self.sleep(min(2.0, self.eviction_retry_seconds))
         raise TargetError("drain timed out waiting for evicted pods to terminate", transient=True)
 
-    # ------------------------------------------------------------------ the retirement Lease
-    def _lease_path(self) -> str:
-        return f"/apis/coordination.k8s.io/v1/namespaces/{quote(self.namespace)}/leases/{quote(self.lease_name)}"
+    # ------------------------------------------------------------------ the retirement Leases (cluster-wide cap)
+    def slot_names(self) -> list[str]:
+        """One Lease per concurrent retirement the cluster allows (``max_concurrent``)."""
+        return [self.lease_name] + [f"{self.lease_name}-{i}" for i in range(1, self.max_concurrent)]
+
+    def _lease_path(self, name: str | None = None) -> str:
+        return f"/apis/coordination.k8s.io/v1/namespaces/{quote(self.namespace)}/leases/{quote(name or self.lease_name)}"
 
     def _acquire_lease(self) -> bool:
-        now = now_rfc3339(micro=True)
-        spec = {"holderIdentity": self.node_name, "leaseDurationSeconds": self.lease_duration_seconds,
-                "acquireTime": now, "renewTime": now}
+        """A retirement slot for this node, if the cluster-wide caps allow one now.
+
+        At most ``max_concurrent`` nodes hold a slot at once; a slot stays held until its node is
+        drained *and* ``cooldown_seconds`` passed (never released right after a drain), and at most
+        ``max_per_hour`` retirements start across the cluster in any hour (the ledger Lease).
+        """
+        names = self.slot_names()
+        for name in names:  # already ours (a retry after a failed drain): keep it, do not count again
+            lease = self._get_lease(name)
+            if lease is not None and (lease.get("spec") or {}).get("holderIdentity") == self.node_name:
+                return self._take(name, lease)
+        free = []
+        for name in names:
+            lease = self._get_lease(name)
+            held = (lease or {}).get("spec") or {}
+            if lease is None or not held.get("holderIdentity") or _expired(held):
+                free.append((name, lease))
+        if not free or not self._ledger_allows():
+            return False
+        for name, lease in free:
+            if self._take(name, lease):
+                if self._ledger_record():
+                    self.slot = name
+                    return True
+                self._hold(name, 1)  # lost the ledger race: give the slot back (expires in a second)
+                return False
+        return False
+
+    def _get_lease(self, name: str) -> dict[str, Any] | None:
         try:
-            lease = self.api("GET", self._lease_path())
+            lease: dict[str, Any] = self.api("GET", self._lease_path(name))
         except KubeError as e:
             if e.status != 404:
                 raise
-            try:
+            return None
+        return lease
+
+    def _take(self, name: str, lease: dict[str, Any] | None, duration: int | None = None) -> bool:
+        now = now_rfc3339(micro=True)
+        spec = {"holderIdentity": self.node_name, "leaseDurationSeconds": duration or self.lease_duration_seconds,
+                "acquireTime": now, "renewTime": now}
+        try:
+            if lease is None:
                 self.api("POST", f"/apis/coordination.k8s.io/v1/namespaces/{quote(self.namespace)}/leases",
                          body={"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                               "metadata": {"name": self.lease_name, "namespace": self.namespace}, "spec": spec})
-                return True
-            except KubeError as e2:
-                if e2.status == 409:
-                    return False
-                raise
-        held = lease.get("spec") or {}
-        holder = held.get("holderIdentity")
-        if holder and holder != self.node_name and not _expired(held):
-            return False
-        lease["spec"] = spec
+                               "metadata": {"name": name, "namespace": self.namespace}, "spec": spec})
+            else:
+                lease["spec"] = spec
+                self.api("PUT", self._lease_path(name), body=lease)  # resourceVersion: a concurrent taker gets 409
+        except KubeError as e:
+            if e.status == 409:
+                return False
+            raise
+        self.slot = name
+        return True
+
+    def _hold(self, name: str, seconds: int) -> None:
+        """Keep the slot held by this node for ``seconds`` from now (the cooldown after a drain)."""
+        lease = self._get_lease(name)
+        if lease is not None and (lease.get("spec") or {}).get("holderIdentity") == self.node_name:
+            self._take(name, lease, duration=max(1, seconds))
+
+    def _ledger(self) -> tuple[dict[str, Any] | None, list[list[Any]]]:
+        lease = self._get_lease(f"{self.lease_name}-ledger")
+        raw = ((lease or {}).get("metadata") or {}).get("annotations", {}).get(LEDGER_ANNOTATION, "[]")
         try:
-            self.api("PUT", self._lease_path(), body=lease)
+            starts = [s for s in json.loads(raw) if isinstance(s, list) and len(s) == 2]
+        except ValueError:
+            starts = []
+        return lease, starts
+
+    def _ledger_allows(self) -> bool:
+        _, starts = self._ledger()
+        recent = [s for s in starts if time.time() - float(s[1]) < 3600]
+        if len(recent) >= self.max_per_hour:
+            self.last_refusal = (f"{len(recent)} node retirement(s) started in the cluster in the last hour "
+                                 f"(cap {self.max_per_hour}): {', '.join(str(s[0]) for s in recent)}")
+            return False
+        return True
+
+    def _ledger_record(self) -> bool:
+        """Add this retirement's start to the cluster ledger; False when another node wrote it first."""
+        lease, starts = self._ledger()
+        recent = [s for s in starts if time.time() - float(s[1]) < 3600]
+        if len(recent) >= self.max_per_hour:
+            return False
+        body = lease or {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                         "metadata": {"name": f"{self.lease_name}-ledger", "namespace": self.namespace}, "spec": {}}
+        body["spec"] = {"holderIdentity": self.node_name}  # the last writer (the admission policy checks it is the node)
+        body.setdefault("metadata", {}).setdefault("annotations", {})[LEDGER_ANNOTATION] = json.dumps(
+            [*recent, [self.node_name, time.time()]])
+        try:
+            if lease is None:
+                self.api("POST", f"/apis/coordination.k8s.io/v1/namespaces/{quote(self.namespace)}/leases", body=body)
+            else:
+                self.api("PUT", self._lease_path(f"{self.lease_name}-ledger"), body=body)
         except KubeError as e:
             if e.status == 409:
                 return False
             raise
         return True
-
-    def _release_lease(self) -> None:
-        try:
-            lease = self.api("GET", self._lease_path())
-            if (lease.get("spec") or {}).get("holderIdentity") == self.node_name:
-                lease["spec"]["holderIdentity"] = None
-                self.api("PUT", self._lease_path(), body=lease)
-        except TargetError as e:
-            self.log.warning(Event.OBSERVE_FAILED, target=self.target, error=f"lease not released: {e}")
