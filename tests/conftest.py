@@ -122,3 +122,17 @@ def tree_digest(root: Path) -> str:
             elif p.is_file():
                 h.update(p.read_bytes())
     return h.hexdigest()
+
+
+def poll(pred: Callable[[], Any], what: str, timeout: float, interval: float = 0.05) -> Any:
+    """``pred()``'s first truthy value, polled every ``interval`` s; fails after ``timeout`` s naming ``what``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

@@ -25,7 +25,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import host_baseline
+from conftest import host_baseline, poll
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
@@ -101,14 +101,7 @@ def series(text: str, name: str) -> list[dict[str, str]]:
 
 
 def wait_for(pred: Callable[[], Any], what: str, timeout: float = POLL_TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+    return poll(pred, what, timeout, interval=0.05)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import host_baseline, need
+from conftest import host_baseline, need, poll
 from prometheus_client import CollectorRegistry
+from test_daemon import MOTD
 
 from driftd.engine.daemon import BaselineManager, Daemon
 from driftd.engine.queue import KeyedQueue
@@ -60,14 +61,7 @@ def need_proc_limits() -> None:
 
 
 def wait_for(pred: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
+    return poll(pred, what, timeout, interval=0.01)
 
 
 def res(kind: str, address: str) -> DesiredResource:
@@ -402,12 +396,6 @@ def test_inotify_unavailable_is_logged_counted_and_the_watch_returns(tree, start
 
 # --------------------------------------------------------------------------- through the daemon
 
-MOTD = host_baseline(name="motd", spec="""
-    files:
-      - path: /etc/motd
-        content: "hello\\n"
-        mode: "0644"
-""")
 ISSUE = host_baseline(name="issue", spec="""
     files:
       - path: /etc/issue
