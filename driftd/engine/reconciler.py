@@ -24,7 +24,6 @@ from driftd.core.plan import plan as make_plan
 from driftd.engine.clock import Clock, SystemClock
 from driftd.engine.queue import KeyedQueue
 from driftd.engine.state import DriftRecord, StateError, StateStore
-from driftd.models.baseline import Enforcement
 from driftd.models.keys import ResourceKey
 from driftd.models.resources import (
     Action,
@@ -500,11 +499,9 @@ class Engine:
               log: Any) -> Outcome:
         """A gate holds the plan: reported with the gate and why, recorded, counted, Evented; never dropped."""
         assert v.gate is not None
-        if isinstance(self.gates[0], DryRunGate) and v.gate in (self.gates[0].name, *(m.value for m in Enforcement)):
-            if v.gate == DryRunGate.name:
-                out.mode = Enforcement.DRYRUN.value
-            return self._skipped(d, rec, p, out, now, log, "dry-run" if v.gate == DryRunGate.name else v.gate,
-                                 dry_run=v.gate == DryRunGate.name)
+        if v.mode is not None:  # the mode gate: drift left by choice (dry-run, warn/dryrun baseline) is reported
+            out.mode = v.mode.value
+            return self._skipped(d, rec, p, out, now, log, v.gate, dry_run=v.gate == DryRunGate.name)
         result = f"held:{v.gate}"
         changed = rec.last_result != result or rec.last_error != v.reason
         if v.quarantine:

@@ -18,7 +18,8 @@ class DryRunGate:
 
     def check(self, inp: GateInput, view: SafetyView) -> Verdict:
         if self.dry_run:
-            return Verdict(self.name, "driftd runs in dry-run: nothing is changed")
+            return Verdict(self.name, "driftd runs in dry-run: nothing is changed", mode=Enforcement.DRYRUN)
         if inp.plan.mode is not Enforcement.ENFORCE:
-            return Verdict(inp.plan.mode.value, f"baseline {inp.desired.baseline} is in {inp.plan.mode.value} mode")
+            return Verdict(inp.plan.mode.value, f"baseline {inp.desired.baseline} is in {inp.plan.mode.value} mode",
+                           mode=inp.plan.mode)
         return ALLOWED

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from driftd.models.baseline import Enforcement
 from driftd.models.resources import Action, DesiredResource, Plan
 
 REVERT = "revert"
@@ -37,6 +38,7 @@ class Verdict:
     until: float | None = None
     retry: bool = False  # the hold lifts by itself soon (a budget): ask the queue to come back
     quarantine: bool = False  # the engine persists this hold (flap) until someone resets it
+    mode: Enforcement | None = None  # set by the mode gate: drift left by choice, reported (not a safety hold)
 
     @property
     def allowed(self) -> bool:
