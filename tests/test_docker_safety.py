@@ -419,3 +419,70 @@ class TestBreakerOnContainers:
         assert [o.status for o in outs] == ["held"] * 3, [(o.status, o.error) for o in outs]
         assert all("held: breaker: 3 of 3 resources of baseline hardened" in (o.error or "") for o in outs)
         assert [state(docker_client, c.name)[0] for c in made] == [c.id for c in made]  # not one recreated
+
+
+class TestWindowFromTheContainersChange:
+    def test_a_drifted_container_counts_its_window_from_its_creation_not_from_when_driftd_saw_it(
+            self, docker_client, make, docker_runtime, image_ids, scope):
+        from prometheus_client import CollectorRegistry
+
+        from driftd.core.times import rfc3339
+        from driftd.engine.clock import FakeClock
+
+        clock = FakeClock(start=time.time())
+        reg = CollectorRegistry()
+        rt = docker_runtime({"c.yaml": container_baseline(scope, [image_ids[IMAGE_V1]])}, clock=clock, registry=reg)
+        c = make("late", privileged=True, start=False, **HARDENED)  # made after driftd began governing
+        created = rfc3339(c.attrs["Created"])
+        assert created is not None and abs(created - time.time()) < 30
+        clock.advance(120)  # driftd's next look is two minutes later
+        s = enforce(rt)
+        assert outcome_of(s, c.name).status == "remediated"
+        rec = rt.state.recent(1)[0]
+        assert rec.changed_at == pytest.approx(created, abs=0.01)
+        assert rec.deadline == pytest.approx(created + 1800, abs=0.01)
+        detect = reg.get_sample_value("driftd_time_to_detect_seconds_sum", {"target": "docker"})
+        assert detect == pytest.approx(clock.time() - created, abs=0.5)
+        ttr = reg.get_sample_value("driftd_time_to_remediate_seconds_sum", {"target": "docker"})
+        assert ttr >= detect  # from the change, not from first seen
+
+    def test_a_container_already_drifted_before_driftd_governed_it_counts_from_first_seen(
+            self, docker_client, make, docker_runtime, image_ids, scope):
+        from driftd.engine.clock import FakeClock
+
+        c = make("early", privileged=True, start=False, **HARDENED)
+        time.sleep(1.5)
+        clock = FakeClock(start=time.time())
+        rt = docker_runtime({"c.yaml": container_baseline(scope, [image_ids[IMAGE_V1]], )}, clock=clock, dry_run=True)
+        enforce(rt)
+        rec = next(r for r in rt.state.active().values() if r.address == c.name)
+        assert rec.changed_at is None and rec.deadline == pytest.approx(rec.first_seen + 1800)
+
+    def test_the_event_stream_dates_an_in_place_change(self, docker_client, make, docker_runtime, image_ids, scope):
+        """An ``exec`` into a running container is dated by its event (``timeNano``), later than created/started."""
+        c = make("exec", **HARDENED)
+        rt = docker_runtime({"c.yaml": container_baseline(scope, [image_ids[IMAGE_V1]])})
+        target = rt.engine.targets["docker"]
+        keys: list[str] = []
+        stop = threading.Event()
+        t = threading.Thread(target=target.watch, args=(keys.append, stop), daemon=True)
+        t.start()
+        try:
+            time.sleep(1.0)  # the stream is open
+            before = time.time()
+            c.exec_run(["sh", "-c", "true"])
+            deadline = time.time() + 10
+            while not keys and time.time() < deadline:
+                time.sleep(0.05)
+            assert f"docker:{c.name}" in keys
+            from driftd.core.kinds.container import ContainerHandler  # noqa: F401  (registered)
+            from driftd.targets.docker import _Port
+
+            seen = _Port(target, target.api()).event_time(c.name)
+            assert seen is not None and before - 1 <= seen <= time.time()
+            observed = target.observe(next(d for d in target.discover() if d.address == c.name))
+            assert observed.changed_at == pytest.approx(seen)
+        finally:
+            stop.set()
+            target.close()
+            t.join(timeout=10)

@@ -353,3 +353,151 @@ class TestWindowFromTheChange:
         rec = rt.state.get_active("host:file:/etc/app/f01.conf")
         assert rec.changed_at is None and rec.deadline == pytest.approx(rec.first_seen + 1800)
         assert not rec.breached
+
+
+class TestGrace:
+    def test_a_change_is_left_to_settle_for_the_baselines_grace_counted_from_the_change(self):
+        from datetime import timedelta
+
+        from driftd.safety.grace import GraceGate
+
+        g = GraceGate()
+        base = inp()
+        d = base.desired.model_copy(update={"grace": timedelta(seconds=120)})
+        held = g.check(GateInput(desired=d, plan=base.plan, now=NOW + 30, first_seen=NOW + 30, deadline=NOW + 1800,
+                                 changed_at=NOW), View())
+        assert held.gate == "grace" and held.until == NOW + 120 and held.retry and "90s to go" in held.reason
+        assert g.check(GateInput(desired=d, plan=base.plan, now=NOW + 120, first_seen=NOW + 30, deadline=NOW + 1800,
+                                 changed_at=NOW), View()).allowed
+        # the change time unknown: first seen stands for it
+        assert g.check(GateInput(desired=d, plan=base.plan, now=NOW + 130, first_seen=NOW + 30, deadline=NOW + 1830),
+                       View()).gate == "grace"
+        assert g.check(base, View()).allowed  # no grace: acts at once
+
+    def test_a_grace_as_long_as_the_window_is_rejected_with_its_field(self, baselines_dir):
+        from driftd.baselines.loader import load_set
+
+        bset, problems = load_set(baselines_dir({"b.yaml": host_baseline("b", "window: 10m\ngrace: 10m\n" + files_spec(1))}))
+        assert bset is None
+        assert any("b.yaml" in str(p) and "grace" in str(p) and "shorter than window" in str(p) for p in problems), problems
+
+    def test_end_to_end_the_revert_waits_out_the_grace_and_the_daemon_comes_back_when_it_ends(
+            self, host_root, baselines_dir, make_runtime):
+        from driftd.engine.queue import KeyedQueue
+
+        write_tree(host_root, 1, drifted={0})
+        clock = FakeClock()
+        rt = make_runtime(baselines_dir({"b.yaml": host_baseline("b", "grace: 2m\n" + files_spec(1))}), clock=clock)
+        q = KeyedQueue(clock=clock)
+        rt.engine.scan(q)
+        key = q.get(timeout=0)
+        assert key == "host:file:/etc/app/f00.conf"
+        rt.engine.work(q, key)  # the daemon's worker step
+        rec = rt.state.get_active(key)
+        assert rec.last_result == "held:grace"
+        assert (host_root / "etc/app/f00.conf").read_text() == "drifted 0\n"
+        assert q.get(timeout=0) is None  # not retried as a failure (no backoff storm) ...
+        assert q.next_ready_in() == pytest.approx(120)  # ... but queued for the moment the grace ends
+        clock.advance(120)
+        rt.engine.work(q, q.get(timeout=0))
+        assert (host_root / "etc/app/f00.conf").read_text() == "v0\n"
+        assert rt.state.get_active(key) is None
+
+
+class TestHeldComesBack:
+    def test_a_budget_hold_is_queued_again_for_when_the_budget_may_free(self, host_root, baselines_dir, make_runtime):
+        from driftd.engine.queue import KeyedQueue
+
+        write_tree(host_root, 2, drifted={0, 1})
+        clock = FakeClock()
+        rt = make_runtime(baselines_dir({"b.yaml": host_baseline("b", files_spec(2))}), clock=clock,
+                          safety={"budget": {"reverts_per_node": 1, "interval_seconds": 600}})
+        q = KeyedQueue(clock=clock)
+        rt.engine.scan(q)
+        for _ in range(2):
+            rt.engine.work(q, q.get(timeout=0))
+        held = [k for k, r in rt.state.active().items() if r.last_result == "held:budget"]
+        assert len(held) == 1
+        assert len(q) == 1 and q.next_ready_in() == pytest.approx(10)  # interval / 60: looks again soon, not never
+        clock.advance(600)  # the budget frees
+        rt.engine.work(q, q.get(timeout=0))
+        assert rt.state.active() == {}
+
+
+class TestDeadlinePriority:
+    def test_an_urgent_key_goes_before_every_other_ready_key_and_keeps_its_urgency_through_a_retry(self):
+        from driftd.engine.queue import KeyedQueue
+
+        clock = FakeClock()
+        q = KeyedQueue(clock=clock)
+        for k in ("a", "b", "c"):
+            q.add(k)
+        q.add("late", urgent=True)
+        assert q.get(timeout=0) == "late"
+        assert q.get(timeout=0) == "a"
+        q.add("b", urgent=True)  # already queued: becomes urgent in place
+        assert q.get(timeout=0) == "b"
+        q.done("b", failed=True, urgent=True)  # its retry after backoff stays urgent
+        q.add("d")
+        clock.advance(q.backoff.delay(1))
+        assert q.get(timeout=0) == "b"
+        assert [q.get(timeout=0), q.get(timeout=0)] == ["c", "d"]
+        q.add("x", delay=5, urgent=True)  # urgent but not ready yet: ready keys are not starved
+        q.add("y")
+        assert q.get(timeout=0) == "y" and q.next_ready_in() == pytest.approx(5)
+
+    def test_a_drift_past_its_deadline_is_evented_once_and_the_scan_queues_it_first(self, host_root, baselines_dir,
+                                                                                    make_runtime):
+        from driftd.engine.queue import KeyedQueue
+        from driftd.models.resources import DesiredResource as DR
+
+        write_tree(host_root, 3, drifted={0, 1, 2})
+        clock = FakeClock()
+        rt = make_runtime(baselines_dir({"b.yaml": host_baseline("b", "window: 1m\n" + files_spec(3),
+                                                                 enforcement="warn")}), clock=clock,
+                          safety={"deadline_margin_seconds": 10})
+        seen: list[tuple[str, str]] = []
+
+        class Notes:
+            def notify(self, reason: str, d: DR, message: str, *, warning: bool = True) -> None:
+                seen.append((reason, d.key))
+
+        rt.engine.notifiers.append(Notes())
+        run_once(rt.engine, rt.queue, attempts=1)
+        rec = rt.state.get_active("host:file:/etc/app/f00.conf")
+        rt.state.resolve(rec, now=clock.time(), resolution="test")  # f00 opens later: its window is still running
+        clock.advance(30)
+        run_once(rt.engine, rt.queue, attempts=1)
+        clock.advance(45)  # f01 and f02 are past their deadline, f00 is not (scanned first, queued last)
+        q = KeyedQueue(clock=clock)
+        rt.engine.scan(q)
+        first_two = {q.get(timeout=0), q.get(timeout=0)}
+        assert first_two == {"host:file:/etc/app/f01.conf", "host:file:/etc/app/f02.conf"}
+        assert q.get(timeout=0) == "host:file:/etc/app/f00.conf"
+        for k in sorted(first_two) * 2:  # reconciled twice: the breach is Evented once
+            rt.engine.reconcile(k)
+        breaches = [k for r, k in seen if r == "DriftWindowBreached"]
+        assert sorted(breaches) == sorted(first_two)
+        assert rt.engine.outcomes["host:file:/etc/app/f01.conf"].urgent
+
+
+class TestSafetyGauges:
+    def test_holds_breakers_and_quarantines_are_scraped_from_state(self, host_root, baselines_dir, make_runtime):
+        from prometheus_client import CollectorRegistry
+
+        write_tree(host_root, 12, drifted=set(range(12)))
+        reg = CollectorRegistry()
+        clock = FakeClock()
+        rt = make_runtime(baselines_dir({"b.yaml": host_baseline("b", "window: 1m\n" + files_spec(12))}), safety={},
+                          registry=reg, clock=clock)
+        run_once(rt.engine, rt.queue, attempts=1)
+        assert reg.get_sample_value("driftd_breaker_open", {"baseline": "b", "kind": "revert"}) == 1
+        assert reg.get_sample_value("driftd_drifts_held", {"target": "host", "gate": "breaker"}) == 12
+        assert reg.get_sample_value("driftd_drifts_held_past_deadline", {"target": "host", "gate": "breaker"}) == 0
+        clock.advance(61)
+        assert reg.get_sample_value("driftd_drifts_held_past_deadline", {"target": "host", "gate": "breaker"}) == 12
+        assert reg.get_sample_value("driftd_flapping_resources", {"target": "host"}) == 0
+        rt.state.set_guard("flap:host:file:/etc/app/f00.conf", until=1e18, now=clock.time(), data={})
+        assert reg.get_sample_value("driftd_flapping_resources", {"target": "host"}) == 1
+        rt.engine.reset_breakers()
+        assert reg.get_sample_value("driftd_breaker_open", {"baseline": "b", "kind": "revert"}) is None

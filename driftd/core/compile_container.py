@@ -128,6 +128,7 @@ def compile_container(
         baseline=b.metadata.name,
         enforcement=spec.enforcement,
         window=spec.window,
+        grace=spec.grace,
         expected=expected,
         sensitive=frozenset({"env"}),
         content=None,

@@ -16,6 +16,7 @@ import posixpath
 from collections.abc import Iterable
 from typing import Any
 
+from driftd.core.times import latest, rfc3339
 from driftd.models.container import normalize_caps
 
 _CONFIG_KEYS = (
@@ -25,6 +26,11 @@ _CONFIG_KEYS = (
 )
 
 
+
+
+def change_time(ins: dict[str, Any], event_at: float | None = None) -> float | None:
+    """When the container's configuration last changed, where known: created, (re)started or its last event."""
+    return latest((rfc3339(ins.get("Created")), rfc3339((ins.get("State") or {}).get("StartedAt")), event_at))
 
 
 def _secopt(opts: list[str], kind: str) -> str | None:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from driftd.core import selectors
+from driftd.core.times import latest, rfc3339
 from driftd.models.keys import ResourceKey
 from driftd.models.pod import PodBaseline
 from driftd.models.resources import DesiredResource, PodPayload
@@ -79,6 +80,15 @@ def _digest(ref: str) -> str:
 
 def _all_containers(spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [*(spec.get("initContainers") or []), *(spec.get("containers") or []), *(spec.get("ephemeralContainers") or [])]
+
+
+def change_time(pod: Mapping[str, Any]) -> float | None:
+    """When the pod last changed in a way drift comes from: created, or a container (debug ones too) started."""
+    status = pod.get("status") or {}
+    starts = [rfc3339(((c.get("state") or {}).get("running") or {}).get("startedAt"))
+              for group in ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses")
+              for c in status.get(group) or []]
+    return latest([rfc3339(_meta(pod).get("creationTimestamp")), *starts])
 
 
 def evaluate(b: PodBaseline, pod: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -197,6 +207,7 @@ def compile_pod(b: PodBaseline, pod: Mapping[str, Any]) -> DesiredResource:
         baseline=b.metadata.name,
         enforcement=b.spec.enforcement,
         window=b.spec.window,
+        grace=b.spec.grace,
         expected={f: [] for f in fields},
         sensitive=frozenset(),
         content=None,

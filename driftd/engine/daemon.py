@@ -172,12 +172,7 @@ class Daemon:
                 if self.stop_event.is_set():
                     return
                 continue
-            try:
-                ok = self.engine.handle(key)
-            except Exception as e:
-                self.log.exception(Event.REMEDIATION_FAILED, key=key, error=f"internal error: {e}")
-                ok = False
-            self.queue.done(key, failed=not ok)
+            self.engine.work(self.queue, key)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:

@@ -4,7 +4,8 @@ Pipeline position: scans and events *enqueue keys*; workers take a key, reconcil
 (observe → diff → plan → act), and report success or failure.  Keys are de-duplicated;
 a key added while it is being processed is re-queued once it is done; a failed key
 comes back after exponential backoff.  Level-based: a key carries no payload, every
-reconcile re-reads real state.
+reconcile re-reads real state.  An *urgent* key (a drift at or past its deadline) is taken
+before every other ready key.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class KeyedQueue:
         self.backoff = backoff or Backoff()
         self._cv = threading.Condition()
         self._heap: list[tuple[float, int, str]] = []
+        self._urgent_heap: list[tuple[float, int, str]] = []
+        self._urgent: set[str] = set()
         self._ready_at: dict[str, float] = {}
         self._processing: set[str] = set()
         self._dirty: dict[str, float] = {}
@@ -55,36 +58,56 @@ class KeyedQueue:
         with self._cv:
             return self._failures.get(key, 0)
 
-    def add(self, key: str, delay: float = 0.0) -> None:
-        """Queue ``key`` (no-op if already queued sooner); deferred if it is in flight."""
+    def add(self, key: str, delay: float = 0.0, *, urgent: bool = False) -> None:
+        """Queue ``key`` (no-op if already queued sooner); deferred if it is in flight.
+
+        ``urgent`` keys go before every other ready key (and stay urgent until taken).
+        """
         with self._cv:
             if self._closed:
                 return
             at = self._clock.monotonic() + delay
+            if urgent:
+                self._urgent.add(key)
             if key in self._processing:
                 self._dirty[key] = min(at, self._dirty.get(key, at))
                 return
             current = self._ready_at.get(key)
             if current is not None and current <= at:
+                if urgent:
+                    heapq.heappush(self._urgent_heap, (current, next(self._seq), key))
+                    self._cv.notify()
                 return
             self._ready_at[key] = at
-            heapq.heappush(self._heap, (at, next(self._seq), key))
+            heapq.heappush(self._urgent_heap if key in self._urgent else self._heap, (at, next(self._seq), key))
             self._cv.notify()
+
+    def _peek(self, heap: list[tuple[float, int, str]], urgent: bool) -> tuple[float, str] | None:
+        while heap:
+            at, _, key = heap[0]
+            if self._ready_at.get(key) != at or (urgent and key not in self._urgent):  # superseded entry
+                heapq.heappop(heap)
+                continue
+            return at, key
+        return None
 
     def _pop_ready(self) -> tuple[str | None, float | None]:
         now = self._clock.monotonic()
-        while self._heap:
-            at, _, key = self._heap[0]
-            if self._ready_at.get(key) != at:  # superseded entry
-                heapq.heappop(self._heap)
-                continue
-            if at > now:
-                return None, at - now
-            heapq.heappop(self._heap)
-            del self._ready_at[key]
-            self._processing.add(key)
-            return key, None
-        return None, None
+        first = self._peek(self._urgent_heap, True)
+        normal = self._peek(self._heap, False)
+        urgent_ready = first is not None and first[0] <= now
+        if not urgent_ready and normal is not None and (first is None or normal[0] < first[0]):
+            first = normal
+        if first is None:
+            return None, None
+        at, key = first
+        if at > now:
+            return None, at - now
+        heapq.heappop(self._urgent_heap if first is not normal else self._heap)
+        del self._ready_at[key]
+        self._urgent.discard(key)
+        self._processing.add(key)
+        return key, None
 
     def get(self, timeout: float | None = None) -> str | None:
         """Next ready key, or None on timeout or shutdown."""
@@ -105,18 +128,16 @@ class KeyedQueue:
     def next_ready_in(self) -> float | None:
         """Seconds until the next queued key is ready (0 if one is), None when empty."""
         with self._cv:
-            key, wait = self._pop_ready()
-            if key is not None:  # put it back untouched
-                self._processing.discard(key)
-                self._ready_at[key] = self._clock.monotonic()
-                heapq.heappush(self._heap, (self._ready_at[key], next(self._seq), key))
-                return 0.0
-            return wait
+            now = self._clock.monotonic()
+            times = [e[0] for e in (self._peek(self._urgent_heap, True), self._peek(self._heap, False)) if e is not None]
+            return max(0.0, min(times) - now) if times else None
 
-    def done(self, key: str, *, failed: bool = False, retry: bool = True) -> float | None:
-        """Finish ``key``.  A failure re-queues it after backoff (returned) when ``retry``."""
+    def done(self, key: str, *, failed: bool = False, retry: bool = True, urgent: bool = False) -> float | None:
+        """Finish ``key``.  A failure re-queues it after backoff (returned) when ``retry``, urgent if ``urgent``."""
         with self._cv:
             self._processing.discard(key)
+            if urgent and failed and retry:
+                self._urgent.add(key)
             dirty_at = self._dirty.pop(key, None)
             delay: float | None = None
             if failed:

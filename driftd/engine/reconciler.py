@@ -103,6 +103,8 @@ class Outcome:
     first_seen: float | None = None
     deadline: float | None = None
     retry: bool = False
+    urgent: bool = False  # at or near its deadline: the queue takes it before other keys
+    until: float | None = None  # a gate's hold lifts by itself then: come back at that time
 
 
 @dataclass
@@ -154,6 +156,7 @@ class Engine:
         self.outcomes: dict[str, Outcome] = {}
         self._last_full = -float("inf")
         self._clean_at: dict[str, float] = {}  # when each key was last seen clean (a change after it can be dated)
+        self._watching_since: dict[str, float] = {}  # target -> when the current baselines began governing it
         self.safety = safety or SafetySettings()
         self.overrides = overrides
         self.break_glass = BreakGlassGate()
@@ -243,6 +246,7 @@ class Engine:
         with self._swap:
             self.baselines = bset
             self._desired = desired
+            self._watching_since = dict.fromkeys(self.targets, self.clock.time())
         set_baseline_version(bset.version)
         self.metrics.set_baselines(
             bset.version, ((b.metadata.name, b.kind, bset.hashes[b.metadata.name]) for b in bset.baselines), self.clock.time()
@@ -325,8 +329,10 @@ class Engine:
         self._evaluate_breakers({REVERT: {b: (c[0], c[1]) for b, c in per_baseline.items()},
                                  RETIREMENT: {b: (c[0], c[2]) for b, c in per_baseline.items()}},
                                 set(per_baseline) - bad_baselines)
+        due = seen_at + self.safety.deadline_margin_seconds
         for key in to_enqueue:
-            queue.add(key)
+            rec = active.get(key)
+            queue.add(key, urgent=rec is not None and rec.deadline <= due)
         for key in active.keys() - desired.keys():
             if self.target_name(key) not in down:
                 queue.add(key)  # gone or no longer governed: the reconciler closes the record
@@ -387,7 +393,8 @@ class Engine:
         rec = self._record_drift(d, fields, now, log, observed)
         p = make_plan(d, observed, drift)
         out = self._outcome(d, OutcomeStatus.REPORTED, mode=p.mode.value, drift=fields,
-                            actions=[a.action.value for a in p.actions], first_seen=rec.first_seen, deadline=rec.deadline)
+                            actions=[a.action.value for a in p.actions], first_seen=rec.first_seen, deadline=rec.deadline,
+                            urgent=rec.deadline <= now + self.safety.deadline_margin_seconds)
         if p.blocked:
             return self._blocked(d, rec, p, out, now, log)
         if not p.actions:  # report-only rules
@@ -438,18 +445,22 @@ class Engine:
             log.warning(Event.OBSERVE_FAILED, error=str(e))
             return self._outcome(d, OutcomeStatus.ERROR, error=str(e), retry=e.transient)
 
-    def _change_time(self, key: str, observed: ObservedResource, now: float) -> float | None:
-        """The change's own time, trusted only between the last clean observation and now (else unknown)."""
-        clean = self._clean_at.get(key)
+    def _change_time(self, d: DesiredResource, observed: ObservedResource, now: float) -> float | None:
+        """The change's own time, trusted only from when driftd could have seen it happen until now, else unknown.
+
+        "Could have seen" is the last clean observation of the key, or (never seen clean: a new container or
+        pod, a file changed before its first scan) when the current baselines began governing the target.
+        """
+        lower = self._clean_at.get(d.key, self._watching_since.get(d.target))
         t = observed.changed_at
-        if t is None or clean is None or not clean - 1.0 <= t <= now + 1.0:
+        if t is None or lower is None or not lower - 1.0 <= t <= now + 1.0:
             return None  # a drift older than what driftd saw (or a clock skew): first seen stands for it
         return min(t, now)
 
     def _record_drift(self, d: DesiredResource, fields: list[dict[str, Any]], now: float, log: Any,
                       observed: ObservedResource) -> DriftRecord:
         new = self.state.get_active(d.key) is None
-        changed = self._change_time(d.key, observed, now) if new else None
+        changed = self._change_time(d, observed, now) if new else None
         rec = self.state.open_drift(key=d.key, target=d.target, baseline=d.baseline, address=d.address, now=now,
                                     window_seconds=d.window.total_seconds(), fields=fields, changed_at=changed)
         if new:
@@ -463,8 +474,11 @@ class Engine:
         if now > rec.deadline and not rec.breached:
             self.state.mark_breached(rec, now)
             self.metrics.window_breaches.labels(d.target, d.baseline).inc()
+            held_by = rec.last_result if (rec.last_result or "").startswith("held:") else None
             log.error(Event.DRIFT_WINDOW_BREACHED, address=d.address, first_seen=rec.first_seen, deadline=rec.deadline,
-                      held_by=rec.last_result if (rec.last_result or "").startswith("held:") else None)
+                      held_by=held_by)
+            self._notify("DriftWindowBreached", d, f"not reverted within its {d.window.total_seconds():.0f}s window"
+                         + (f" ({held_by}: {rec.last_error})" if held_by else f" (last result: {rec.last_result or 'none'})"))
             if (rec.last_result or "").startswith("held:"):
                 self._escalate_held(d, rec, rec.last_error or rec.last_result or "", log)
         return rec
@@ -492,7 +506,7 @@ class Engine:
     def _gate(self, d: DesiredResource, p: Plan, rec: DriftRecord, now: float) -> Verdict:
         self._load_overrides()
         inp = GateInput(desired=d, plan=p, now=now, first_seen=rec.first_seen, deadline=rec.deadline,
-                        baseline_hash=self.baselines.hashes.get(d.baseline, ""))
+                        baseline_hash=self.baselines.hashes.get(d.baseline, ""), changed_at=rec.changed_at)
         return run_chain(self.gates, inp, _View(self.state, now))
 
     def _held(self, d: DesiredResource, rec: DriftRecord, p: Plan, out: Outcome, v: Verdict, now: float,
@@ -516,8 +530,10 @@ class Engine:
                 self._escalate_held(d, rec, f"{v.gate}: {v.reason}", log)
         log.warning(Event.REMEDIATION_HELD, gate=v.gate, reason=v.reason, until=v.until,
                     planned=[a.action.value for a in p.actions], first=changed)
-        # not retried by the queue: the next scan or change event comes back (a pass must not sleep on a budget)
+        # not retried as a failure: the daemon comes back at ``until`` when the hold lifts by itself (a budget,
+        # a grace, a persistence wait), else the next scan or change event does (a pass never sleeps on a hold)
         out.status, out.error = OutcomeStatus.HELD, f"held: {v.gate}: {v.reason}"
+        out.until = v.until if v.retry else None
         return out
 
     def _escalate_held(self, d: DesiredResource, rec: DriftRecord, why: str, log: Any) -> None:
@@ -715,3 +731,19 @@ class Engine:
     def handle(self, key: str) -> bool:
         """Queue handler: False asks the queue to retry the key after backoff."""
         return not self.reconcile(key).retry
+
+    def work(self, queue: KeyedQueue, key: str) -> None:
+        """The daemon's worker step: reconcile ``key``, then tell the queue how and when to come back.
+
+        A failure comes back after backoff, keeping its urgency (a drift at its deadline goes first);
+        a hold that lifts by itself (``Outcome.until``) comes back when it lifts.
+        """
+        try:
+            out = self.reconcile(key)
+        except Exception as e:  # an internal error must not kill the worker: retried after backoff
+            self.log.exception(Event.REMEDIATION_FAILED, key=key, error=f"internal error: {e}")
+            queue.done(key, failed=True)
+            return
+        queue.done(key, failed=out.retry, urgent=out.urgent)
+        if out.status is OutcomeStatus.HELD and out.until is not None:
+            queue.add(key, max(0.0, out.until - self.clock.time()), urgent=out.urgent)

@@ -286,6 +286,17 @@ class StateStore:
             out["oldest_age"][target] = max(out["oldest_age"].get(target, 0.0), now - oldest)
             out["failing"][target] = out["failing"].get(target, 0) + (failing or 0)
             out["past_deadline"][target] = out["past_deadline"].get(target, 0) + (past or 0)
+        out["held"], out["held_past_deadline"] = {}, {}
+        for target, result, n, past in self._read(
+            "SELECT target, last_result, COUNT(*), SUM(deadline < ?) FROM drift "
+            "WHERE resolved_at IS NULL AND last_result LIKE 'held:%' GROUP BY target, last_result", (now,)):
+            gate = str(result).split(":", 1)[1]
+            out["held"][(target, gate)] = n
+            out["held_past_deadline"][(target, gate)] = past or 0
+        out["breakers"] = sorted(tuple(sc.split(":", 2)[1:]) for sc in self.guards("breaker:", now))
+        out["flapping"] = dict(self._read(
+            "SELECT d.target, COUNT(*) FROM guards g JOIN drift d ON g.scope = 'flap:' || d.key "
+            "WHERE d.resolved_at IS NULL AND g.until > ? GROUP BY d.target", (now,)))
         return out
 
     # ------------------------------------------------------------------ safety gates (safety.gates.SafetyView)

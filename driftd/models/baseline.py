@@ -224,11 +224,39 @@ class KernelRule(Rule):
         return v
 
 
-class HostSpec(Strict):
+class Timing(Strict):
+    """What every baseline kind's spec starts with: its mode, its window and its grace."""
+
     enforcement: Enforcement = Enforcement.ENFORCE
     window: timedelta = Field(
-        default=timedelta(minutes=30), description="Time allowed from first detection to revert, e.g. '30m'."
+        default=timedelta(minutes=30),
+        description="Time allowed from the change (where its time is known, else first detection) to revert, e.g. '30m'.",
     )
+    grace: timedelta = Field(
+        default=timedelta(0),
+        description="Wait this long after a change before acting on it (for changes that settle, e.g. '2m'); "
+        "0 acts at once. Must be shorter than window.",
+    )
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _v_window(cls, v: object) -> timedelta:
+        return parse_duration(v)
+
+    @field_validator("grace", mode="before")
+    @classmethod
+    def _v_grace(cls, v: object) -> timedelta:
+        return timedelta(0) if v in (0, "0", "0s") else parse_duration(v)
+
+    @model_validator(mode="after")
+    def _v_grace_in_window(self) -> Timing:
+        if self.grace >= self.window:
+            raise ValueError(f"grace ({self.grace}) must be shorter than window ({self.window}): "
+                             "a drift would pass its deadline before driftd may act")
+        return self
+
+
+class HostSpec(Timing):
     selector: HostSelector = Field(default_factory=HostSelector)
     files: list[ManagedFile] = Field(default_factory=list)
     directories: list[ManagedDirectory] = Field(default_factory=list)
@@ -239,11 +267,6 @@ class HostSpec(Strict):
         alias="retireOnFailure",
         description="Retire the node when a remediation of this baseline keeps failing (a file that cannot be restored).",
     )
-
-    @field_validator("window", mode="before")
-    @classmethod
-    def _v_window(cls, v: object) -> timedelta:
-        return parse_duration(v)
 
     def rules(self) -> Iterator[tuple[str, int | None, Rule]]:
         """Every rule with its field's YAML name and list index, found from the fields (no list of kinds)."""

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from datetime import timedelta
 from enum import StrEnum
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from driftd.models.baseline import Enforcement, Metadata, Strict, check_managed_path, parse_duration
+from driftd.models.baseline import Metadata, Strict, Timing, check_managed_path
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?|[kmgt]|[KMGT]B)?\s*$")
 _UNITS = {
@@ -166,9 +165,7 @@ class FilesystemPolicy(Strict):
     action: RuleAction = RuleAction.REVERT
 
 
-class ContainerSpec(Strict):
-    enforcement: Enforcement = Enforcement.ENFORCE
-    window: timedelta = Field(default=timedelta(minutes=30))
+class ContainerSpec(Timing):
     selector: ContainerSelector
     images: ImagePolicy
     runtime: RuntimePolicy = Field(default_factory=RuntimePolicy)
@@ -184,10 +181,6 @@ class ContainerSpec(Strict):
         "the active container baselines applies.",
     )
 
-    @field_validator("window", mode="before")
-    @classmethod
-    def _v_window(cls, v: object) -> timedelta:
-        return parse_duration(v)
 
     @model_validator(mode="after")
     def _v_overrides(self) -> ContainerSpec:

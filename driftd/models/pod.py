@@ -9,12 +9,11 @@ empty list is compliant.  The shipped example is the Kubernetes Pod Security
 from __future__ import annotations
 
 import re
-from datetime import timedelta
 from typing import Literal
 
 from pydantic import Field, field_validator
 
-from driftd.models.baseline import Enforcement, Metadata, Strict, parse_duration
+from driftd.models.baseline import Metadata, Strict, Timing
 from driftd.models.container import RuleAction
 
 _DIGEST_RE = re.compile(r"^(?:[^@\s]+@)?sha256:[0-9a-f]{64}$")
@@ -74,9 +73,7 @@ class PodActions(Strict):
     resources: RuleAction = RuleAction.REPORT
 
 
-class PodSpec(Strict):
-    enforcement: Enforcement = Enforcement.ENFORCE
-    window: timedelta = Field(default=timedelta(minutes=30))
+class PodSpec(Timing):
     selector: PodSelector = Field(default_factory=PodSelector)
     images: PodImages | None = None
     security: PodSecurity = Field(default_factory=PodSecurity)
@@ -89,10 +86,6 @@ class PodSpec(Strict):
     resources: PodResources = Field(default_factory=PodResources)
     actions: PodActions = Field(default_factory=PodActions)
 
-    @field_validator("window", mode="before")
-    @classmethod
-    def _v_window(cls, v: object) -> timedelta:
-        return parse_duration(v)
 
 
 class PodBaseline(Strict):

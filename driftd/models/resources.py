@@ -77,6 +77,7 @@ class DesiredResource(Frozen):
     baseline: str
     enforcement: Enforcement = Enforcement.ENFORCE
     window: timedelta = timedelta(minutes=30)
+    grace: timedelta = Field(default=timedelta(0), description="How long a change settles before driftd acts.")
     expected: dict[str, Any]
     sensitive: frozenset[str] = frozenset()
     content: bytes | None = None

@@ -163,6 +163,27 @@ class StateCollector(Collector):
         for target, n in self._per_target(s.get("near_deadline", {})):
             near.add_metric([target], n)
         yield near
+        held = GaugeMetricFamily("driftd_drifts_held", "Active drifts a safety gate holds, by gate.", labels=["target", "gate"])
+        overdue = GaugeMetricFamily("driftd_drifts_held_past_deadline",
+                                    "Active drifts a safety gate holds after their window ended (escalated).",
+                                    labels=["target", "gate"])
+        for (target, gate), n in sorted(s.get("held", {}).items()):
+            held.add_metric([target, gate], n)
+            overdue.add_metric([target, gate], s["held_past_deadline"].get((target, gate), 0))
+        yield held
+        yield overdue
+        breakers = GaugeMetricFamily("driftd_breaker_open",
+                                     "1 for each open circuit breaker (a baseline's reverts or retirements stopped).",
+                                     labels=["baseline", "kind"])
+        for kind, baseline in s.get("breakers", []):
+            breakers.add_metric([baseline, kind], 1)
+        yield breakers
+        flapping = GaugeMetricFamily("driftd_flapping_resources",
+                                     "Resources quarantined as flapping (acting stopped until flap reset or a baseline change).",
+                                     labels=["target"])
+        for target, n in self._per_target(s.get("flapping", {})):
+            flapping.add_metric([target], n)
+        yield flapping
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []

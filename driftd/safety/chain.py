@@ -13,6 +13,7 @@ from driftd.safety.budget import BudgetGate
 from driftd.safety.dryrun import DryRunGate
 from driftd.safety.flap import FlapGate
 from driftd.safety.gates import Gate
+from driftd.safety.grace import GraceGate
 from driftd.safety.retire import RetireGate
 from driftd.settings import SafetySettings
 
@@ -22,6 +23,7 @@ def default_chain(cfg: SafetySettings, *, dry_run: bool, break_glass: BreakGlass
     return [
         DryRunGate(dry_run),
         break_glass or BreakGlassGate(),
+        GraceGate(),
         FlapGate(reverts=cfg.flap.reverts, window=cfg.flap.window_seconds),
         BreakerGate(),
         RetireGate(after=cfg.retire.after_seconds, dry_run=cfg.retire.dry_run),

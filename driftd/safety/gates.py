@@ -61,6 +61,7 @@ class GateInput:
     first_seen: float
     deadline: float
     baseline_hash: str = ""
+    changed_at: float | None = None  # the change's own time, where known
 
 
 class SafetyView(Protocol):

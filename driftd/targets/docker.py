@@ -117,6 +117,9 @@ class _Port:
             raise TargetError(f"diff {container_id[:12]}: {e}") from None
         return out
 
+    def event_time(self, address: str) -> float | None:
+        return self.target._event_times.get(address)
+
     def _bound(self) -> dict[str, Any]:
         if self.ins is None:
             raise TargetError("no container was inspected before acting", transient=False)
@@ -153,6 +156,7 @@ class DockerTarget:
         self._approved_cache: dict[str, dict[str, str]] = {}  # baseline -> ref -> pinned image id
         self._streams: Reconnecting[Any] = Reconnecting()
         self._in_flight: set[str] = set()
+        self._event_times: dict[str, float] = {}  # container name -> time of its last watched event (change time)
         self.reach = Reachability(self.name, endpoint=self.base_url)
 
     # ------------------------------------------------------------------ connection
@@ -572,7 +576,11 @@ class DockerTarget:
                 since = max(since or 0, int(ev.get("time") or 0))
                 action = str(ev.get("Action") or ev.get("status") or "").split(":", 1)[0]
                 name = ((ev.get("Actor") or {}).get("Attributes") or {}).get("name")
+                if action == "destroy" and name:
+                    self._event_times.pop(name, None)
                 if action in WATCHED_ACTIONS and name and OLD_SUFFIX not in name:
+                    nano = ev.get("timeNano")
+                    self._event_times[name] = nano / 1e9 if isinstance(nano, int) else float(ev.get("time") or 0)
                     on_key(container_key(name, self.name))
 
         def down(e: Exception) -> None:

@@ -36,7 +36,7 @@ def host_resource(
         payload = _RETIRE_ON_FAILURE if b.spec.retire_on_failure else NO_PAYLOAD
     return DesiredResource(
         key=key, target="host", kind=kind, address=address, baseline=b.metadata.name,
-        enforcement=b.spec.enforcement, window=b.spec.window, expected=expected,
+        enforcement=b.spec.enforcement, window=b.spec.window, grace=b.spec.grace, expected=expected,
         sensitive=sensitive, content=content, payload=payload,
     )
 

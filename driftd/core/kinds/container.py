@@ -10,7 +10,7 @@ runtime-neutral, so a second runtime registers these handlers under its target's
 from __future__ import annotations
 
 from driftd.core.compile_container import plan_actions
-from driftd.core.container_engine import leaf_changes, mount_points, normalize
+from driftd.core.container_engine import change_time, leaf_changes, mount_points, normalize
 from driftd.core.kinds.base import Handler, PlanResult
 from driftd.core.kinds.ports import ContainerPort
 from driftd.models.container import RuleAction
@@ -38,7 +38,8 @@ class ContainerHandler(Handler[ContainerPort]):
             fs = leaf_changes(port.changes(ins["Id"]), mount_points(ins))
         env_rule = desired.expected.get("env")
         env_keys = list(env_rule["$contains"]) if isinstance(env_rule, dict) else []
-        return ObservedResource(key=desired.key, actual=normalize(ins, fs, env_keys))
+        return ObservedResource(key=desired.key, actual=normalize(ins, fs, env_keys),
+                                changed_at=change_time(ins, port.event_time(desired.address)))
 
     def plan(self, desired: DesiredResource, observed: ObservedResource, drift: dict[str, FieldDrift]) -> PlanResult:
         pl = payload_of(desired, ContainerPayload)

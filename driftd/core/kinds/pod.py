@@ -10,7 +10,7 @@ from __future__ import annotations
 from driftd.core.compile_container import plan_actions
 from driftd.core.kinds.base import Handler, PlanResult
 from driftd.core.kinds.ports import PodPort
-from driftd.core.pod_policy import evaluate
+from driftd.core.pod_policy import change_time, evaluate
 from driftd.models.container import RuleAction
 from driftd.models.errors import ResourceGoneError
 from driftd.models.resources import Action, DesiredResource, FieldDrift, ObservedResource, PlannedAction, PodPayload, payload_of
@@ -29,7 +29,7 @@ class PodHandler(Handler[PodPort]):
         b = port.baseline(desired.baseline)
         if b is None:
             raise ResourceGoneError(f"baseline {desired.baseline} no longer active")
-        return ObservedResource(key=desired.key, actual=evaluate(b, pod))
+        return ObservedResource(key=desired.key, actual=evaluate(b, pod), changed_at=change_time(pod))
 
     def plan(self, desired: DesiredResource, observed: ObservedResource, drift: dict[str, FieldDrift]) -> PlanResult:
         pl = payload_of(desired, PodPayload)
