@@ -247,6 +247,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return ExitCode.CLEAN if not active else ExitCode.DRIFT_REMAINED
 
 
+def _scope_text(data: dict[str, Any]) -> str:
+    from driftd.safety.breakglass import Override
+
+    try:
+        return Override.model_validate(data).scope_text()
+    except ValueError:
+        return "?"
+
+
 def _safety_lines(settings: Any, now: float) -> list[str]:
     """Active break-glass overrides, open breakers and quarantined resources, for ``status``."""
     from driftd.engine.state import StateError, StateStore
@@ -270,6 +279,10 @@ def _safety_lines(settings: Any, now: float) -> list[str]:
             lines.append(f"breaker OPEN ({kind}) for baseline {baseline}: {data.get('reason')}")
         elif scope.startswith("flap:"):
             lines.append(f"flapping {scope.removeprefix('flap:')}: {data.get('reason')}")
+        elif scope.startswith("override:"):  # asked for by a pod's or the node's annotations
+            lines.append(f"override {data.get('id')}: {_scope_text(data)} paused for "
+                         f"{float(data.get('expires') or 0) - now:.0f}s more: {data.get('reason')}"
+                         + (f" (by {data.get('by')})" if data.get("by") else ""))
     return lines
 
 

@@ -501,3 +501,31 @@ class TestSafetyGauges:
         assert reg.get_sample_value("driftd_flapping_resources", {"target": "host"}) == 1
         rt.engine.reset_breakers()
         assert reg.get_sample_value("driftd_breaker_open", {"baseline": "b", "kind": "revert"}) is None
+
+
+class TestBreakGlassFromAnnotations:
+    def test_an_annotation_is_judged_like_a_pause_with_its_ttl_counted_from_when_it_was_set(self):
+        from driftd.safety.breakglass import AnnotatedOverride, from_annotations, set_time
+
+        meta = {"managedFields": [
+            {"manager": "kube-controller-manager", "time": "2026-12-02T09:00:00Z",
+             "fieldsV1": {"f:metadata": {"f:labels": {}}}},
+            {"manager": "kubectl-annotate", "time": "2026-12-02T10:00:00Z",
+             "fieldsV1": {"f:metadata": {"f:annotations": {"f:driftd.io/break-glass-until": {}}}}}]}
+        at, by = set_time(meta)
+        ten = 1_796_205_600.0  # 2026-12-02T10:00:00Z
+        assert (at, by) == (ten, "kubectl-annotate")
+        ask = {"driftd.io/break-glass-reason": "INC-1", "driftd.io/break-glass-until": "2026-12-02T12:00:00Z"}
+        o = from_annotations(AnnotatedOverride("pod ns/web", ask, at, by, key="pod:ns/web"), now=ten + 60, max_ttl=3 * 3600)
+        assert o is not None and o.key == "pod:ns/web" and o.expires == ten + 7200 and o.by == "kubectl-annotate"
+        assert o.matches("pod:ns/web", "b", "kubernetes") and not o.matches("pod:ns/api", "b", "kubernetes")
+        # two hours asked an hour ago is two hours, over a 90-minute maximum however little is left
+        with pytest.raises(OverrideError, match="lasts 7200s from when it was set"):
+            from_annotations(AnnotatedOverride("pod ns/web", ask, at, by, key="pod:ns/web"), now=ten + 3600, max_ttl=5400)
+        node = from_annotations(AnnotatedOverride("node n1", ask, at, by), now=ten, max_ttl=86400)
+        assert node is not None and node.all and node.matches("host:file:/etc/motd", "x", "host")
+        narrowed = from_annotations(AnnotatedOverride("node n1", {**ask, "driftd.io/break-glass-baseline": "motd"}, at),
+                                    now=ten, max_ttl=86400)
+        assert narrowed is not None and not narrowed.all and narrowed.baseline == "motd"
+        assert from_annotations(AnnotatedOverride("pod ns/web", {"app": "web"}, None, key="pod:ns/web"),
+                                now=ten, max_ttl=1) is None

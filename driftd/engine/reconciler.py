@@ -43,7 +43,7 @@ from driftd.models.resources import (
 from driftd.observability.logging import Event, get_logger, set_baseline_version
 from driftd.safety.breaker import Threshold, evaluate
 from driftd.safety.breaker import scope as breaker_scope
-from driftd.safety.breakglass import BreakGlassGate, OverrideStore
+from driftd.safety.breakglass import BreakGlassGate, Override, OverrideError, OverrideStore, from_annotations
 from driftd.safety.chain import default_chain
 from driftd.safety.dryrun import DryRunGate
 from driftd.safety.flap import scope as flap_scope
@@ -54,6 +54,7 @@ from driftd.targets.base import (
     NodeInfo,
     NodeRetirer,
     Notifier,
+    OverrideSource,
     Reporter,
     ResourceGoneError,
     Target,
@@ -161,6 +162,9 @@ class Engine:
         self.overrides = overrides
         self.break_glass = BreakGlassGate()
         self._overrides_read = -float("inf")
+        self._file_overrides: list[Override] = []
+        self._file_problems: list[str] = []
+        self.override_sources: list[OverrideSource] = [t for t in targets.values() if isinstance(t, OverrideSource)]
         self.override_problems: list[str] = []
         self.gates: list[Gate] = default_chain(self.safety, dry_run=dry_run, break_glass=self.break_glass)
         br = self.safety.breaker
@@ -181,25 +185,39 @@ class Engine:
 
     # ------------------------------------------------------------------ safety
     def _load_overrides(self, *, force: bool = False) -> None:
-        """Re-read the break-glass files (at most every 2 s): an operator's override takes effect at once."""
-        if self.overrides is None:
-            return
+        """Re-read the break-glass files (at most every 2 s) and the overrides annotations ask for (as the
+        adapters last saw them): an operator's override takes effect at once."""
+        now = self.clock.time()
         mono = self.clock.monotonic()
-        if not force and mono - self._overrides_read < 2.0:
-            return
-        self._overrides_read = mono
-        active, problems = self.overrides.load(self.clock.time())
+        if self.overrides is not None and (force or mono - self._overrides_read >= 2.0):
+            self._overrides_read = mono
+            self._file_overrides, self._file_problems = self.overrides.load(now)
+        active, problems = list(self._file_overrides), list(self._file_problems)
+        max_ttl = self.safety.break_glass.max_ttl_seconds
+        for src in self.override_sources:
+            for req in src.override_requests():
+                try:
+                    o = from_annotations(req, now=now, max_ttl=max_ttl)
+                except OverrideError as e:
+                    problems.append(str(e))
+                    continue
+                if o is not None and o.expires > now:
+                    active.append(o)
         for prob in problems:
             if prob not in self.override_problems:
                 self.log.error(Event.OVERRIDE_REFUSED, error=prob)
         self.override_problems = problems
-        old = {o.id for o in self.break_glass.overrides}
+        old = {o.id: o for o in self.break_glass.overrides}
         for o in active:
-            if o.id not in old:
+            if old.get(o.id) != o:
                 self.log.warning(Event.OVERRIDE_ACTIVE, id=o.id, scope=o.scope_text(), reason=o.reason, expires=o.expires,
                                  by=o.by)
-        for gone in old - {o.id for o in active}:
+                if o.id.startswith("annotation:"):  # kept in state too, so `driftd status` lists it
+                    self.state.set_guard(f"override:{o.id}", until=o.expires, now=now, data=o.model_dump(exclude={"ttl"}))
+        for gone in old.keys() - {o.id for o in active}:
             self.log.info(Event.OVERRIDE_ENDED, id=gone)
+            if gone.startswith("annotation:"):
+                self.state.clear_guard(f"override:{gone}")
         self.break_glass.overrides = active
         self.metrics.overrides_active.set(len(active))
 

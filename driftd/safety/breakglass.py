@@ -6,7 +6,9 @@ everything, said explicitly), carries a reason and an expiry no later than
 ``safety.break_glass.max_ttl_seconds`` from its creation; when it expires, the drift is
 enforced again.  Overrides are JSON files under ``<state-dir>/overrides/``, written by
 ``driftd pause`` or by hand (``ttl`` then counts from the file's mtime); a file that is not
-a valid override is refused with the reason and suspends nothing.
+a valid override is refused with the reason and suspends nothing.  On Kubernetes, a pod's or
+the node's annotations (``driftd.io/break-glass-reason`` + ``driftd.io/break-glass-until``)
+ask for one too, judged by the same rules (:func:`from_annotations`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import fnmatch
 import json
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from driftd.core.times import rfc3339
 from driftd.models.baseline import parse_duration
 from driftd.safety.durable import write_all
 from driftd.safety.gates import ALLOWED, GateInput, SafetyView, Verdict
@@ -83,6 +88,64 @@ def make_override(*, reason: str, ttl: str | float, now: float, max_ttl: float, 
                         baseline=baseline, target=target, all=all)
     except ValidationError as e:
         raise OverrideError("; ".join(str(err["msg"]).removeprefix("Value error, ") for err in e.errors())) from None
+
+
+# An override asked for by an object's annotations: on a pod it suspends that pod, on the node everything
+# driftd governs there (narrowed by the optional baseline/target annotations).  The TTL counts from when
+# the until-annotation was last written (the object's managedFields), so a far-off expiry is refused
+# however long it has been there.
+ANNOTATION_REASON = "driftd.io/break-glass-reason"
+ANNOTATION_UNTIL = "driftd.io/break-glass-until"
+ANNOTATION_BASELINE = "driftd.io/break-glass-baseline"
+ANNOTATION_TARGET = "driftd.io/break-glass-target"
+
+
+@dataclass(frozen=True)
+class AnnotatedOverride:
+    """What one object's annotations ask for (read by an adapter, judged by :func:`from_annotations`)."""
+
+    source: str  # "pod default/web-1", "node node-a"
+    annotations: Mapping[str, str]
+    set_at: float | None  # when the until-annotation was last written (managedFields), where known
+    by: str = ""  # the field manager that wrote it (kubectl-annotate, ...)
+    key: str | None = None  # a pod's own key; None: the node (everything, or what the annotations narrow to)
+
+
+def set_time(meta: Mapping[str, Any]) -> tuple[float | None, str]:
+    """(time, manager) of the managedFields entry that last wrote the until-annotation."""
+    for entry in meta.get("managedFields") or []:
+        fields = ((entry.get("fieldsV1") or {}).get("f:metadata") or {}).get("f:annotations") or {}
+        if f"f:{ANNOTATION_UNTIL}" in fields:
+            return rfc3339(entry.get("time")), str(entry.get("manager") or "")
+    return None, ""
+
+
+def from_annotations(req: AnnotatedOverride, *, now: float, max_ttl: float) -> Override | None:
+    """The override ``req`` asks for (None when it asks for none); OverrideError says why it is refused."""
+    a = req.annotations
+    reason, until = a.get(ANNOTATION_REASON, ""), a.get(ANNOTATION_UNTIL, "")
+    if not reason and not until:
+        return None
+    if not until:
+        raise OverrideError(f"{req.source}: {ANNOTATION_REASON} without {ANNOTATION_UNTIL} (an RFC 3339 time)")
+    expires = rfc3339(until)
+    if expires is None:
+        raise OverrideError(f"{req.source}: {ANNOTATION_UNTIL}: {until!r} is not an RFC 3339 time "
+                            "(e.g. 2026-12-02T18:00:00Z)")
+    created = req.set_at if req.set_at is not None else now
+    if expires - created > max_ttl:
+        raise OverrideError(f"{req.source}: lasts {expires - created:.0f}s from when it was set, over "
+                            f"safety.break_glass.max_ttl_seconds ({max_ttl:.0f}s); refused")
+    scope: dict[str, Any] = {"key": req.key} if req.key else {
+        "baseline": a.get(ANNOTATION_BASELINE) or None, "target": a.get(ANNOTATION_TARGET) or None}
+    if not req.key and scope["baseline"] is None and scope["target"] is None:
+        scope = {"all": True}
+    try:
+        return Override(id=f"annotation:{req.source.replace(' ', ':')}", reason=reason, created=created,
+                        expires=expires, by=req.by, **scope)
+    except ValidationError as e:
+        raise OverrideError(f"{req.source}: " + "; ".join(
+            str(err["msg"]).removeprefix("Value error, ") for err in e.errors())) from None
 
 
 class OverrideStore:

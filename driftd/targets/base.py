@@ -16,6 +16,7 @@ from driftd.baselines.loader import BaselineSet
 from driftd.models.errors import ResourceGoneError as ResourceGoneError
 from driftd.models.errors import TargetError as TargetError
 from driftd.models.resources import ActResult, DesiredResource, ObservedResource, Plan, ResourceResult
+from driftd.safety.breakglass import AnnotatedOverride
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,14 @@ class NodeRetirer(Protocol):
     """Takes this node out of service when a host rule with action retire fails."""
 
     def retire_node(self, reason: str) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class OverrideSource(Protocol):
+    """Break-glass overrides asked for by the platform's objects (pod and node annotations)."""
+
+    def override_requests(self) -> list[AnnotatedOverride]:
+        """What the objects this adapter last saw ask for (cheap: no API call per reconcile)."""
 
 
 @runtime_checkable

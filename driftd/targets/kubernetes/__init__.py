@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from driftd.baselines.loader import BaselineSet
 from driftd.models.resources import ActResult, DesiredResource, ObservedResource, Plan, ResourceResult
-from driftd.observability.logging import get_logger
+from driftd.observability.logging import Event, get_logger
+from driftd.safety.breakglass import ANNOTATION_REASON, ANNOTATION_UNTIL, AnnotatedOverride, set_time
 from driftd.safety.snapshots import SnapshotStore
-from driftd.targets.base import NodeInfo, Reachability
+from driftd.targets.base import NodeInfo, Reachability, TargetError
 from driftd.targets.kubernetes.client import Api, Kube, KubeError, WatchStream, load_api_client, node_path
 from driftd.targets.kubernetes.events import KubeEvents
 from driftd.targets.kubernetes.owners import TEMPLATE_OWNERS, OwnerRef, OwnerTemplate
@@ -141,6 +142,8 @@ class KubernetesTarget:
                                          max_per_hour=max_retirements_per_hour,
                                          cooldown_seconds=retirement_cooldown_seconds)
         # reachability goes through self._set_up at call time (so a wrapper set on the target sees the watch)
+        self._node_glass: AnnotatedOverride | None = None
+        self._node_glass_read = -float("inf")
         self.pod_watch = PodWatch(self.api, node_name, on_up=lambda: self._set_up(True),
                                   on_down=lambda e: self._set_up(False, f"pod watch: {e}"))
 
@@ -165,6 +168,26 @@ class KubernetesTarget:
         """This node's labels, for HostBaseline selectors (the downward API cannot give them)."""
         node = self.api("GET", node_path(self.node_name))
         return dict((node.get("metadata") or {}).get("labels") or {})
+
+    # ------------------------------------------------------------------ break-glass (OverrideSource)
+    NODE_GLASS_REFRESH_SECONDS = 15.0  # the node's annotations are read at most this often
+
+    def override_requests(self) -> list[AnnotatedOverride]:
+        """Break-glass asked for by this node's annotations (read at most every 15 s) and its pods' (as last seen)."""
+        mono = time.monotonic()
+        if mono - self._node_glass_read >= self.NODE_GLASS_REFRESH_SECONDS:
+            self._node_glass_read = mono
+            try:
+                meta = self.api("GET", node_path(self.node_name)).get("metadata") or {}
+            except (KubeError, TargetError) as e:
+                self.log.warning(Event.OBSERVE_FAILED, error=f"node annotations (break-glass) not read: {e}")
+            else:
+                ann = meta.get("annotations") or {}
+                at, by = set_time(meta)
+                self._node_glass = AnnotatedOverride(source=f"node {self.node_name}", annotations=dict(ann),
+                                                     set_at=at, by=by) if (
+                    ANNOTATION_REASON in ann or ANNOTATION_UNTIL in ann) else None
+        return ([self._node_glass] if self._node_glass else []) + self.pods.override_requests()
 
     # ------------------------------------------------------------------ Target (pods.py)
     def desired(self, baselines: BaselineSet, node: NodeInfo) -> list[DesiredResource]:

@@ -48,6 +48,7 @@ from driftd.models.resources import (
     payload_of,
 )
 from driftd.observability.logging import Event
+from driftd.safety.breakglass import ANNOTATION_REASON, ANNOTATION_UNTIL, AnnotatedOverride, set_time
 from driftd.safety.snapshots import SnapshotError, SnapshotStore
 from driftd.targets.base import NodeInfo, ResourceGoneError, TargetError
 from driftd.targets.kubernetes.client import Api, KubeError, node_pods, pod_path
@@ -112,6 +113,7 @@ class PodAdapter:
         self.owners = OwnerReader(api, target=target, log=log)
         self._baselines: dict[str, PodBaseline] = {}
         self._pods: dict[str, dict[str, Any]] = {}
+        self._glass: dict[str, AnnotatedOverride] = {}  # pod key -> the break-glass its annotations ask for
 
     # ------------------------------------------------------------------ desired / discover
     def desired(self, baselines: BaselineSet, node: NodeInfo) -> list[DesiredResource]:
@@ -130,8 +132,24 @@ class PodAdapter:
         b = governing(self._baselines.values(), pod)
         if b is None:
             return None
-        self._pods[pod_key(meta.get("namespace", ""), meta.get("name", ""))] = pod
+        key = pod_key(meta.get("namespace", ""), meta.get("name", ""))
+        self._pods[key] = pod
+        self._note_glass(key, pod)
         return compile_pod(b, pod)
+
+    def _note_glass(self, key: str, pod: dict[str, Any]) -> None:
+        meta = pod.get("metadata") or {}
+        ann = meta.get("annotations") or {}
+        if ANNOTATION_REASON in ann or ANNOTATION_UNTIL in ann:
+            at, by = set_time(meta)
+            self._glass[key] = AnnotatedOverride(source=f"pod {meta.get('namespace')}/{meta.get('name')}",
+                                                 annotations=dict(ann), set_at=at, by=by, key=key)
+        else:
+            self._glass.pop(key, None)
+
+    def override_requests(self) -> list[AnnotatedOverride]:
+        """Break-glass asked for by the annotations of this node's governed pods, as last read."""
+        return list(self._glass.values())
 
     def discover(self) -> list[DesiredResource]:
         if not self._baselines:
@@ -139,6 +157,7 @@ class PodAdapter:
         path, query = node_pods(self.node_name)
         items = self.api("GET", path, query=query).get("items") or []
         self._pods.clear()
+        self._glass.clear()
         out = []
         for pod in items:
             d = self._governed(pod)
@@ -171,8 +190,10 @@ class PodAdapter:
             fetched: dict[str, Any] = self.api("GET", pod_path(ident.namespace, ident.name))
         except KubeError as e:
             if e.status == 404:
+                self._glass.pop(desired.key, None)
                 raise ResourceGoneError(f"pod {desired.address} no longer exists") from None
             raise
+        self._note_glass(desired.key, fetched)
         return fetched
 
     def baseline(self, name: str) -> PodBaseline | None:

@@ -1,0 +1,149 @@
+"""Safety on the Kubernetes target against a real kube-apiserver (issue 9): break-glass by pod and node
+annotation, the window from the pod's own change time, a PDB-blocked eviction past its deadline.
+
+Uses the ``setup`` fixture of tests/test_kubernetes_target.py (one Node object, driftd's runtime for it).
+"""
+# ruff: noqa: F811  (the imported ``setup`` fixture is every test's parameter)
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from conftest import host_baseline
+from test_kubernetes_target import driftd_writes, key, pod_baseline, reasons, setup, terminating_or_gone  # noqa: F401
+
+from driftd.core.times import rfc3339
+from driftd.engine.clock import FakeClock
+from driftd.engine.once import run_once
+from driftd.observability.logging import Event
+from driftd.testing import capture_logs
+
+pytestmark = pytest.mark.real
+
+REASON = "driftd.io/break-glass-reason"
+UNTIL = "driftd.io/break-glass-until"
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def annotate(c: Any, path: str, annotations: dict[str, str | None]) -> dict[str, Any]:
+    return c.rest.patch(path, {"metadata": {"annotations": annotations}})
+
+
+class TestBreakGlassAnnotations:
+    def test_a_pod_annotation_suspends_that_pod_until_it_expires_then_it_is_evicted(self, setup):
+        c, ns = setup.cluster, setup.ns
+        c.make_pod("web-1", setup.node, privileged=True)
+        c.make_pod("web-2", setup.node, privileged=True, owner_name="api")
+        annotate(c, c.pod_path("web-1"), {REASON: "INC-42: live debugging", UNTIL: iso(time.time() + 600)})
+        clock = FakeClock(start=time.time())
+        rt = setup.runtime(clock=clock)
+        s = run_once(rt.engine, rt.queue, attempts=1)
+        got = {o.key: o for o in s.outcomes}
+        held = got[key(ns, "web-1")]
+        assert held.status == "held" and "break-glass" in (held.error or "") and "INC-42" in (held.error or "")
+        assert f"pod:{ns}/web-1" in (held.error or "")  # says which object asked for it
+        assert got[key(ns, "web-2")].status == "remediated"  # an annotation suspends only its own pod
+        assert not terminating_or_gone(c.pod("web-1")) and driftd_writes(c, "web-1") == []
+        assert "RemediationHeld" in reasons(c.events("web-1"))
+        assert rt.metrics.registry.get_sample_value("driftd_overrides_active") == 1
+        from driftd.cli import _safety_lines  # `driftd status` lists it from the state directory
+
+        assert any(f"annotation:pod:{ns}/web-1" in line and "INC-42" in line
+                   for line in _safety_lines(rt.settings, clock.time()))
+        clock.advance(601)  # expired: enforced again
+        s2 = run_once(rt.engine, rt.queue, attempts=1)
+        assert [(o.key, o.status) for o in s2.outcomes] == [(key(ns, "web-1"), "remediated")]
+        assert terminating_or_gone(c.pod("web-1"))
+
+    def test_removing_the_annotation_ends_the_override_at_the_next_reconcile(self, setup):
+        c, ns = setup.cluster, setup.ns
+        c.make_pod("web-1", setup.node, privileged=True)
+        annotate(c, c.pod_path("web-1"), {REASON: "INC-43", UNTIL: iso(time.time() + 600)})
+        rt = setup.runtime(clock=FakeClock(start=time.time()))
+        assert [o.status for o in run_once(rt.engine, rt.queue, attempts=1).outcomes] == ["held"]
+        annotate(c, c.pod_path("web-1"), {REASON: None, UNTIL: None})
+        with capture_logs() as logs:
+            out = rt.engine.reconcile(key(ns, "web-1"))  # what the pod watch's MODIFIED event leads to
+        assert out.status == "remediated"
+        assert any(e["event"] == Event.OVERRIDE_ENDED for e in logs)
+
+    def test_a_node_annotation_suspends_pods_and_host_files_of_that_node(self, setup, host_root):
+        c = setup.cluster
+        c.make_pod("web-1", setup.node, privileged=True)
+        (host_root / "etc").mkdir(exist_ok=True)
+        (host_root / "etc/motd").write_text("hand edit during the incident\n")
+        annotate(c, f"/api/v1/nodes/{setup.node}", {REASON: "INC-44: node maintenance", UNTIL: iso(time.time() + 3600)})
+        files = {"pods.yaml": pod_baseline(setup.ns),
+                 "host.yaml": host_baseline("motd", 'files:\n  - {path: /etc/motd, content: "hello\\n"}')}
+        rt = setup.runtime(files, clock=FakeClock(start=time.time()))
+        s = run_once(rt.engine, rt.queue, attempts=1)
+        assert sorted((o.target, o.status) for o in s.outcomes) == [("host", "held"), ("kubernetes", "held")]
+        assert all(f"annotation:node:{setup.node}" in (o.error or "") for o in s.outcomes)
+        assert (host_root / "etc/motd").read_text() == "hand edit during the incident\n"
+        assert not terminating_or_gone(c.pod("web-1"))
+
+    @pytest.mark.parametrize(("annotations", "why"), [
+        ({REASON: "INC-45", UNTIL: "+48h"}, "not an RFC 3339 time"),
+        ({REASON: "INC-45"}, "without driftd.io/break-glass-until"),
+        ({UNTIL: "LATER"}, "not an RFC 3339 time"),
+        ({REASON: "INC-45", UNTIL: "FAR"}, "over safety.break_glass.max_ttl_seconds"),
+        ({REASON: " ", UNTIL: "SOON"}, "needs a reason"),
+    ])
+    def test_an_annotation_without_reason_or_expiry_or_over_the_max_ttl_is_refused_and_suspends_nothing(
+            self, setup, annotations, why):
+        c, ns = setup.cluster, setup.ns
+        c.make_pod("web-1", setup.node, privileged=True)
+        times = {"FAR": iso(time.time() + 48 * 3600), "SOON": iso(time.time() + 600)}
+        annotate(c, c.pod_path("web-1"), {k: times.get(v, v) for k, v in annotations.items()})
+        rt = setup.runtime(clock=FakeClock(start=time.time()))
+        with capture_logs() as logs:
+            s = run_once(rt.engine, rt.queue, attempts=1)
+        assert [(o.key, o.status) for o in s.outcomes] == [(key(ns, "web-1"), "remediated")]
+        refused = [e for e in logs if e["event"] == Event.OVERRIDE_REFUSED]
+        assert refused and why in refused[0]["error"] and f"pod {ns}/web-1" in refused[0]["error"], refused
+
+
+class TestWindowOnPods:
+    def test_a_pod_created_after_driftd_began_governing_counts_its_window_from_its_creation(self, setup):
+        c, ns = setup.cluster, setup.ns
+        clock = FakeClock(start=time.time())
+        rt = setup.runtime(clock=clock, dry_run=True)
+        pod = c.make_pod("web-1", setup.node, privileged=True)
+        created = rfc3339(pod["metadata"]["creationTimestamp"])
+        started = rfc3339(pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"])
+        clock.advance(90)  # seen at the next scan, a minute and a half later
+        run_once(rt.engine, rt.queue, attempts=1)
+        rec = rt.state.get_active(key(ns, "web-1"))
+        assert rec.changed_at == pytest.approx(max(created, started))
+        assert rec.deadline == pytest.approx(rec.changed_at + 1800)
+        detect = rt.metrics.registry.get_sample_value("driftd_time_to_detect_seconds_sum", {"target": "kubernetes"})
+        assert detect == pytest.approx(clock.time() - rec.changed_at)
+
+    def test_a_pdb_blocked_eviction_past_its_deadline_is_a_breach_counted_evented_and_escalated(self, setup):
+        c, ns = setup.cluster, setup.ns
+        c.make_pod("web-1", setup.node, privileged=True)
+        c.make_pdb("web", {"app": "web"}, disruptions_allowed=0)
+        clock = FakeClock(start=time.time())
+        rt = setup.runtime({"pods.yaml": pod_baseline(ns, window="2m")}, clock=clock)
+        reg = rt.metrics.registry
+        s = run_once(rt.engine, rt.queue, attempts=1)
+        assert [o.status for o in s.outcomes] == ["failed"]
+        assert reg.get_sample_value("driftd_drifts_past_deadline", {"target": "kubernetes"}) == 0
+        clock.advance(121)
+        with capture_logs() as logs:
+            s2 = run_once(rt.engine, rt.queue, attempts=3)
+        assert [o.status for o in s2.outcomes] == ["failed"]
+        assert not terminating_or_gone(c.pod("web-1"))  # never forced past the PDB
+        assert reg.get_sample_value("driftd_window_breaches_total", {"target": "kubernetes", "baseline": "pod-restricted"}) == 1
+        assert reg.get_sample_value("driftd_drifts_past_deadline", {"target": "kubernetes"}) == 1  # DriftdDriftPastDeadline
+        assert [e["event"] for e in logs].count(Event.DRIFT_WINDOW_BREACHED) == 1
+        assert any(e["event"] == Event.REMEDIATION_ESCALATED for e in logs)
+        assert {"DriftWindowBreached", "RemediationEscalated"} <= set(reasons(c.events("web-1")))
+        assert rt.state.get_active(key(ns, "web-1")).breached
+        assert rt.engine.outcomes[key(ns, "web-1")].urgent  # goes first among the node's work
