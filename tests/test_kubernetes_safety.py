@@ -147,3 +147,17 @@ class TestWindowOnPods:
         assert {"DriftWindowBreached", "RemediationEscalated"} <= set(reasons(c.events("web-1")))
         assert rt.state.get_active(key(ns, "web-1")).breached
         assert rt.engine.outcomes[key(ns, "web-1")].urgent  # goes first among the node's work
+
+
+class TestBreakerOnPods:
+    def test_every_pod_of_a_baseline_drifting_trips_the_breaker_and_nothing_is_evicted(self, setup):
+        c, ns = setup.cluster, setup.ns
+        for i in range(3):
+            c.make_pod(f"web-{i}", setup.node, privileged=True, owner_name=f"rs{i}")
+        rt = setup.runtime(safety={"breaker": {"min_resources": 2}, "retire": {"after_seconds": 0}})
+        s = run_once(rt.engine, rt.queue, attempts=1)
+        assert [o.status for o in s.outcomes] == ["held"] * 3, [(o.key, o.status, o.error) for o in s.outcomes]
+        assert all("held: breaker: 3 of 3 resources of baseline pod-restricted" in (o.error or "") for o in s.outcomes)
+        assert all(driftd_writes(c, f"web-{i}") == [] for i in range(3))  # not one eviction
+        assert rt.metrics.registry.get_sample_value("driftd_breaker_open",
+                                                    {"baseline": "pod-restricted", "kind": "revert"}) == 1
