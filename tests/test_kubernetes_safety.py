@@ -151,7 +151,7 @@ class TestWindowOnPods:
 
 class TestBreakerOnPods:
     def test_every_pod_of_a_baseline_drifting_trips_the_breaker_and_nothing_is_evicted(self, setup):
-        c, ns = setup.cluster, setup.ns
+        c = setup.cluster
         for i in range(3):
             c.make_pod(f"web-{i}", setup.node, privileged=True, owner_name=f"rs{i}")
         rt = setup.runtime(safety={"breaker": {"min_resources": 2}, "retire": {"after_seconds": 0}})

@@ -529,3 +529,46 @@ class TestBreakGlassFromAnnotations:
         assert narrowed is not None and not narrowed.all and narrowed.baseline == "motd"
         assert from_annotations(AnnotatedOverride("pod ns/web", {"app": "web"}, None, key="pod:ns/web"),
                                 now=ten, max_ttl=1) is None
+
+
+class TestRestartKeepsIt:
+    def test_a_restart_keeps_deadlines_change_times_budgets_and_quarantines(self, host_root, baselines_dir,
+                                                                             make_runtime, tmp_path):
+        import time
+
+        write_tree(host_root, 3)
+        clock = FakeClock(start=time.time())
+        bdir = baselines_dir({"b.yaml": host_baseline("b", "window: 10m\n" + files_spec(3))})
+        safety = {"budget": {"reverts_per_node": 3, "interval_seconds": 3600},
+                  "flap": {"reverts": 2, "window_seconds": 600}}
+        rt = make_runtime(bdir, clock=clock, state_dir=tmp_path / "st", safety=safety)
+        run_once(rt.engine, rt.queue, attempts=1)  # seen clean: changes after this can be dated
+        f0, f1 = host_root / "etc/app/f00.conf", host_root / "etc/app/f01.conf"
+        for _ in range(2):  # f00 reverted twice: budget 2 of 3 spent, and the next drift of f00 is a flap
+            f0.write_text("the other tool\n")
+            clock.advance(0.01)  # the fake clock stays with the files' real ctimes
+            run_once(rt.engine, rt.queue, attempts=1)
+        f0.write_text("the other tool\n")
+        f1.write_text("hand edit\n")
+        clock.advance(0.01)  # the fake clock stays with the files' real ctimes
+        s = {o.key: o for o in run_once(rt.engine, rt.queue, attempts=1).outcomes}
+        assert s["host:file:/etc/app/f00.conf"].error.startswith("held: flap")
+        assert s["host:file:/etc/app/f01.conf"].status is OutcomeStatus.REMEDIATED  # budget: 3 of 3 now
+        f1.write_text("hand edit again\n")
+        clock.advance(0.01)  # the fake clock stays with the files' real ctimes
+        run_once(rt.engine, rt.queue, attempts=1)
+        before = {k: (r.first_seen, r.changed_at, r.deadline, r.last_result) for k, r in rt.state.active().items()}
+        assert before["host:file:/etc/app/f01.conf"][3] == "held:budget"
+        assert before["host:file:/etc/app/f01.conf"][1] is not None  # dated from the change
+        rt.state.close()
+
+        rt2 = make_runtime(bdir, clock=clock, state_dir=tmp_path / "st", safety=safety)  # the restart
+        clock.advance(5)
+        s2 = {o.key: o for o in run_once(rt2.engine, rt2.queue, attempts=1).outcomes}
+        assert s2["host:file:/etc/app/f00.conf"].error.startswith("held: flap")  # still quarantined
+        assert s2["host:file:/etc/app/f01.conf"].error.startswith("held: budget")  # the budget spent is still spent
+        after = {k: (r.first_seen, r.changed_at, r.deadline) for k, r in rt2.state.active().items()}
+        assert after == {k: v[:3] for k, v in before.items()}  # same first seen, change time and deadline
+        clock.advance(600)  # past f01's deadline: the breach and escalation survive the restart too
+        run_once(rt2.engine, rt2.queue, attempts=1)
+        assert rt2.state.get_active("host:file:/etc/app/f01.conf").breached
