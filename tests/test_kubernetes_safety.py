@@ -161,3 +161,35 @@ class TestBreakerOnPods:
         assert all(driftd_writes(c, f"web-{i}") == [] for i in range(3))  # not one eviction
         assert rt.metrics.registry.get_sample_value("driftd_breaker_open",
                                                     {"baseline": "pod-restricted", "kind": "revert"}) == 1
+
+
+class TestClusterRetirementCap:
+    def test_a_kernel_rule_failing_on_all_five_nodes_retires_exactly_one_node_per_hour_and_holds_the_others(
+            self, setup, host_root, fake_kubelet):
+        """Five drivers of five Node objects, one kernel rule everyone fails: one retirement per hour, the rest held."""
+        from test_kubernetes_target import target_of
+
+        c = setup.cluster
+        (host_root / "proc/sys/kernel").mkdir(parents=True)
+        (host_root / "proc/sys/kernel/osrelease").write_text("5.10.0-test\n")
+        nodes = [setup.node] + [c.make_node(f"node-{i}") for i in range(1, 5)]
+        fake_kubelet(*nodes)
+        clock = FakeClock(start=time.time())
+        kube = {"max_concurrent_retirements": 5, "max_retirements_per_hour": 1, "retirement_cooldown_seconds": 60}
+        files = {"host.yaml": host_baseline("kernel", 'kernel: {minimumRelease: "99.0"}')}
+        rts = [setup.runtime(files, node_name=n, clock=clock, kubernetes=kube) for n in nodes]
+        for rt in rts:
+            target_of(rt).ledger_clock = clock.time  # the hourly ledger on the test's clock
+        retired: list[list[str]] = []
+        for _hour in range(3):
+            outs = {n: run_once(rt.engine, rt.queue, attempts=1).outcomes[0] for n, rt in zip(nodes, rts, strict=True)}
+            before = [n for r in retired for n in r]
+            retired.append([n for n, o in outs.items() if o.status == "retired" and n not in before])
+            held = [o for o in outs.values() if o.status == "held"]
+            assert all("held: retirement-cap: cluster retirement cap" in (o.error or "") for o in held)
+            assert len(held) + len(before) + len(retired[-1]) == 5, {n: (o.status, o.error) for n, o in outs.items()}
+            clock.advance(3601)
+        assert [len(r) for r in retired] == [1, 1, 1]  # exactly one node per hour
+        cordoned = [n for n in nodes if c.node(n)["spec"].get("unschedulable")]
+        assert sorted(cordoned) == sorted(n for r in retired for n in r)
+        assert not any(rt.state.get_active("host:kernel:release").consecutive_failures for rt in rts)  # never "failed"

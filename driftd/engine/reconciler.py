@@ -24,6 +24,7 @@ from driftd.core.plan import plan as make_plan
 from driftd.engine.clock import Clock, SystemClock
 from driftd.engine.queue import KeyedQueue
 from driftd.engine.state import DriftRecord, StateError, StateStore
+from driftd.models.errors import HeldError
 from driftd.models.keys import ResourceKey
 from driftd.models.resources import (
     Action,
@@ -590,6 +591,8 @@ class Engine:
                 raise TargetError("verification failed: still drifted after acting: " + ", ".join(v.field for v in verify))
         except ResourceGoneError:
             return self._unmanaged(d.key, "gone")
+        except HeldError as e:  # a limit beyond this node (the cluster's retirement cap): a hold, not a failure
+            return self._held(d, rec, p, out, Verdict(e.gate, str(e), until=now + e.retry_in, retry=True), now, log)
         except TargetError as e:
             return self._failed(d, p, rec, out, e, terminal, now, log, kind)
         return self._succeeded(d, p, rec, out, result, fields, log, kind)
@@ -712,6 +715,9 @@ class Engine:
             self.state.note_action(rec, now=now, action=Action.RETIRE_NODE.value, result="succeeded", kind=RETIREMENT)
             self.metrics.remediations.labels(d.target, Action.RETIRE_NODE.value, RemediationResult.SUCCEEDED).inc()
             self._notify("NodeRetired", d, f"node retired: {d.address} cannot be restored")
+        except HeldError as e:
+            log.warning(Event.REMEDIATION_HELD, gate=e.gate, reason=str(e), planned=[Action.RETIRE_NODE.value])
+            self.metrics.held.labels(d.target, e.gate).inc()
         except TargetError as e:
             self.metrics.remediations.labels(d.target, Action.RETIRE_NODE.value, RemediationResult.FAILED).inc()
             log.error(Event.REMEDIATION_FAILED, action=Action.RETIRE_NODE.value, error=str(e))

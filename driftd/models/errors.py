@@ -21,3 +21,13 @@ class ResourceGoneError(TargetError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, transient=False)
+
+
+class HeldError(TargetError):
+    """The adapter may not act *yet* because of a limit shared beyond this node (the cluster's retirement
+    cap): not a failure.  The engine reports it as ``held: <gate>: <reason>`` and comes back after ``retry_in``."""
+
+    def __init__(self, message: str, *, gate: str, retry_in: float) -> None:
+        super().__init__(message, transient=True)
+        self.gate = gate
+        self.retry_in = retry_in

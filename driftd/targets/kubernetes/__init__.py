@@ -109,6 +109,7 @@ class KubernetesTarget:
     lease_name: _Part[str] = _Part("retirement")
     lease_duration_seconds: _Part[int] = _Part("retirement")
     skipped_bare: _Part[set[str]] = _Part("retirement")
+    ledger_clock: _Part[Callable[[], float]] = _Part("retirement", "clock")
 
     def __init__(self, snapshots: SnapshotStore, *, node_name: str, namespace: str, api_client: Any = None,
                  kubeconfig: str | None = None, report_max_results: int = 200, drain_timeout: float = 300.0,

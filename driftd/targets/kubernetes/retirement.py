@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from driftd.core.pod_policy import controller_of, is_mirror
+from driftd.models.errors import HeldError
 from driftd.models.keys import ResourceKey
 from driftd.observability.logging import Event
 from driftd.safety.snapshots import SnapshotStore
@@ -55,8 +56,10 @@ class NodeRetirement:
     def __init__(self, api: Api, snapshots: SnapshotStore, evict: Evict, *, node_name: str,
                  namespace: str, drain_timeout: float, eviction_retry_seconds: float, lease_name: str,
                  lease_duration_seconds: int, sleep: Callable[[float], None], target: str, log: Any,
-                 max_concurrent: int = 1, max_per_hour: int = 1, cooldown_seconds: float = 3600.0) -> None:
+                 max_concurrent: int = 1, max_per_hour: int = 1, cooldown_seconds: float = 3600.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.api = api
+        self.clock = clock  # wall-clock seconds of the hourly ledger (Lease expiry is the apiserver objects' own)
         self.snapshots = snapshots
         self.evict = evict  # the pod adapter's eviction (a PDB refusal is transient)
         self.node_name = node_name
@@ -85,7 +88,8 @@ class NodeRetirement:
         if not self._acquire_lease():
             why = self.last_refusal or (f"{self.max_concurrent} node(s) being retired or cooling down "
                                         "(every retirement lease held)")
-            raise TargetError(f"cluster retirement cap: {why}; will retry", transient=True)
+            raise HeldError(f"cluster retirement cap: {why}; waiting for a slot", gate="retirement-cap",
+                            retry_in=max(30.0, min(300.0, self.lease_duration_seconds / 3)))
         try:
             slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in reason)[:63].strip("-_.") or "retired"
             self.cordon_and_mark(slug, reason)
@@ -249,7 +253,7 @@ class NodeRetirement:
 
     def _ledger_allows(self) -> bool:
         _, starts = self._ledger()
-        recent = [s for s in starts if time.time() - float(s[1]) < 3600]
+        recent = [s for s in starts if self.clock() - float(s[1]) < 3600]
         if len(recent) >= self.max_per_hour:
             self.last_refusal = (f"{len(recent)} node retirement(s) started in the cluster in the last hour "
                                  f"(cap {self.max_per_hour}): {', '.join(str(s[0]) for s in recent)}")
@@ -259,14 +263,14 @@ class NodeRetirement:
     def _ledger_record(self) -> bool:
         """Add this retirement's start to the cluster ledger; False when another node wrote it first."""
         lease, starts = self._ledger()
-        recent = [s for s in starts if time.time() - float(s[1]) < 3600]
+        recent = [s for s in starts if self.clock() - float(s[1]) < 3600]
         if len(recent) >= self.max_per_hour:
             return False
         body = lease or {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                          "metadata": {"name": f"{self.lease_name}-ledger", "namespace": self.namespace}, "spec": {}}
         body["spec"] = {"holderIdentity": self.node_name}  # the last writer (the admission policy checks it is the node)
         body.setdefault("metadata", {}).setdefault("annotations", {})[LEDGER_ANNOTATION] = json.dumps(
-            [*recent, [self.node_name, time.time()]])
+            [*recent, [self.node_name, self.clock()]])
         try:
             if lease is None:
                 self.api("POST", f"/apis/coordination.k8s.io/v1/namespaces/{quote(self.namespace)}/leases", body=body)
