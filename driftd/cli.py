@@ -63,9 +63,13 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _load_baselines(settings: Any) -> Any:
+    from driftd.baselines import guardrails
     from driftd.baselines.loader import load_set
+    from driftd.engine.daemon import log_dangerous
+    from driftd.observability.logging import get_logger
 
-    bset, problems = load_set(settings.baselines, max_file_bytes=settings.baseline_file_max_bytes)
+    bset, problems = load_set(settings.baselines, max_file_bytes=settings.baseline_file_max_bytes,
+                              guardrails=guardrails.configured(settings.guardrails))
     if bset is None:
         print(f"driftd: baselines in {settings.baselines} are invalid; not starting:", file=sys.stderr)
         for p in problems:
@@ -73,6 +77,7 @@ def _load_baselines(settings: Any) -> Any:
         raise SystemExit(ExitCode.ERROR)
     for p in problems:
         print(str(p), file=sys.stderr)
+    log_dangerous(get_logger(), bset)
     return bset
 
 
@@ -186,9 +191,16 @@ def _daemon(rt: Runtime, loaded_from: str | None = None) -> int:
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
+    from driftd.baselines import guardrails
     from driftd.baselines.loader import load_set
+    from driftd.settings import load_settings
 
-    bset, problems = load_set(args.directory)
+    try:  # the operator's guardrail extensions (--config, $DRIFTD_CONFIG, DRIFTD_GUARDRAILS__*) apply to lint too
+        rails = guardrails.configured(load_settings(args.config).guardrails)
+    except (OSError, ValueError) as e:
+        print(f"driftd: {e}", file=sys.stderr)
+        return ExitCode.USAGE
+    bset, problems = load_set(args.directory, guardrails=rails)
     if args.output == "json":
         print(
             json.dumps(
@@ -415,6 +427,7 @@ def parser() -> argparse.ArgumentParser:
     lint = blsub.add_parser("lint", help="validate a baselines directory (FILE:LINE: field: reason)")
     lint.add_argument("directory")
     lint.add_argument("--output", choices=["text", "json"], default="text")
+    lint.add_argument("--config", help="settings file whose guardrails.extra_* extend the deny-lists (also $DRIFTD_CONFIG)")
     lint.set_defaults(func=cmd_lint)
     schema = blsub.add_parser("schema", help="print the JSON Schema of baselines")
     schema.set_defaults(func=cmd_schema)

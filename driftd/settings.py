@@ -135,6 +135,17 @@ class SafetySettings(_Section):
     retire: RetireSettings = Field(default_factory=RetireSettings)
 
 
+class GuardrailSettings(_Section):
+    extra_paths: list[str] = Field(
+        default_factory=list,
+        description="More host paths (globs; '*' spans '/', a trailing '/**' covers a whole tree) a baseline may "
+        "only manage with allowDangerous, on top of the built-in list.",
+    )
+    extra_sysctls: list[str] = Field(
+        default_factory=list, description="More sysctl keys (globs) a baseline may only set with allowDangerous."
+    )
+
+
 class Settings(BaseSettings):
     """Root of every driftd setting."""
 
@@ -161,6 +172,7 @@ class Settings(BaseSettings):
     docker: DockerSettings = Field(default_factory=DockerSettings)
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
+    guardrails: GuardrailSettings = Field(default_factory=GuardrailSettings)
     retire_hook: list[str] | None = Field(
         None, description="On a plain server: command run to retire this machine (argv list); gets DRIFTD_NODE and DRIFTD_REASON."
     )

@@ -355,7 +355,7 @@ class TestSetIdBits:
         os.chmod(f, 0o755)
         rt = make_runtime(baselines_dir({"b.yaml": host_baseline(spec="""
             files:
-              - {path: /usr/bin/passwd, owner: root, mode: "4755"}
+              - {path: /usr/bin/passwd, owner: root, mode: "4755", allowDangerous: "passwd is set-uid by design"}
         """)}))
         s = run(rt)
         assert s.exit_code == 0, render_text(s)
@@ -371,22 +371,30 @@ class TestSetIdBits:
         assert run(rt).exit_code == 0
         assert f.read_text() == "hello\n" and perm(f) == 0o755
 
-    def test_lint_warns_on_setid_and_sticky_file_modes(self, baselines_dir, capsys):
-        """`baseline lint` warns on every file mode with set-uid, set-gid or sticky; directories' sticky is fine."""
-        bdir = baselines_dir({"b.yaml": host_baseline(spec="""
+    def test_lint_refuses_setid_modes_without_a_reason_and_reports_them_with_one(self, baselines_dir, capsys):
+        """Set-uid/set-gid modes are a guardrail: refused with FILE:LINE unless the rule says why
+        (``allowDangerous``), then reported on every lint and load; the sticky bit on a file is a warning."""
+        spec = """
             directories:
               - {path: /tmp, mode: "1777"}
             files:
-              - {path: /usr/bin/a, mode: "4755"}
-              - {path: /usr/bin/b, mode: "2755"}
+              - {path: /usr/bin/a, mode: "4755"%s}
+              - {path: /usr/bin/b, mode: "2755"%s}
               - {path: /usr/bin/c, mode: "1644"}
               - {path: /usr/bin/d, mode: "0755"}
-        """)})
-        assert main(["baseline", "lint", str(bdir)]) == 0  # warnings do not reject the set
+        """
+        bdir = baselines_dir({"b.yaml": host_baseline(spec=spec % ("", ""))})
+        assert main(["baseline", "lint", str(bdir)]) == 1
         out = capsys.readouterr().out
-        warned = re.findall(r"spec\.files\[(\d)\]\.mode: warning: ", out)
-        assert warned == ["0", "1", "2"], out
+        assert re.findall(r"b\.yaml:(\d+): spec\.files\[(\d)\]\.mode: mode \d+ sets (set-\w+) on", out) == [
+            ("10", "0", "set-uid"), ("11", "1", "set-gid")], out
+        assert "spec.files[2].mode: warning: mode 1644 sets the sticky bit" in out
         assert "directories" not in out
+        why = ', allowDangerous: "vendor agent needs it (CHG-7)"'
+        bdir2 = baselines_dir({"b.yaml": host_baseline(spec=spec % (why, why))})
+        assert main(["baseline", "lint", str(bdir2)]) == 0
+        out = capsys.readouterr().out
+        assert out.count("allowed-dangerous: mode") == 2 and "allowed: vendor agent needs it (CHG-7)" in out
 
 
 # --------------------------------------------------------------------------- 5. state under any umask

@@ -117,7 +117,7 @@ class TestFileDrift:
         os.chmod(f, 0o4755)
         bdir = baselines_dir({"b.yaml": host_baseline(spec="""
             files:
-              - {path: /etc/helper, mode: "4755", owner: 0, group: 0}
+              - {path: /etc/helper, mode: "4755", owner: 0, group: 0, allowDangerous: "test: a set-uid helper on purpose"}
         """)})
         rt = make_runtime(bdir)
         s = run(rt)
@@ -220,12 +220,12 @@ class TestFileDrift:
         need_root()
         target = tmp_path / "t"
         target.write_text("x\n")
-        link = host_root / "etc/profile"
+        link = host_root / "etc/login.defs"
         os.symlink(target, link)
         os.lchown(link, 1000, 1000)
         bdir = baselines_dir({"b.yaml": host_baseline(spec="""
             files:
-              - {path: /etc/profile, content: "umask 027\\n"}
+              - {path: /etc/login.defs, content: "UMASK 027\\n"}
         """)})
         s = run(make_runtime(bdir))
         assert s.exit_code == 0
@@ -303,7 +303,7 @@ class TestDirectoryDrift:
         os.chmod(d, 0o2775)
         bdir = baselines_dir({"b.yaml": host_baseline(spec="""
             directories:
-              - {path: /etc/shared, mode: "2775", owner: root, group: shadow}
+              - {path: /etc/shared, mode: "2775", owner: root, group: shadow, allowDangerous: "test: a set-gid directory on purpose"}
         """)})
         s = run(make_runtime(bdir))
         assert s.exit_code == 0 and [o.actions for o in s.outcomes] == [["chown"]]
@@ -415,7 +415,7 @@ class TestEscapes:
             files:
               - {path: /etc/ssh/sshd_config, content: "PermitRootLogin no\\n", mode: "0600"}
               - {path: /etc/ssh/new_file, content: "x\\n"}
-              - {path: /etc/ssh/authorized_keys, absent: true}
+              - {path: /etc/ssh/authorized_keys, absent: true, allowDangerous: "test: no host-wide authorized keys"}
         """)})
         s = run(make_runtime(bdir))
         assert tree_digest(outside) == before

@@ -26,7 +26,7 @@ HOST_RULES = {
     "sysctls": "sysctls:\n  - {key: net.ipv4.ip_forward, value: \"0\"}",
     "kernel": "kernel: {minimumRelease: \"5.10\"}",
 }
-NOT_RULES = {"enforcement", "window", "selector", "retire_on_failure"}
+NOT_RULES = {"enforcement", "window", "grace", "selector", "retire_on_failure"}
 SELECTORS = {
     "empty": "",
     "hostname": "selector: {hostnames: [\"node-*\"]}",

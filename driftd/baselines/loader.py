@@ -22,6 +22,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from driftd.baselines.guardrails import DEFAULT as DEFAULT_GUARDRAILS
+from driftd.baselines.guardrails import Guardrails, findings
 from driftd.core import kinds
 from driftd.core.selectors import may_overlap
 from driftd.models.baseline import HostBaseline, Rule
@@ -341,7 +343,7 @@ def _claim_value(rule: Rule) -> tuple[str, dict[str, Any]]:
     return type(rule).__name__, rule.model_dump()
 
 
-def _check_set(docs: list[_Doc], problems: list[Problem]) -> None:
+def _check_set(docs: list[_Doc], problems: list[Problem], guardrails: Guardrails) -> None:
     names: dict[str, _Doc] = {}
     claims: dict[str, list[tuple[_Doc, tuple[str | int, ...], Rule]]] = {}
     for doc in docs:
@@ -389,25 +391,23 @@ def _check_set(docs: list[_Doc], problems: list[Problem]) -> None:
         if isinstance(doc.model, ContainerBaseline):
             _check_container(doc, doc.model, problems)
         if isinstance(doc.model, HostBaseline):
-            _check_host(doc, doc.model, problems)
+            _check_host(doc, doc.model, problems, guardrails)
 
 
-_SPECIAL_BITS = {0o4000: "set-uid", 0o2000: "set-gid", 0o1000: "sticky"}
-
-
-def _check_host(doc: _Doc, b: HostBaseline, problems: list[Problem]) -> None:
-    """Warnings on host rules a reviewer must look at twice (they do not block loading)."""
+def _check_host(doc: _Doc, b: HostBaseline, problems: list[Problem], guardrails: Guardrails) -> None:
+    """The guardrails: a dangerous rule is refused unless it says why (``allowDangerous``); then it is reported."""
+    for g in findings(b, guardrails):
+        line, where = doc.line_of(g.loc), _fmt_loc(g.loc)
+        if g.allowed is None:
+            problems.append(Problem(doc.file, line, where, f"{g.reason} (guardrail; a rule that must do this says why "
+                                    "with allowDangerous: \"<reason>\")"))
+        else:
+            problems.append(Problem(doc.file, line, where, f"{g.reason}; allowed: {g.allowed}", "allowed-dangerous"))
     for i, f in enumerate(b.spec.files):
-        if f.mode is None:
-            continue
-        bits = [name for bit, name in _SPECIAL_BITS.items() if int(f.mode, 8) & bit]
-        if bits:
+        if f.mode is not None and int(f.mode, 8) & 0o1000:
             loc = ("spec", "files", i, "mode")
-            problems.append(
-                Problem(doc.file, doc.line_of(loc), _fmt_loc(loc),
-                        f"mode {f.mode} sets {' and '.join(bits)} on {f.path}: every node gets a privileged file; "
-                        "make sure the baseline means it", "warning")
-            )
+            problems.append(Problem(doc.file, doc.line_of(loc), _fmt_loc(loc),
+                                    f"mode {f.mode} sets the sticky bit on a file ({f.path}): it has no effect", "warning"))
 
 
 def _check_container(doc: _Doc, b: ContainerBaseline, problems: list[Problem]) -> None:
@@ -463,7 +463,8 @@ def _yaml_files(directory: Path) -> list[Path]:
 
 
 def load_set(
-    directory: str | os.PathLike[str], *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    directory: str | os.PathLike[str], *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    guardrails: Guardrails = DEFAULT_GUARDRAILS,
 ) -> tuple[BaselineSet | None, list[Problem]]:
     """Load every baseline below ``directory``: a complete set, or None and the problems.
 
@@ -471,12 +472,13 @@ def load_set(
     so the daemon counts it and keeps its last good set.
     """
     try:
-        return _load_set(directory, max_file_bytes)
+        return _load_set(directory, max_file_bytes, guardrails)
     except Exception as e:  # a bug here must reject the set, not take the agent down
         return None, [Problem(str(directory), 1, "(loader)", f"internal error while loading: {type(e).__name__}: {e}")]
 
 
-def _load_set(directory: str | os.PathLike[str], max_file_bytes: int) -> tuple[BaselineSet | None, list[Problem]]:
+def _load_set(directory: str | os.PathLike[str], max_file_bytes: int,
+              guardrails: Guardrails) -> tuple[BaselineSet | None, list[Problem]]:
     root = Path(directory)
     problems: list[Problem] = []
     if not root.is_dir():
@@ -500,7 +502,7 @@ def _load_set(directory: str | os.PathLike[str], max_file_bytes: int) -> tuple[B
     for doc in docs:
         _validate(doc, problems)
     valid = [d for d in docs if d.model is not None]
-    _check_set(valid, problems)
+    _check_set(valid, problems, guardrails)
     sources: dict[tuple[str, str], bytes] = {}
     for doc in valid:
         _load_sources(doc, root, max_file_bytes, problems, sources, set_digest)

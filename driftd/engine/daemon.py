@@ -17,6 +17,7 @@ import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from driftd.baselines import guardrails
 from driftd.baselines.loader import Problem, fingerprint, load_set
 from driftd.engine.clock import Clock
 from driftd.engine.queue import KeyedQueue
@@ -51,7 +52,8 @@ class BaselineManager:
         fp = fingerprint(self.settings.baselines)
         if fp in (self._fingerprint, self.rejected_fingerprint):
             return False
-        bset, problems = load_set(self.settings.baselines, max_file_bytes=self.settings.baseline_file_max_bytes)
+        bset, problems = load_set(self.settings.baselines, max_file_bytes=self.settings.baseline_file_max_bytes,
+                                  guardrails=guardrails.configured(self.settings.guardrails))
         if bset is not None:
             try:
                 self.engine.set_baselines(bset)  # compiles and resolves first, swaps last: a crash keeps the old set
@@ -72,7 +74,16 @@ class BaselineManager:
         self.log.info(
             Event.BASELINE_LOADED, directory=str(self.settings.baselines), baselines=len(bset.baselines), version=bset.version
         )
+        log_dangerous(self.log, bset)
         return True
+
+
+def log_dangerous(log: Any, bset: Any) -> None:
+    """Every rule the guardrails deny but ``allowDangerous`` allows, at every load: seen, not silent."""
+    for p in bset.warnings:
+        if p.severity == "allowed-dangerous":
+            log.warning(Event.BASELINE_DANGEROUS_ALLOWED, file=p.file, line=p.line, field=p.field, reason=p.reason,
+                        version=bset.version)
 
 
 class Daemon:

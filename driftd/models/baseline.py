@@ -116,6 +116,20 @@ class Rule(Strict):
     in ``driftd.core.kinds`` (which compiles it and names what it claims for lint).
     """
 
+    allow_dangerous: str | None = Field(
+        default=None, alias="allowDangerous",
+        description="Why this rule may manage what the guardrails deny (an account database's content, sudoers, "
+        "a set-id mode, a code-loading sysctl, ...): a reason, logged at every load. Without it such a rule is refused.",
+    )
+
+    @field_validator("allow_dangerous")
+    @classmethod
+    def _v_allow_dangerous(cls, v: str | None) -> str | None:
+        if v is not None and len(v.strip()) < 8:
+            raise ValueError("allowDangerous needs a reason a reviewer can check (at least 8 characters), "
+                             "e.g. 'INC-42: sudo rule for the backup agent'")
+        return v
+
 
 class _PathEntry(Rule):
     """Shared fields of files and directories: path, mode, owner, group."""

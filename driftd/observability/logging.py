@@ -41,6 +41,7 @@ class Event(StrEnum):
     SNAPSHOT_SAVED = "snapshot.saved"
     BASELINE_LOADED = "baseline.loaded"
     BASELINE_REJECTED = "baseline.rejected"
+    BASELINE_DANGEROUS_ALLOWED = "baseline.dangerous_allowed"
     DAEMON_STARTED = "daemon.started"
     DAEMON_STOPPING = "daemon.stopping"
     DAEMON_STOPPED = "daemon.stopped"
