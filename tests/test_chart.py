@@ -225,9 +225,10 @@ def test_default_render() -> None:
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-metrics"}
     assert c["ports"] == [{"name": "http-metrics", "containerPort": 9808, "protocol": "TCP"}]
     assert set(c["resources"]) == {"requests", "limits"}
-    # narrow host mounts: /etc read-write (reverts), the state dir; nothing else
+    # only what the shipped baselines manage, read-only in the default dry run; the state dir (test_host_mounts_*)
     assert host_paths(docs) == {
-        "/etc": ("Directory", "/host/etc", False),
+        "/etc": ("Directory", "/host/etc", True),
+        "/root": ("Directory", "/host/root", True),
         "/var/lib/driftd": ("DirectoryOrCreate", "/var/lib/driftd", False),
     }
     env = env_of(docs)
@@ -257,7 +258,9 @@ def test_render_with_sysctl_enabled() -> None:
     docs = render({"sysctl": {"enabled": True}})
     spec = one(docs, "DaemonSet")["spec"]["template"]["spec"]
     assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
-    assert host_paths(docs)["/proc/sys"] == ("Directory", "/host/proc/sys", False)
+    assert host_paths(docs)["/proc/sys"] == ("Directory", "/host/proc/sys", True)  # dry run: observed only
+    assert host_paths(render({"sysctl": {"enabled": True}, "settings": {"dryRun": False}}))["/proc/sys"] == (
+        "Directory", "/host/proc/sys", False)
     sc = container(docs)["securityContext"]
     assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"]["add"] == ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SYS_ADMIN", "NET_ADMIN"]
@@ -381,6 +384,58 @@ def test_extra_baselines_and_files(tmp_path: Path) -> None:
     bset, problems = load_set(mount_configmap(docs, tmp_path / "only-extra"))
     assert bset is not None, problems
     assert [b.metadata.name for b in bset.baselines] == ["extra-motd"]
+
+
+def _host_baseline(name: str, spec: str) -> str:
+    return f"apiVersion: driftd.io/v1alpha1\nkind: HostBaseline\nmetadata: {{name: {name}}}\nspec:\n{spec}"
+
+
+def test_host_mounts_are_derived_from_the_baselines_read_only_where_only_observed() -> None:
+    """Least host access: the directories the shipped and configured baselines manage, nothing else."""
+    enforcing = {"settings": {"dryRun": False}}
+    assert host_paths(render(enforcing)) == {  # the shipped set enforcing: /etc and /root (cis-sshd's /root/.rhosts)
+        "/etc": ("Directory", "/host/etc", False),
+        "/root": ("Directory", "/host/root", False),
+        "/var/lib/driftd": ("DirectoryOrCreate", "/var/lib/driftd", False),
+    }
+    extra = {
+        "app.yaml": _host_baseline("app", "  enforcement: warn\n  files:\n    - {path: /opt/app/conf/app.conf, mode: \"0644\"}\n"
+                                   "  directories:\n    - {path: /opt/app, mode: \"0755\"}\n"),
+        "srv.yaml": _host_baseline("srv", "  files:\n    - {path: /srv/www/index.html, content: hi}\n"),
+        "kern.yaml": _host_baseline("kern", "  kernel: {minimumRelease: \"6.1\"}\n"),
+    }
+    docs = render({**enforcing, "baselines": {"shipped": {"enabled": False}}, "extraBaselines": extra})
+    assert host_paths(docs) == {
+        "/opt/app": ("Directory", "/host/opt/app", True),  # warn: observed only (and /opt/app/conf collapses into it)
+        "/srv/www": ("Directory", "/host/srv/www", False),  # enforced: reverted in place
+        "/etc/passwd": ("File", "/host/etc/passwd", True),  # owner names, read only
+        "/etc/group": ("File", "/host/etc/group", True),
+        "/proc/sys/kernel/osrelease": ("File", "/host/proc/sys/kernel/osrelease", True),  # the kernel rule reads it
+        "/var/lib/driftd": ("DirectoryOrCreate", "/var/lib/driftd", False),
+    }
+    none = render({"baselines": {"shipped": {"exclude": ["sshd.yaml", "system-files.yaml"]}}})
+    assert host_paths(none) == {"/var/lib/driftd": ("DirectoryOrCreate", "/var/lib/driftd", False)}
+
+
+def test_control_plane_nodes_are_left_out_unless_enabled() -> None:
+    spec = one(render(), "DaemonSet")["spec"]["template"]["spec"]
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [
+        {"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"},
+        {"key": "node-role.kubernetes.io/master", "operator": "DoesNotExist"}]}]
+    assert "affinity" not in one(render({"controlPlane": {"enabled": True}}), "DaemonSet")["spec"]["template"]["spec"]
+    own = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
+    r = helm("template", "driftd", str(CHART), values={"affinity": own}, check=False)
+    assert r.returncode != 0 and "control-plane DoesNotExist" in r.stderr
+    r = helm("template", "driftd", str(CHART), values={"affinity": own, "controlPlane": {"enabled": True}})
+    assert "preferredDuringSchedulingIgnoredDuringExecution" in r.stdout
+
+
+def test_guardrail_values_reach_the_agent() -> None:
+    env = env_of(render({"guardrails": {"extraPaths": ["/opt/vendor/**"], "extraSysctls": ["vm.*"]}}))
+    assert json.loads(env["DRIFTD_GUARDRAILS__EXTRA_PATHS"]) == ["/opt/vendor/**"]
+    assert json.loads(env["DRIFTD_GUARDRAILS__EXTRA_SYSCTLS"]) == ["vm.*"]
+    assert "DRIFTD_GUARDRAILS__EXTRA_PATHS" not in env_of(render())
 
 
 # ---------------------------------------------------------------------------- Prometheus rules

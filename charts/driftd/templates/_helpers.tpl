@@ -127,3 +127,56 @@ evicts its own pods (they need root and host mounts, which a restricted profile 
 {{- end -}}
 {{- toYaml $out -}}
 {{- end -}}
+
+{{- /*
+driftd.hostMounts: the host directories the baselines in this release manage, derived from them at render
+time (least host access). A managed file needs its parent directory (driftd writes a temp file and renames
+it over the target in the same directory); a managed directory needs itself. Nested directories collapse
+into their ancestor. A directory is mounted read-write only when a baseline that enforces (spec.enforcement
+enforce, settings.dryRun false) manages something in it; otherwise read-only: driftd only observes there.
+Owner and group names resolve against /etc/passwd and /etc/group, mounted read-only when /etc is not.
+Output: YAML {mounts: [{path, rw}], passwd: bool, kernel: bool (a kernel rule reads the running release)}.
+*/ -}}
+{{- define "driftd.hostMounts" -}}
+{{- $root := . -}}
+{{- $files := include "driftd.baselineFiles" . | fromYaml -}}
+{{- $want := dict -}}
+{{- $kernel := false -}}
+{{- range $key, $f := $files -}}
+{{- if not (hasPrefix "files." $key) -}}
+{{- range $part := splitList "\n---" $f.content -}}
+{{- $doc := fromYaml $part -}}
+{{- if and (not (hasKey $doc "Error")) (eq (toString (get $doc "kind")) "HostBaseline") -}}
+{{- $spec := default (dict) $doc.spec -}}
+{{- $rw := and (not $root.Values.settings.dryRun) (eq (toString (default "enforce" $spec.enforcement)) "enforce") -}}
+{{- range $e := default (list) $spec.files -}}
+{{- $d := dir (toString $e.path) -}}
+{{- $_ := set $want $d (or $rw (get $want $d | default false)) -}}
+{{- end -}}
+{{- if $spec.kernel -}}{{- $kernel = true -}}{{- end -}}
+{{- range $e := default (list) $spec.directories -}}
+{{- $d := clean (toString $e.path) -}}
+{{- $_ := set $want $d (or $rw (get $want $d | default false)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $mounts := list -}}
+{{- range $d := keys $want | sortAlpha -}}
+{{- $rw := get $want $d -}}
+{{- $covered := false -}}
+{{- range $other := keys $want -}}
+{{- if and (ne $other $d) (or (eq $other "/") (hasPrefix (printf "%s/" $other) $d)) -}}{{- $covered = true -}}{{- end -}}
+{{- end -}}
+{{- if not $covered -}}
+{{- range $other := keys $want -}}
+{{- if and (ne $other $d) (or (eq $d "/") (hasPrefix (printf "%s/" $d) $other)) (get $want $other) -}}{{- $rw = true -}}{{- end -}}
+{{- end -}}
+{{- $mounts = append $mounts (dict "path" $d "rw" (eq (toString $rw) "true")) -}}
+{{- end -}}
+{{- end -}}
+{{- $etc := false -}}
+{{- range $m := $mounts -}}{{- if or (eq $m.path "/") (eq $m.path "/etc") -}}{{- $etc = true -}}{{- end -}}{{- end -}}
+{{- toYaml (dict "mounts" $mounts "passwd" (and (gt (len $mounts) 0) (not $etc)) "kernel" $kernel) -}}
+{{- end -}}
