@@ -564,7 +564,7 @@ class TestInterruptedWrites:
 
         SafeRoot(host_root).write_atomic("/etc/big", b"new\n", mode=0o640, uid=None, gid=None)
         assert big.read_bytes() == b"new\n" and perm(big) == 0o640
-        assert temps_in(host_root / "etc") == [".other.driftd-tmp-0000"]  # only this file's temps are cleaned
+        assert temps_in(host_root / "etc") == [".other.driftd-tmp-0000"]  # a name driftd never makes is left
 
     def test_write_refuses_to_replace_a_directory(self, host_root):
         """write_atomic never replaces a directory and leaves no temp file behind."""

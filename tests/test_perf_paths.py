@@ -201,3 +201,63 @@ def test_console_fast_exit_keeps_exit_code_and_output(host_root: Path, baselines
     assert fixed.returncode == 0, fixed.stderr
     assert fixed.stdout.rstrip().endswith("-> exit 0 (clean)")
     assert (host_root / "etc/motd").read_text() == "hello\n"
+
+
+# --------------------------------------------------------------------------- O(1) reverts in a flat directory
+
+
+def test_a_revert_costs_no_directory_listing_after_the_first_in_a_pass(host_root: Path, baselines_dir,
+                                                                       make_runtime) -> None:
+    """Stale temps are swept once per directory per pass, not before every write (quadratic in a flat dir)."""
+    from driftd.engine.once import run_once
+    from driftd.targets import safefs
+
+    app = host_root / "etc/app"
+    app.mkdir(parents=True)
+    n = 300
+    for i in range(n):
+        (app / f"{i:04d}.conf").write_text("drifted\n")
+    stale = app / ".0007.conf.driftd-tmp-0badcafe"  # what a crash mid-write leaves
+    stale.write_text("half")
+    user = app / ".notes.driftd-tmp-keep"  # not a name driftd makes: never touched
+    user.write_text("mine")
+    spec = "files:\n" + "".join(f'  - {{path: /etc/app/{i:04d}.conf, content: "v\\n", mode: "0644"}}\n' for i in range(n))
+    rt = make_runtime(baselines_dir({"b.yaml": host_baseline("b", spec)}), safety={"breaker": {"share": 1.0}})
+    listings: list[int] = []
+    real = os.listdir
+
+    def counting(path: Any = ".") -> list[str]:
+        if isinstance(path, int):
+            listings.append(path)
+        return real(path)
+
+    safefs.os.listdir = counting  # type: ignore[attr-defined]
+    try:
+        s = run_once(rt.engine, rt.queue, attempts=1)
+    finally:
+        safefs.os.listdir = real  # type: ignore[attr-defined]
+    assert [o.status for o in s.outcomes].count("remediated") == n
+    assert len(listings) == 1  # one sweep of etc/app for 300 reverts
+    assert not stale.exists() and user.read_text() == "mine"
+    assert all((app / f"{i:04d}.conf").read_text() == "v\n" for i in range(n))
+
+
+def test_a_sweep_never_removes_another_workers_temp_in_flight(host_root: Path) -> None:
+    """Two writers in one directory: the second one's sweep leaves the first one's temp alone."""
+    from driftd.targets.safefs import SafeRoot
+
+    (host_root / "etc").mkdir(exist_ok=True)
+    fs = SafeRoot(host_root)
+    seen: list[list[str]] = []
+
+    def second_writer(_: int) -> None:  # runs while the first write's temp is open
+        if not seen:
+            seen.append(sorted(p.name for p in (host_root / "etc").iterdir()))
+            fs.begin_pass()  # a new pass: the directory is swept again by the next write
+            fs.write_atomic("/etc/b", b"b\n", mode=None, uid=None, gid=None)
+
+    fs.write_atomic("/etc/a", b"a" * (3 << 20), mode=None, uid=None, gid=None, on_chunk=second_writer)
+    assert (host_root / "etc/a").read_bytes() == b"a" * (3 << 20)  # its temp survived the other sweep
+    assert (host_root / "etc/b").read_text() == "b\n"
+    assert any(".a.driftd-tmp-" in n for n in seen[0])
+    assert not [p for p in (host_root / "etc").iterdir() if "driftd-tmp" in p.name]
