@@ -20,6 +20,8 @@ dangerous and needs no reason.
 from __future__ import annotations
 
 import fnmatch
+import functools
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -71,19 +73,34 @@ class Guardrails:
                           self.sysctls + tuple((k, "denied by the operator") for k in sysctls))
 
     def path_reason(self, path: str) -> str | None:
-        for pattern, what in self.paths:
-            if fnmatch.fnmatchcase(path, pattern) or (pattern.endswith("/**") and path == pattern[:-3]):
-                return what
-        return None
+        return _first(_compiled(self.paths, subtree=True), path)
 
     def sysctl_reason(self, key: str, value: str) -> str | None:
         key = key.replace("/", ".")
         if key == "kernel.core_pattern" and value.lstrip().startswith("|"):
             return "a pipe in kernel.core_pattern runs that program as root on every crash"
-        for pattern, what in self.sysctls:
-            if fnmatch.fnmatchcase(key, pattern):
-                return what
-        return None
+        return _first(_compiled(self.sysctls, subtree=False), key)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(entries: tuple[tuple[str, str], ...], *, subtree: bool) -> tuple[re.Pattern[str], tuple[str, ...]]:
+    """One regex for a whole list (10,000 rules x 40 patterns one by one cost a second); group i = entry i.
+
+    ``*`` matches across '/' (fnmatch); with ``subtree`` a trailing ``/**`` also matches the directory itself.
+    """
+    parts = []
+    for i, (pattern, _) in enumerate(entries):
+        body = fnmatch.translate(pattern)  # anchored at the end itself
+        if subtree and pattern.endswith("/**"):
+            body = f"{body}|{re.escape(pattern[:-3])}\\Z"
+        parts.append(f"(?P<g{i}>{body})")
+    return re.compile("|".join(parts)), tuple(what for _, what in entries)
+
+
+def _first(compiled: tuple[re.Pattern[str], tuple[str, ...]], text: str) -> str | None:
+    rx, whats = compiled
+    m = rx.match(text)
+    return whats[int(m.lastgroup[1:])] if m is not None and m.lastgroup else None
 
 
 DEFAULT = Guardrails()
