@@ -282,7 +282,9 @@ def test_optional_objects() -> None:
     assert {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node", "action": "replace"} in ep["relabelings"]
     rules = [r["alert"] for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
     assert sorted(rules) == sorted(["DriftdDriftPastDeadline", "DriftdDriftNearDeadline", "DriftdRemediationFailing",
-                                    "DriftdBaselineRejected", "DriftdTargetDown", "DriftdAgentDown"])
+                                    "DriftdBaselineRejected", "DriftdTargetDown", "DriftdAgentDown",
+                                    "DriftdCircuitBreakerOpen", "DriftdHeldPastDeadline", "DriftdResourceFlapping",
+                                    "DriftdWindowBreached", "DriftdBreakGlassActive", "DriftdInotifyDegraded"])
     spec = one(docs, "DaemonSet")["spec"]["template"]["spec"]
     assert spec["priorityClassName"] == "system-node-critical"
     assert spec["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "x", "effect": "NoSchedule"}]
@@ -445,7 +447,7 @@ def test_prometheus_rules_check_and_unit_tests(tmp_path: Path) -> None:
     rules = tmp_path / "driftd-rules.yaml"
     rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False, width=10_000))
     r = run(promtool, "check", "rules", str(rules))
-    assert "SUCCESS: 6 rules found" in r.stdout, r.stdout
+    assert "SUCCESS: 12 rules found" in r.stdout, r.stdout
     shutil.copy(ALERT_TESTS, tmp_path / ALERT_TESTS.name)
     r = run(promtool, "test", "rules", str(tmp_path / ALERT_TESTS.name), check=False)
     assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
@@ -460,6 +462,19 @@ def test_prometheus_rules_follow_values() -> None:
     assert by_name["DriftdDriftNearDeadline"]["expr"] == 'driftd_oldest_unremediated_drift_age_seconds{job="agents"} > 900'
     assert all(r["labels"]["team"] == "platform" for r in by_name.values())
     assert by_name["DriftdAgentDown"]["expr"] == 'up{job="agents"} == 0 or absent(up{job="agents"})'
+    assert by_name["DriftdCircuitBreakerOpen"]["expr"] == 'driftd_breaker_open{job="agents"} > 0'
+    rule = one(render({"prometheusRule": {"enabled": True, "breakGlassActiveFor": "90m", "windowBreachedWindow": "2h",
+                                          "inotifyDegradedWindow": "30m"}}), "PrometheusRule")
+    by_name = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert by_name["DriftdBreakGlassActive"]["for"] == "90m" and "more than 90m" in by_name["DriftdBreakGlassActive"]["annotations"]["summary"]
+    sel = 'job="driftd",namespace="driftd"'
+    assert by_name["DriftdWindowBreached"]["expr"] == (
+        f"increase(driftd_window_breaches_total{{{sel}}}[2h]) > 0"
+        f" or (driftd_window_breaches_total{{{sel}}} > 0 unless driftd_window_breaches_total{{{sel}}} offset 2h)")
+    assert "[30m]" in by_name["DriftdInotifyDegraded"]["expr"] and "offset 30m" in by_name["DriftdInotifyDegraded"]["expr"]
+    r = helm("template", "driftd", str(CHART), values={"prometheusRule": {"enabled": True, "breakGlassActiveFor": "4 hours"}},
+             check=False)
+    assert r.returncode != 0 and "breakGlassActiveFor" in r.stderr
 
 
 # ============================================================================ against the real API server
