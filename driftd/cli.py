@@ -38,7 +38,7 @@ def _settings(args: argparse.Namespace) -> Any:
     }
     nested: dict[str, dict[str, Any]] = {
         "scan": {"interval_seconds": getattr(args, "interval", None)},
-        "http": {"address": getattr(args, "listen", None)},
+        "http": {"address": getattr(args, "listen", None), "api_address": getattr(args, "api_listen", None)},
         "log": {"format": getattr(args, "log_format", None), "level": getattr(args, "log_level", None)},
         "docker": {"enabled": True if getattr(args, "docker", False) else None, "url": getattr(args, "docker_url", None)},
         "kubernetes": {
@@ -149,13 +149,12 @@ def _cmd_run(args: argparse.Namespace, *, gc_was_enabled: bool) -> int:
 
 
 def _daemon(rt: Runtime, loaded_from: str | None = None) -> int:
-    from driftd.api.http import ApiServer
     from driftd.engine.daemon import BaselineManager, Daemon
+    from driftd.runtime import build_api_server
 
     settings = rt.settings
     manager = BaselineManager(settings, rt.engine, rt.metrics, rt.engine.clock)
     manager.prime(loaded_from)
-    host, port = settings.http.host_port
 
     def drifts() -> list[dict[str, Any]]:
         out = []
@@ -169,14 +168,18 @@ def _daemon(rt: Runtime, loaded_from: str | None = None) -> int:
         return out
 
     daemon: Daemon | None = None
-    api = ApiServer(
-        host,
-        port,
-        registry=rt.metrics.registry,
-        healthy=lambda: daemon.healthy() if daemon else (False, "starting"),
-        ready=lambda: daemon.ready() if daemon else (False, "starting"),
-        drifts=drifts,
-    )
+    try:
+        api = build_api_server(
+            settings,
+            registry=rt.metrics.registry,
+            healthy=lambda: daemon.healthy() if daemon else (False, "starting"),
+            ready=lambda: daemon.ready() if daemon else (False, "starting"),
+            drifts=drifts,
+        )
+    except (OSError, ValueError) as e:  # an address in use, a TLS file, no API client for the auth
+        print(f"driftd: http: {e}", file=sys.stderr)
+        rt.state.close()
+        return ExitCode.ERROR
     daemon = Daemon(settings=settings, engine=rt.engine, queue=rt.queue, metrics=rt.metrics, manager=manager, api=api)
     stop = threading.Event()
 
@@ -412,7 +415,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="change nothing; report what would be done")
     run.add_argument("--output", choices=["text", "json"], default="text", help="--once summary format")
     run.add_argument("--node-name", help="node name for baseline selectors")
-    run.add_argument("--listen", help="HTTP address host:port (default 127.0.0.1:9808)")
+    run.add_argument("--listen", help="metrics/probes address host:port (default 127.0.0.1:9808)")
+    run.add_argument("--api-listen", help="drifts API address host:port (default 127.0.0.1:9809)")
     run.add_argument("--interval", type=float, help="seconds between full scans (default 300)")
     run.add_argument("--docker", action="store_true", help="enable the Docker target")
     run.add_argument("--kubernetes", action="store_true", help="enable the Kubernetes target (pods on this node)")

@@ -125,3 +125,53 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, met
         metrics.registry.register(StateCollector(lambda: state.summary(clock.time(), esc, margin), targets=list(targets)))
     queue = KeyedQueue(clock=clock, backoff=Backoff(settings.retry.base_seconds, settings.retry.max_seconds))
     return Runtime(settings=settings, engine=engine, queue=queue, state=state, metrics=metrics)
+
+
+def build_api_server(settings: Any, *, registry: Any, healthy: Any, ready: Any, drifts: Any, reviews: Any = None) -> Any:
+    """The HTTP listeners (``driftd.api.http.ApiServer``) from ``settings.http``.
+
+    With ``http.api_auth`` or ``http.metrics_auth`` set to ``kubernetes``, requests are
+    authorised by TokenReview + SubjectAccessReview (``driftd.api.auth``): the drifts API as
+    ``get`` on ``drifts.driftd.io`` named after this node, ``/metrics`` as ``get`` on that
+    non-resource URL.  The reviews go through
+    driftd's Kubernetes REST client (``kubernetes.kubeconfig``, in-cluster when unset);
+    ``reviews(path, body) -> dict`` replaces that client (tests).  Raises ``ValueError`` for
+    an API client that cannot be built and ``OSError`` for a TLS file or an address in use.
+    """
+    from driftd.api.http import DRIFTS_PATH, ApiServer, server_tls_context
+
+    h = settings.http
+    authorize = None
+    if "kubernetes" in (h.api_auth, h.metrics_auth):
+        from driftd.api.auth import KubernetesAuth
+
+        if reviews is None:
+            from driftd.targets.kubernetes.client import Kube, load_api_client
+
+            try:
+                kube = Kube(load_api_client(settings.kubernetes.kubeconfig))
+            except Exception as e:  # no kubeconfig, not in a cluster: say which setting needs it
+                raise ValueError(f"http auth kubernetes needs a Kubernetes API client: {e}") from None
+
+            def reviews(path: str, body: Any) -> Any:
+                return kube.request("POST", path, body=body, timeout=5.0)
+
+        drifts_resource = {"group": "driftd.io", "resource": "drifts", "name": settings.resolved_node_name()}
+        authorize = KubernetesAuth(reviews, cache_seconds=h.auth_cache_seconds, audiences=h.auth_audiences,
+                                   resources={DRIFTS_PATH: drifts_resource})
+    tls = server_tls_context(h.tls_cert_file, h.tls_key_file) if h.tls_cert_file else None
+    host, port = h.host_port
+    return ApiServer(
+        host,
+        port,
+        registry=registry,
+        healthy=healthy,
+        ready=ready,
+        drifts=drifts,
+        api_address=h.api_host_port,
+        api_authorize=authorize if h.api_auth == "kubernetes" else None,
+        metrics_authorize=authorize if h.metrics_auth == "kubernetes" else None,
+        tls=tls,
+        request_timeout=h.request_timeout_seconds,
+        max_connections=h.max_connections,
+    )

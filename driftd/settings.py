@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -39,21 +39,89 @@ class RetrySettings(_Section):
     escalate_after: int = Field(3, ge=1, description="Consecutive failures after which a drift is escalated (log + metric).")
 
 
+def _host_port(v: str) -> tuple[str, int]:
+    host, _, port = v.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _check_address(v: str, example: str) -> str:
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"address must be host:port, e.g. {example}")
+    return v
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: only this machine can connect."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class HttpSettings(_Section):
-    address: str = Field("127.0.0.1:9808", description="host:port for /metrics, /healthz, /readyz and /api/v1/drifts.")
+    address: str = Field("127.0.0.1:9808", description="host:port of the metrics listener: /metrics, /healthz, /readyz.")
+    api_address: str = Field(
+        "127.0.0.1:9809", description="host:port of the drifts API (/api/v1/drifts: paths and errors); the same as "
+        "address serves everything on one listener."
+    )
+    api_auth: Literal["none", "kubernetes"] = Field(
+        "none", description="Who may read the drifts API: none (only allowed on a loopback api_address) or kubernetes "
+        "(bearer token, TokenReview + SubjectAccessReview: get on resource drifts.driftd.io named after the node)."
+    )
+    metrics_auth: Literal["none", "kubernetes"] = Field(
+        "none", description="Who may scrape /metrics: none or kubernetes (as api_auth, nonResourceURL /metrics); "
+        "/healthz and /readyz stay open for probes."
+    )
+    auth_audiences: list[str] = Field(
+        default_factory=list, description="Audiences a token must carry (TokenReview spec.audiences); empty = the API server's."
+    )
+    auth_cache_seconds: float = Field(
+        60.0, ge=0, description="How long an authentication/authorisation decision (allowed or denied) is reused."
+    )
+    tls_cert_file: Path | None = Field(None, description="PEM certificate (chain): serve both listeners over HTTPS (TLS >= 1.2).")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    request_timeout_seconds: float = Field(
+        10.0, gt=0, description="Per connection: TLS handshake, reading the request and writing the answer, in seconds."
+    )
+    max_connections: int = Field(
+        16, ge=1, le=1024, description="Handler threads per listener; further connections wait (up to request_timeout_seconds) "
+        "for one."
+    )
 
     @field_validator("address")
     @classmethod
     def _v_address(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ValueError("address must be host:port, e.g. 127.0.0.1:9808")
-        return v
+        return _check_address(v, "127.0.0.1:9808")
+
+    @field_validator("api_address")
+    @classmethod
+    def _v_api_address(cls, v: str) -> str:
+        return _check_address(v, "127.0.0.1:9809")
+
+    @model_validator(mode="after")
+    def _v_exposure(self) -> HttpSettings:
+        if self.api_auth == "none" and not is_loopback(self.api_host_port[0]):
+            raise ValueError(
+                f"http.api_auth none serves /api/v1/drifts (paths and errors) to anyone who can connect: it is only allowed "
+                f"on a loopback http.api_address, not {self.api_address}; set http.api_auth: kubernetes or "
+                f"http.api_address: 127.0.0.1:PORT"
+            )
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("http.tls_cert_file and http.tls_key_file go together: set both or neither")
+        return self
 
     @property
     def host_port(self) -> tuple[str, int]:
-        host, _, port = self.address.rpartition(":")
-        return host.strip("[]"), int(port)
+        return _host_port(self.address)
+
+    @property
+    def api_host_port(self) -> tuple[str, int]:
+        return _host_port(self.api_address)
 
 
 class LogSettings(_Section):

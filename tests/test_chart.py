@@ -65,6 +65,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
                 "kubernetes": {"events": False, "policyReport": False}, "baselines": {"shipped": {"enabled": False}}},
     "warn-only-policies": {"admissionPolicy": {"validationActions": ["Warn", "Audit"], "evictionFailurePolicy": "Ignore"}},
     "no-eviction-policy": {"admissionPolicy": {"restrictEvictions": False}},
+    # the HTTP listeners locked down further (metrics auth, TLS, API clients) and opened up (loopback only, no policy)
+    "http-locked-down": {"http": {"metricsAuth": "kubernetes", "tls": {"secretName": "driftd-tls"},
+                                  "authAudiences": ["driftd"]},
+                         "serviceMonitor": {"enabled": True},
+                         "networkPolicy": {"scraperNamespaces": ["monitoring", "observability"], "apiClients": [
+                             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "security"}},
+                              "podSelector": {"matchLabels": {"app": "auditor"}}}]}},
+    "http-loopback": {"http": {"apiAuth": "none", "apiHost": "127.0.0.1"}, "networkPolicy": {"enabled": False}},
 }
 
 
@@ -203,6 +211,7 @@ def test_default_render() -> None:
         "ServiceAccount", "ConfigMap", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service", "DaemonSet",
         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+        "ClusterRole", "NetworkPolicy",  # the drift-reader role (http.apiAuth kubernetes), networkPolicy.enabled
     ])
     ds = one(docs, "DaemonSet")
     spec = ds["spec"]["template"]["spec"]
@@ -223,7 +232,8 @@ def test_default_render() -> None:
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-metrics"}
-    assert c["ports"] == [{"name": "http-metrics", "containerPort": 9808, "protocol": "TCP"}]
+    assert c["ports"] == [{"name": "http-metrics", "containerPort": 9808, "protocol": "TCP"},
+                          {"name": "http-api", "containerPort": 9809, "protocol": "TCP"}]
     assert set(c["resources"]) == {"requests", "limits"}
     # only what the shipped baselines manage, read-only in the default dry run; the state dir (test_host_mounts_*)
     assert host_paths(docs) == {
@@ -292,8 +302,118 @@ def test_optional_objects() -> None:
     assert "ValidatingAdmissionPolicy" not in kinds(minimal) and "Service" not in kinds(minimal)
     role = one(minimal, "Role")
     assert all("policyreports" not in r["resources"] for r in role["rules"])
-    assert all("events" not in r["resources"] for r in one(minimal, "ClusterRole")["rules"])
+    assert all("events" not in r["resources"] for r in one(minimal, "ClusterRole", "driftd")["rules"])
     assert one(minimal, "ConfigMap").get("data") in (None, {})
+
+
+# ---------------------------------------------------------------------------- HTTP exposure
+def test_network_policy_admits_only_scrapers_and_api_clients() -> None:
+    np = one(render(), "NetworkPolicy")
+    ds = one(render(), "DaemonSet")
+    assert np["spec"]["podSelector"] == {"matchLabels": ds["spec"]["selector"]["matchLabels"]}
+    assert np["spec"]["policyTypes"] == ["Ingress"]
+    assert np["spec"]["ingress"] == [{
+        "from": [{"namespaceSelector": {"matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["monitoring"]}]}}],
+        "ports": [{"port": "http-metrics", "protocol": "TCP"}],
+    }], "by default nobody may reach the drifts API port"
+    docs = render(VARIANTS["http-locked-down"])
+    (metrics, api) = one(docs, "NetworkPolicy")["spec"]["ingress"]
+    assert metrics["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == ["monitoring", "observability"]
+    assert api == {"from": VARIANTS["http-locked-down"]["networkPolicy"]["apiClients"],
+                   "ports": [{"port": "http-api", "protocol": "TCP"}]}
+    assert {p["name"] for p in container(docs)["ports"]} == {"http-metrics", "http-api"}, "named ports the policy uses"
+    # no scrapers, no clients: deny all ingress (the kubelet's probes from the node still pass)
+    assert one(render({"networkPolicy": {"scraperNamespaces": []}}), "NetworkPolicy")["spec"]["ingress"] == []
+    # opt-out
+    assert "NetworkPolicy" not in kinds(render({"networkPolicy": {"enabled": False}}))
+
+
+def test_http_auth_values_and_their_rbac() -> None:
+    def review_rules(docs: list[dict[str, Any]]) -> list[str]:
+        return sorted(r for rule in one(docs, "ClusterRole", "driftd")["rules"] for r in rule["resources"]
+                      if r.endswith("reviews"))
+
+    def cluster_roles(docs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        return {d["metadata"]["name"]: d["rules"] for d in docs if d["kind"] == "ClusterRole"}
+
+    # default: the API on the pod network behind TokenReview + SubjectAccessReview; metrics open, plain HTTP
+    docs = render()
+    env = env_of(docs)
+    assert (env["DRIFTD_HTTP__API_ADDRESS"], env["DRIFTD_HTTP__API_AUTH"], env["DRIFTD_HTTP__METRICS_AUTH"]) == (
+        "0.0.0.0:9809", "kubernetes", "none")
+    assert "DRIFTD_HTTP__TLS_CERT_FILE" not in env
+    assert review_rules(docs) == ["subjectaccessreviews", "tokenreviews"]
+    assert cluster_roles(docs)["driftd-drift-reader"] == [
+        {"apiGroups": ["driftd.io"], "resources": ["drifts"], "verbs": ["get"]}]
+    assert "driftd-metrics-reader" not in cluster_roles(docs)
+    assert [p["name"] for p in one(docs, "Service")["spec"]["ports"]] == ["http-metrics"], "the API is per pod"
+    # auth off everywhere (the API on loopback): no review RBAC, no reader role, no API port
+    docs = render(VARIANTS["http-loopback"])
+    assert review_rules(docs) == [] and set(cluster_roles(docs)) == {"driftd"}
+    assert [p["name"] for p in container(docs)["ports"]] == ["http-metrics"]
+    assert env_of(docs)["DRIFTD_HTTP__API_ADDRESS"] == "127.0.0.1:9809"
+    # metrics auth only: the reviews RBAC stays, the scraper's role instead of the reader's
+    docs = render({"http": {"apiAuth": "none", "apiHost": "127.0.0.1", "metricsAuth": "kubernetes"}})
+    assert review_rules(docs) == ["subjectaccessreviews", "tokenreviews"]
+    assert cluster_roles(docs)["driftd-metrics-reader"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+    assert "driftd-drift-reader" not in cluster_roles(docs)
+    # TLS and metrics auth: the Secret mounted, HTTPS probes, the ServiceMonitor sends Prometheus's token over https
+    docs = render(VARIANTS["http-locked-down"])
+    env = env_of(docs)
+    assert (env["DRIFTD_HTTP__TLS_CERT_FILE"], env["DRIFTD_HTTP__TLS_KEY_FILE"]) == (
+        "/etc/driftd/tls/tls.crt", "/etc/driftd/tls/tls.key")
+    assert env["DRIFTD_HTTP__AUTH_AUDIENCES"] == '["driftd"]'
+    c = container(docs)
+    assert {"name": "tls", "mountPath": "/etc/driftd/tls", "readOnly": True} in c["volumeMounts"]
+    volumes = one(docs, "DaemonSet")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "tls", "secret": {"secretName": "driftd-tls", "defaultMode": 0o400}} in volumes
+    assert c["livenessProbe"]["httpGet"]["scheme"] == "HTTPS" and c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    (ep,) = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert ep["scheme"] == "https" and ep["tlsConfig"] == {"insecureSkipVerify": True}
+    assert ep["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    assert one(docs, "Service")["spec"]["ports"][0]["appProtocol"] == "https"
+    # the default ServiceMonitor scrapes plain HTTP without a token
+    (ep,) = one(render({"serviceMonitor": {"enabled": True}}), "ServiceMonitor")["spec"]["endpoints"]
+    assert "scheme" not in ep and "bearerTokenFile" not in ep and "tlsConfig" not in ep
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"http": {"apiAuth": "none"}}, "http.apiAuth none serves the drifts API"),
+    ({"http": {"apiAuth": "basic"}}, "/http/apiAuth"),
+    ({"http": {"metricsAuth": "token"}}, "/http/metricsAuth"),
+    ({"http": {"maxConnections": 0}}, "/http/maxConnections"),
+    ({"http": {"requestTimeoutSeconds": 0}}, "/http/requestTimeoutSeconds"),
+    ({"http": {"tls": {"secretName": "Not_A_Secret"}}}, "/http/tls/secretName"),
+    ({"networkPolicy": {"scraperNamespaces": ["Not A Namespace"]}}, "/networkPolicy/scraperNamespaces/0"),
+    ({"networkPolicy": {"apiClients": [{"namespaceSelectr": {}}]}}, "additional properties 'namespaceSelectr' not allowed"),
+    ({"networkPolicy": {"enable": False}}, "additional properties 'enable' not allowed"),
+])
+def test_http_values_are_checked(values: dict[str, Any], message: str) -> None:
+    r = helm("template", "driftd", str(CHART), values=values, check=False)
+    assert r.returncode != 0, f"accepted {values}"
+    assert message in r.stderr, r.stderr
+
+
+def test_http_env_is_accepted_by_driftd_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from driftd.settings import load_settings
+
+    for variant in ("defaults", "http-locked-down", "http-loopback"):
+        for k in list(os.environ):
+            if k.startswith("DRIFTD_"):
+                monkeypatch.delenv(k)
+        for k, v in env_of(render(VARIANTS[variant])).items():
+            if isinstance(v, str) and k.startswith("DRIFTD_HTTP__"):
+                monkeypatch.setenv(k, v)
+        h = load_settings().http
+        assert h.host_port == ("0.0.0.0", 9808)
+        if variant == "http-loopback":
+            assert (h.api_host_port, h.api_auth) == (("127.0.0.1", 9809), "none")
+        else:
+            assert (h.api_host_port, h.api_auth) == (("0.0.0.0", 9809), "kubernetes")
+        assert h.metrics_auth == ("kubernetes" if variant == "http-locked-down" else "none")
+        assert (h.tls_cert_file is not None) is (variant == "http-locked-down")
+        assert (h.auth_cache_seconds, h.request_timeout_seconds, h.max_connections) == (60, 10, 16)
 
 
 def test_daemonset_env_is_accepted_by_driftd_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -730,6 +850,8 @@ def test_rbac_grants_what_driftd_needs_and_nothing_else(installed: Installed, ku
         ("create", "leases", ns, "", "", "coordination.k8s.io", ""),
         ("get", "leases", ns, LEASE, "", "coordination.k8s.io", ""),
         ("update", "leases", ns, LEASE, "", "coordination.k8s.io", ""),
+        ("create", "tokenreviews", "", "", "", "authentication.k8s.io", ""),  # http.apiAuth kubernetes
+        ("create", "subjectaccessreviews", "", "", "", "authorization.k8s.io", ""),
     ]
     forbidden = [
         ("get", "secrets", ns, "x", "", "", ""),
@@ -819,7 +941,7 @@ def test_rbac_verbs_are_exactly_these(installed: Installed) -> None:
     """The grant, spelled out (the README's security model lists the same)."""
     def rules(kind: str) -> list[tuple[str, str, str, str]]:
         return sorted((",".join(r["apiGroups"]), ",".join(r["resources"]), ",".join(r.get("resourceNames", [])),
-                       ",".join(sorted(r["verbs"]))) for r in one(installed.docs, kind)["rules"])
+                       ",".join(sorted(r["verbs"]))) for r in one(installed.docs, kind, installed.fullname)["rules"])
 
     assert rules("ClusterRole") == sorted([
         ("", "pods", "", "get,list,watch"),
@@ -827,6 +949,8 @@ def test_rbac_verbs_are_exactly_these(installed: Installed) -> None:
         ("", "nodes", "", "get,patch"),
         ("", "events", "", "create"),
         ("apps", "daemonsets,replicasets,deployments,statefulsets", "", "get"),
+        ("authentication.k8s.io", "tokenreviews", "", "create"),  # http.apiAuth kubernetes (the default)
+        ("authorization.k8s.io", "subjectaccessreviews", "", "create"),
     ])
     assert rules("Role") == sorted([
         ("wgpolicyk8s.io", "policyreports", "", "create,get,update"),
@@ -834,6 +958,53 @@ def test_rbac_verbs_are_exactly_these(installed: Installed) -> None:
         ("coordination.k8s.io", "leases", f"{LEASE},{LEASE}-ledger", "get,update"),
     ])
     assert one(installed.docs, "Role")["metadata"]["namespace"] == installed.ns
+
+
+def test_drifts_api_auth_under_the_chart_identity(installed: Installed) -> None:
+    """driftd's API server, reviewing tokens as the chart's ServiceAccount: a reader bound to the chart's
+    drift-reader ClusterRole gets the drifts, another ServiceAccount of the cluster does not."""
+    import contextlib
+    import http.client
+
+    from prometheus_client import CollectorRegistry
+
+    from driftd.runtime import build_api_server
+    from driftd.settings import load_settings
+
+    admin, ns, reader_role = installed.admin, installed.ns, f"{installed.fullname}-drift-reader"
+    assert one(installed.docs, "ClusterRole", reader_role)
+    tokens = {}
+    for sa in ("reader", "other"):
+        admin.post(f"/api/v1/namespaces/{ns}/serviceaccounts", {"apiVersion": "v1", "kind": "ServiceAccount",
+                                                                "metadata": {"name": sa}})
+        tokens[sa] = mint_token(admin, ns, sa, None)
+    binding = f"{installed.fullname}-test-reader"
+    admin.post("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": binding},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": reader_role},
+        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns}]})
+    settings = load_settings(node_name=installed.node_a, kubernetes={"kubeconfig": installed.token_kubeconfig},
+                             http={"address": "127.0.0.1:0", "api_address": "127.0.0.1:0", "api_auth": "kubernetes"})
+    srv = build_api_server(settings, registry=CollectorRegistry(), healthy=lambda: (True, "ok"),
+                           ready=lambda: (True, "ok"), drifts=lambda: [{"key": "host:file:/etc/motd"}])
+    srv.start()
+
+    def status(token: str | None) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.api_address[1], timeout=15)
+        try:
+            conn.request("GET", "/api/v1/drifts", headers={"Authorization": f"Bearer {token}"} if token else {})
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    try:
+        assert status(None) == 401
+        assert status(tokens["other"]) == 403
+        assert status(tokens["reader"]) == 200
+    finally:
+        srv.stop()
+        with contextlib.suppress(Exception):
+            admin.delete(f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{binding}")
 
 
 def test_driftd_adapter_works_under_the_chart_identity(installed: Installed, tmp_path: Path,

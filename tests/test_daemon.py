@@ -131,13 +131,14 @@ class DaemonProcess:
 
     def __init__(self, tmp_path: Path, host_root: Path, bdir: Path, *args: str, env: dict[str, str] | None = None):
         self.port = free_port()
+        self.api_port = free_port()
         self.host_root = host_root
         self.bdir = bdir
         self.err_path = tmp_path / "daemon.stderr"
         self.out_path = tmp_path / "daemon.stdout"
         cmd = [
             DRIFTD, "run", "--host-root", str(host_root), "--baselines", str(bdir), "--state-dir", str(tmp_path / "state"),
-            "--listen", f"127.0.0.1:{self.port}", "--interval", "1", *args,
+            "--listen", f"127.0.0.1:{self.port}", "--api-listen", f"127.0.0.1:{self.api_port}", "--interval", "1", *args,
         ]
         with self.err_path.open("wb") as err, self.out_path.open("wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env or child_env())
@@ -241,7 +242,8 @@ class TestDaemonProcess:
         assert sample(text, "driftd_active_drifts", target="host", baseline="motd") is None
         assert (host_root / "etc/issue").read_text() == "not the secret\n"
 
-        code, ctype, body = d.get("/api/v1/drifts")
+        assert d.get("/api/v1/drifts")[0] == 404  # not on the metrics listener: on its own (loopback) one
+        code, ctype, body = http_get(d.api_port, "/api/v1/drifts")
         assert code == 200 and ctype == "application/json"
         drifts = json.loads(body)["drifts"]
         assert [(x["key"], x["baseline"], x["resolved_at"]) for x in drifts] == [("host:file:/etc/issue", "warned", None)]
@@ -430,13 +432,14 @@ class TestBaselineManager:
 
         def fake_run_until(self: Daemon, stop: threading.Event) -> None:
             seen.append(self.manager.check())
-            self.api._httpd.server_close()  # never served: just release the socket
+            self.api.close()  # never served: just release the sockets
 
         monkeypatch.setattr(cli, "_load_baselines", load_then_edit)
         monkeypatch.setattr(Daemon, "run_until", fake_run_until)
         monkeypatch.setattr(cli.signal, "signal", lambda *a: None)
         rc = cli.main(["run", "--host-root", str(host_root), "--baselines", str(bdir), "--state-dir",
-                       str(tmp_path / "state"), "--listen", f"127.0.0.1:{free_port()}", "--log-level", "error"])
+                       str(tmp_path / "state"), "--listen", f"127.0.0.1:{free_port()}",
+                       "--api-listen", f"127.0.0.1:{free_port()}", "--log-level", "error"])
         assert rc == 0
         assert seen == [True]
 

@@ -223,8 +223,7 @@ class Daemon:
                 self._start_source(target)
         if self.api is not None:
             self.api.start()
-            host, port = self.api.address
-            self.log.info(Event.HTTP_LISTENING, address=f"{host}:{port}")
+            self.log.info(Event.HTTP_LISTENING, **self.api.describe())
         self.log.info(
             Event.DAEMON_STARTED,
             workers=self.settings.workers,

@@ -46,6 +46,7 @@ class Event(StrEnum):
     DAEMON_STOPPING = "daemon.stopping"
     DAEMON_STOPPED = "daemon.stopped"
     HTTP_LISTENING = "http.listening"
+    HTTP_AUTH_UNAVAILABLE = "http.auth_unavailable"
     TARGET_DOWN = "target.down"
     TARGET_UP = "target.up"
     WATCH_EVENT = "watch.event"
