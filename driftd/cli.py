@@ -69,7 +69,7 @@ def _load_baselines(settings: Any) -> Any:
     from driftd.observability.logging import get_logger
 
     bset, problems = load_set(settings.baselines, max_file_bytes=settings.baseline_file_max_bytes,
-                              guardrails=guardrails.configured(settings.guardrails))
+                              guardrails=guardrails.configured(settings.guardrails), allowed_signers=settings.baseline_signers)
     if bset is None:
         print(f"driftd: baselines in {settings.baselines} are invalid; not starting:", file=sys.stderr)
         for p in problems:
@@ -203,7 +203,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"driftd: {e}", file=sys.stderr)
         return ExitCode.USAGE
-    bset, problems = load_set(args.directory, guardrails=rails)
+    bset, problems = load_set(args.directory, guardrails=rails, allowed_signers=args.allowed_signers)
     if args.output == "json":
         print(
             json.dumps(
@@ -221,6 +221,63 @@ def cmd_lint(args: argparse.Namespace) -> int:
         if bset is not None:
             print(f"{args.directory}: {len(bset.baselines)} baselines valid, version {bset.version}", file=sys.stderr)
     return ExitCode.CLEAN if bset is not None else ExitCode.ERROR
+
+
+def _lint_rails(args: argparse.Namespace) -> Any:
+    from driftd.baselines import guardrails
+    from driftd.settings import load_settings
+
+    return guardrails.configured(load_settings(args.config).guardrails)
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    """Sign a baselines directory: its manifest with ssh-keygen -Y sign -n driftd-baselines (writes .driftd-baselines.sig)."""
+    from driftd.baselines.loader import load_set
+    from driftd.baselines.signing import SigningError, sign_set
+
+    try:
+        rails = _lint_rails(args)
+    except (OSError, ValueError) as e:
+        print(f"driftd: {e}", file=sys.stderr)
+        return ExitCode.USAGE
+    bset, problems = load_set(args.directory, guardrails=rails)
+    if bset is None:
+        print(f"driftd: {args.directory}: the set is invalid, not signing it:", file=sys.stderr)
+        for p in problems:
+            print(str(p), file=sys.stderr)
+        return ExitCode.ERROR
+    try:
+        path = sign_set(bset, args.key)
+    except SigningError as e:
+        print(f"driftd: {e}", file=sys.stderr)
+        return ExitCode.ERROR
+    print(f"{path}: signed {len(bset.file_digests)} files, {len(bset.baselines)} baselines, version {bset.version}",
+          file=sys.stderr)
+    return ExitCode.CLEAN
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify a set's signature in-process against an allowed_signers file: exit 0 valid, 1 with one line why not."""
+    from driftd.baselines.loader import load_set
+
+    try:
+        rails = _lint_rails(args)
+    except (OSError, ValueError) as e:
+        print(f"driftd: {e}", file=sys.stderr)
+        return ExitCode.USAGE
+    bset, problems = load_set(args.directory, guardrails=rails, allowed_signers=args.allowed_signers)
+    if bset is not None:
+        print(f"{args.directory}: signed by {bset.signed_by}; {len(bset.baselines)} baselines, version {bset.version}")
+        return ExitCode.CLEAN
+    errors = [p for p in problems if p.severity == "error"]
+    sig = [p for p in errors if p.field == "(signature)"]
+    if sig:
+        why, more = sig[0].reason, len(sig) - 1
+    else:
+        why, more = f"invalid set: {errors[0]}", len(errors) - 1
+    tail = f" (+{more} more{'' if sig else '; driftd baseline lint'})" if more else ""
+    print(f"driftd: {args.directory}: {why}{tail}", file=sys.stderr)
+    return ExitCode.ERROR
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -426,13 +483,25 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     run.set_defaults(func=cmd_run)
 
-    bl = sub.add_parser("baseline", help="baselines as code: lint, schema")
+    bl = sub.add_parser("baseline", help="baselines as code: lint, sign, verify, schema")
     blsub = bl.add_subparsers(dest="baseline_command", required=True)
     lint = blsub.add_parser("lint", help="validate a baselines directory (FILE:LINE: field: reason)")
     lint.add_argument("directory")
     lint.add_argument("--output", choices=["text", "json"], default="text")
     lint.add_argument("--config", help="settings file whose guardrails.extra_* extend the deny-lists (also $DRIFTD_CONFIG)")
+    lint.add_argument("--allowed-signers", metavar="FILE",
+                      help="also verify the set's signature against this OpenSSH allowed_signers file")
     lint.set_defaults(func=cmd_lint)
+    sign = blsub.add_parser("sign", help="sign a baselines directory with an SSH key (ssh-keygen -Y sign -n driftd-baselines)")
+    sign.add_argument("directory")
+    sign.add_argument("--key", required=True, help="private key file (or its .pub with the key in ssh-agent), as ssh-keygen -f")
+    sign.add_argument("--config", help="settings file whose guardrails.extra_* apply (also $DRIFTD_CONFIG)")
+    sign.set_defaults(func=cmd_sign)
+    verify = blsub.add_parser("verify", help="verify a signed baselines directory (in-process; exit 0 valid, 1 not)")
+    verify.add_argument("directory")
+    verify.add_argument("--allowed-signers", required=True, metavar="FILE", help="OpenSSH allowed_signers file")
+    verify.add_argument("--config", help="settings file whose guardrails.extra_* apply (also $DRIFTD_CONFIG)")
+    verify.set_defaults(func=cmd_verify)
     schema = blsub.add_parser("schema", help="print the JSON Schema of baselines")
     schema.set_defaults(func=cmd_schema)
 

@@ -221,6 +221,13 @@ class Settings(BaseSettings):
 
     host_root: Path = Field(Path("/"), description="Where the host filesystem is mounted (/host in the DaemonSet).")
     baselines: Path = Field(Path("/etc/driftd/baselines"), description="Directory of baseline YAML files.")
+    require_signature: bool = Field(
+        False, description="Load only a baseline set signed (`driftd baseline sign`, SSHSIG) by a key in allowed_signers; "
+        "an unsigned, wrongly signed or altered set is rejected like an invalid one."
+    )
+    allowed_signers: Path | None = Field(
+        None, description="OpenSSH allowed_signers file of the keys that may sign baseline sets (needed by require_signature)."
+    )
     state_dir: Path = Field(Path("/var/lib/driftd"), description="SQLite state and snapshots.")
     dry_run: bool = Field(False, description="Never change anything, whatever the baselines say.")
     node_name: str | None = Field(
@@ -255,6 +262,17 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+    @model_validator(mode="after")
+    def _v_signature(self) -> Settings:
+        if self.require_signature and self.allowed_signers is None:
+            raise ValueError("require_signature needs allowed_signers: the allowed_signers file of the keys that may sign")
+        return self
+
+    @property
+    def baseline_signers(self) -> Path | None:
+        """The allowed_signers file baseline sets are verified against (None: signatures not required)."""
+        return self.allowed_signers if self.require_signature else None
 
     def resolved_node_name(self) -> str:
         if self.node_name:

@@ -6,6 +6,11 @@ symlinks pointing into them are followed), validates each document against the p
 schema, checks the set as a whole (duplicate names, duplicate or conflicting claims), and
 returns either a complete :class:`BaselineSet` or the problems, each as
 ``FILE:LINE: field: reason``.  Never a partial set.
+
+It also records the sha256 of every file it read (``BaselineSet.file_digests``, what a set's
+manifest lists); given ``allowed_signers`` (setting ``require_signature``), a set is only
+complete when :func:`driftd.baselines.signing.verify_set` accepts its signature over exactly
+those bytes, so an unsigned, wrongly signed or altered set is rejected like an invalid one.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,7 @@ from pydantic import ValidationError
 
 from driftd.baselines.guardrails import DEFAULT as DEFAULT_GUARDRAILS
 from driftd.baselines.guardrails import Guardrails, findings
+from driftd.baselines.manifest import SIGNATURE_FILE, check_path
 from driftd.core import kinds
 from driftd.core.selectors import may_overlap
 from driftd.models.baseline import HostBaseline, Rule
@@ -60,6 +67,8 @@ class BaselineSet:
     hashes: dict[str, str]
     version: str
     warnings: tuple[Problem, ...] = ()
+    file_digests: dict[str, str] = field(default_factory=dict)  # every file read: relative path -> sha256
+    signed_by: str | None = None  # who signed it, when the signature was verified
 
     @classmethod
     def empty(cls, directory: str = "") -> BaselineSet:
@@ -464,21 +473,23 @@ def _yaml_files(directory: Path) -> list[Path]:
 
 def load_set(
     directory: str | os.PathLike[str], *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-    guardrails: Guardrails = DEFAULT_GUARDRAILS,
+    guardrails: Guardrails = DEFAULT_GUARDRAILS, allowed_signers: str | os.PathLike[str] | None = None,
 ) -> tuple[BaselineSet | None, list[Problem]]:
     """Load every baseline below ``directory``: a complete set, or None and the problems.
 
+    With ``allowed_signers`` the set must also carry a valid signature by one of them over
+    what was read (``field`` ``(signature)`` in the problems otherwise).
     Never raises: a crash anywhere in loading is a rejected set with the error as a problem,
     so the daemon counts it and keeps its last good set.
     """
     try:
-        return _load_set(directory, max_file_bytes, guardrails)
+        return _load_set(directory, max_file_bytes, guardrails, allowed_signers)
     except Exception as e:  # a bug here must reject the set, not take the agent down
         return None, [Problem(str(directory), 1, "(loader)", f"internal error while loading: {type(e).__name__}: {e}")]
 
 
-def _load_set(directory: str | os.PathLike[str], max_file_bytes: int,
-              guardrails: Guardrails) -> tuple[BaselineSet | None, list[Problem]]:
+def _load_set(directory: str | os.PathLike[str], max_file_bytes: int, guardrails: Guardrails,
+              allowed_signers: str | os.PathLike[str] | None = None) -> tuple[BaselineSet | None, list[Problem]]:
     root = Path(directory)
     problems: list[Problem] = []
     if not root.is_dir():
@@ -488,6 +499,7 @@ def _load_set(directory: str | os.PathLike[str], max_file_bytes: int,
     except OSError as e:
         return None, [Problem(str(root), 1, "(directory)", f"cannot list: {e}")]
     set_digest = hashlib.sha256()
+    digests: dict[str, str] = {}
     docs: list[_Doc] = []
     for path in paths:
         rel = str(path.relative_to(root))
@@ -496,6 +508,7 @@ def _load_set(directory: str | os.PathLike[str], max_file_bytes: int,
         if raw is None:
             continue
         set_digest.update(rel.encode() + b"\0" + raw)
+        _record(digests, path.relative_to(root).as_posix(), raw, shown, problems)
         for doc in _parse(shown, raw, problems):
             doc.base_dir = str(Path(rel).parent)
             docs.append(doc)
@@ -506,6 +519,10 @@ def _load_set(directory: str | os.PathLike[str], max_file_bytes: int,
     sources: dict[tuple[str, str], bytes] = {}
     for doc in valid:
         _load_sources(doc, root, max_file_bytes, problems, sources, set_digest)
+    _record_sources(valid, root, sources, digests, problems)
+    signed_by = None
+    if allowed_signers is not None and not any(p.severity == "error" for p in problems):
+        signed_by = _check_signature(root, digests, set_digest.hexdigest()[:12], allowed_signers, problems)
     errors = sorted(p for p in problems if p.severity == "error")
     if errors:
         return None, sorted(problems)
@@ -527,8 +544,45 @@ def _load_set(directory: str | os.PathLike[str], max_file_bytes: int,
         hashes=hashes,
         version=set_digest.hexdigest()[:12],
         warnings=tuple(sorted(problems)),
+        file_digests=digests,
+        signed_by=signed_by,
     )
     return bset, sorted(problems)
+
+
+def _record(digests: dict[str, str], rel: str, data: bytes, shown: str, problems: list[Problem]) -> None:
+    """One file of the set's manifest (what a signature covers)."""
+    why = check_path(rel)
+    if why is not None:
+        problems.append(Problem(shown, 1, "(file)", f"cannot be listed in the set's manifest: {why}"))
+        return
+    digest = hashlib.sha256(data).hexdigest()
+    if digests.setdefault(rel, digest) != digest:
+        problems.append(Problem(shown, 1, "(file)", "changed while the set was being loaded; try again"))
+
+
+def _record_sources(docs: list[_Doc], root: Path, sources: dict[tuple[str, str], bytes], digests: dict[str, str],
+                    problems: list[Problem]) -> None:
+    """The ``source:`` files read, by their path relative to the directory (as written, ``..`` folded)."""
+    for doc in docs:
+        if not isinstance(doc.model, HostBaseline):
+            continue
+        for f in doc.model.spec.files:
+            data = None if f.source is None else sources.get((doc.model.metadata.name, f.source))
+            if f.source is not None and data is not None:
+                rel = posixpath.normpath(posixpath.join(Path(doc.base_dir).as_posix(), f.source))
+                _record(digests, rel, data, str(root / rel), problems)
+
+
+def _check_signature(root: Path, digests: dict[str, str], version: str, allowed_signers: str | os.PathLike[str],
+                     problems: list[Problem]) -> str | None:
+    from driftd.baselines import signing  # cryptography is imported only when signatures are checked
+
+    try:
+        return str(signing.verify_set(root, digests, version, allowed_signers))
+    except signing.SignatureError as e:
+        problems.extend(Problem(file, 1, "(signature)", reason) for file, reason in e.problems)
+        return None
 
 
 def fingerprint(directory: str | os.PathLike[str]) -> str:
@@ -548,6 +602,11 @@ def fingerprint(directory: str | os.PathLike[str]) -> str:
                     h.update(f"{p}:gone".encode())
                     continue
                 h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode())
+        sig = root / SIGNATURE_FILE  # a dot-file, but (re-)signing a set must reload it
+        st = sig.stat()
+        h.update(f"{sig}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode())
+    except FileNotFoundError:
+        h.update(f"{root / SIGNATURE_FILE}:none".encode())
     except OSError as e:
         h.update(f"error:{e}".encode())
     return h.hexdigest()

@@ -32,7 +32,14 @@ if TYPE_CHECKING:
 
 
 class BaselineManager:
-    """Hot reload: a changed directory is loaded whole; a broken set never replaces a good one."""
+    """Hot reload: a changed directory is loaded whole; a broken set never replaces a good one.
+
+    With ``require_signature`` the loader also verifies the set's signature against
+    ``allowed_signers`` (an unsigned, wrongly signed or altered set is a broken set); a change
+    of the allowed_signers file retries a rejected set.  A rejection is logged
+    (``baseline.rejected``), counted (``driftd_baseline_load_errors_total``) and, with the
+    Kubernetes target, recorded as a ``BaselineRejected`` Event on this node.
+    """
 
     def __init__(self, settings: Settings, engine: Engine, metrics: Metrics, clock: Clock) -> None:
         self.settings = settings
@@ -42,18 +49,33 @@ class BaselineManager:
         self.log = get_logger()
         self._fingerprint: str | None = None
         self.rejected_fingerprint: str | None = None
+        self._signers = self._signers_state()
 
     def prime(self, fp: str | None = None) -> None:
         """Record the directory state the set in force was loaded from (taken *before* loading it)."""
         self._fingerprint = fingerprint(self.settings.baselines) if fp is None else fp
 
+    def _signers_state(self) -> tuple[int, ...] | None:
+        path = self.settings.baseline_signers
+        if path is None:
+            return None
+        try:
+            st = path.stat()  # follows a Secret mount's ..data symlink
+        except OSError:
+            return ()
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
     def check(self) -> bool:
         """Reload if the directory changed; True when a new set is now in force."""
         fp = fingerprint(self.settings.baselines)
+        signers = self._signers_state()
+        if signers != self._signers:  # new allowed signers: a set refused for its signer may pass now
+            self._signers, self.rejected_fingerprint = signers, None
         if fp in (self._fingerprint, self.rejected_fingerprint):
             return False
         bset, problems = load_set(self.settings.baselines, max_file_bytes=self.settings.baseline_file_max_bytes,
-                                  guardrails=guardrails.configured(self.settings.guardrails))
+                                  guardrails=guardrails.configured(self.settings.guardrails),
+                                  allowed_signers=self.settings.baseline_signers)
         if bset is not None:
             try:
                 self.engine.set_baselines(bset)  # compiles and resolves first, swaps last: a crash keeps the old set
@@ -69,13 +91,34 @@ class BaselineManager:
                 problems=[str(p) for p in problems],
                 kept_version=self.engine.baselines.version,
             )
+            self._node_event("BaselineRejected", f"baselines in {self.settings.baselines} rejected, version "
+                             f"{self.engine.baselines.version} stays in force: " + "; ".join(str(p) for p in problems[:3])
+                             + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""))
             return False
         self._fingerprint, self.rejected_fingerprint = fp, None
+        signed = {"signed_by": bset.signed_by} if bset.signed_by else {}
         self.log.info(
-            Event.BASELINE_LOADED, directory=str(self.settings.baselines), baselines=len(bset.baselines), version=bset.version
+            Event.BASELINE_LOADED, directory=str(self.settings.baselines), baselines=len(bset.baselines), version=bset.version,
+            **signed,
         )
         log_dangerous(self.log, bset)
         return True
+
+    def _node_event(self, reason: str, message: str) -> None:
+        """A Warning Event on this node through each target that records Events (the Kubernetes target)."""
+        targets = [t for t in getattr(self.engine, "targets", {}).values() if getattr(t, "events", None) is not None]
+        if not targets:
+            return
+        from driftd.targets.kubernetes.events import KubeEvents  # only then: the package is not small
+
+        for target in targets:
+            events = target.events
+            if isinstance(events, KubeEvents):
+                node = events.node_name
+                try:
+                    events.post("default", {"apiVersion": "v1", "kind": "Node", "name": node, "uid": node}, reason, message)
+                except Exception as e:  # an Event is a courtesy: never let it break the reload
+                    self.log.warning(Event.OBSERVE_FAILED, target=getattr(target, "name", "?"), error=f"event not recorded: {e}")
 
 
 def log_dangerous(log: Any, bset: Any) -> None:

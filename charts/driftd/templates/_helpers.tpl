@@ -125,6 +125,9 @@ evicts its own pods (they need root and host mounts, which a restricted profile 
 {{- if hasKey $out $key -}}{{- fail (printf "extraBaselineFiles.%s: a shipped source file has this name" $name) -}}{{- end -}}
 {{- $_ := set $out $key (dict "path" (printf "files/%s" $name) "content" $content) -}}
 {{- end -}}
+{{- with .Values.baselines.signature -}}
+{{- $_ := set $out ".driftd-baselines.sig" (dict "path" ".driftd-baselines.sig" "content" .) -}}
+{{- end -}}
 {{- toYaml $out -}}
 {{- end -}}
 
