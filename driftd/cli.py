@@ -65,8 +65,7 @@ def _settings(args: argparse.Namespace) -> Any:
 def _load_baselines(settings: Any) -> Any:
     from driftd.baselines import guardrails
     from driftd.baselines.loader import load_set
-    from driftd.engine.daemon import log_dangerous
-    from driftd.observability.logging import get_logger
+    from driftd.observability.logging import Event, get_logger
 
     bset, problems = load_set(settings.baselines, max_file_bytes=settings.baseline_file_max_bytes,
                               guardrails=guardrails.configured(settings.guardrails), allowed_signers=settings.baseline_signers)
@@ -77,7 +76,11 @@ def _load_baselines(settings: Any) -> Any:
         raise SystemExit(ExitCode.ERROR)
     for p in problems:
         print(str(p), file=sys.stderr)
-    log_dangerous(get_logger(), bset)
+    log = get_logger()  # (not engine.daemon's helper: a --once pass imports no prometheus_client)
+    for p in bset.warnings:
+        if p.severity == "allowed-dangerous":
+            log.warning(Event.BASELINE_DANGEROUS_ALLOWED, file=p.file, line=p.line, field=p.field, reason=p.reason,
+                        version=bset.version)
     return bset
 
 
