@@ -442,6 +442,33 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return ExitCode.CLEAN
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Check the audit log's hash chain: exit 0 intact, 1 naming the first broken line, 2 for bad arguments."""
+    from driftd.observability.audit import parse_head, verify
+
+    try:
+        head = parse_head(args.expect_head) if args.expect_head else None
+    except ValueError as e:
+        print(f"driftd audit verify: {e}", file=sys.stderr)
+        return ExitCode.USAGE
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"driftd audit verify: no such file or directory: {', '.join(missing)}", file=sys.stderr)
+        return ExitCode.USAGE
+    try:
+        result = verify(args.paths, expect_head=head)
+    except OSError as e:
+        print(f"driftd audit verify: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return ExitCode.ERROR
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.intact:
+        print(result.summary())
+        return ExitCode.CLEAN
+    print(f"driftd audit verify: {result.summary()}", file=sys.stderr)
+    return ExitCode.ERROR
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from driftd.demo import run_demo
 
@@ -536,6 +563,16 @@ def parser() -> argparse.ArgumentParser:
                   cmd_breaker_reset).add_argument("--baseline", dest="baseline_name")
     _reset_parser(sub, "flap", "flap quarantine: reset", "end the quarantine of one resource key (or all)",
                   cmd_flap_reset).add_argument("key", nargs="?")
+
+    audit = sub.add_parser("audit", help="the tamper-evident audit log: verify").add_subparsers(dest="audit_command",
+                                                                                               required=True)
+    averify = audit.add_parser("verify", help="check the hash chain (exit 0 intact, 1 naming the first broken line)")
+    averify.add_argument("paths", nargs="+", metavar="PATH",
+                         help="audit files in any order, or a directory (<state-dir>/audit): ordered by seq")
+    averify.add_argument("--expect-head", metavar="SEQ:HASH",
+                         help="the last record's seq and hash as shipped off the node (the `audit` log line's seq and "
+                              "hash): also detects a truncated or edited end")
+    averify.set_defaults(func=cmd_audit_verify)
 
     demo = sub.add_parser("demo", help="build a demo host tree, inject drift, enforce once, show the result")
     demo.add_argument("--dir", default="driftd-demo", help="working folder (default ./driftd-demo)")

@@ -105,6 +105,13 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, met
         except TargetError:
             labels = {}  # selectors on labels match nothing until configured; name selectors still work
     node = NodeInfo(name=node_name, labels=labels)
+    audit = None
+    if settings.audit.enabled:
+        from driftd.observability.audit import AuditLog
+
+        a = settings.audit
+        audit = AuditLog(a.path or Path(settings.state_dir) / "audit", node=node_name, max_bytes=a.max_bytes, keep=a.keep,
+                         on_write_error=metrics.audit_write_errors.inc)
     engine = Engine(
         targets=targets,
         state=state,
@@ -116,6 +123,7 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, met
         retirer=retirer,
         safety=settings.safety,
         overrides=OverrideStore(settings.state_dir, max_ttl=settings.safety.break_glass.max_ttl_seconds),
+        audit=audit,
     )
     if metrics_enabled:
         from driftd.observability.metrics import StateCollector

@@ -214,6 +214,13 @@ class GuardrailSettings(_Section):
     )
 
 
+class AuditSettings(_Section):
+    enabled: bool = Field(True, description="Keep the hash-chained audit log of every action and deliberate non-action.")
+    path: Path | None = Field(None, description="Directory of the audit log; unset = <state_dir>/audit.")
+    max_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Size at which audit.jsonl is rotated to audit.jsonl.1.")
+    keep: int = Field(10, ge=1, description="Rotated audit files kept (audit.jsonl.1 .. .N); the oldest is dropped.")
+
+
 class Settings(BaseSettings):
     """Root of every driftd setting."""
 
@@ -248,6 +255,7 @@ class Settings(BaseSettings):
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
     guardrails: GuardrailSettings = Field(default_factory=GuardrailSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     retire_hook: list[str] | None = Field(
         None, description="On a plain server: command run to retire this machine (argv list); gets DRIFTD_NODE and DRIFTD_REASON."
     )

@@ -236,7 +236,9 @@ class TestLogVocabulary:
             clock.advance(61)
             run_once(rt.engine, rt.queue, attempts=1)
         events = [e["event"] for e in logs if not e["event"].startswith("scan.")]
-        assert events == ["drift.detected", "remediation.skipped", "drift.window_breached", "remediation.skipped"]
+        # the audit log records the skip once (started, then the record), not again at the next pass
+        assert events == ["drift.detected", "audit", "audit", "remediation.skipped", "drift.window_breached",
+                          "remediation.skipped"]
         assert set(e["event"] for e in logs) <= VOCABULARY
 
         (bdir / "b.yaml").write_text(host_baseline(spec="""
@@ -306,14 +308,16 @@ class TestCliLogLines:
         assert r.stdout.startswith(f"driftd pass: 4 resources, baseline set {version}")  # the summary: stdout only
 
     def test_level_filter(self, tmp_path, host_root, baselines_dir):
-        """At level warning only warnings and errors are written (drift.detected is a warning)."""
+        """At level warning only warnings and errors are written (drift.detected is a warning), and the audit
+        log's shipped copy (``audit``, info), which is written at every level."""
         drift_three(host_root)
         bdir = baselines_dir({"b.yaml": FOUR_FILES})
         r = run_once_cli(tmp_path, host_root, bdir, DRIFTD_LOG__FORMAT="json", DRIFTD_LOG__LEVEL="warning")
         assert r.returncode == 0
         levels = {json.loads(x)["level"] for x in r.stderr.splitlines()}
         events = {json.loads(x)["event"] for x in r.stderr.splitlines()}
-        assert levels == {"warning"} and events == {"drift.detected"}
+        assert levels == {"warning", "info"} and events == {"drift.detected", "audit"}
+        assert {json.loads(x)["level"] for x in r.stderr.splitlines() if json.loads(x)["event"] != "audit"} == {"warning"}
 
 
 def test_docs_list_every_outcome_status_and_the_exit_code_it_leads_to():

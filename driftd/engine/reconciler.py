@@ -7,6 +7,9 @@ Pipeline position: this is where observe → diff → plan → act is wired toge
 * :meth:`Engine.reconcile` handles one key: observe again, diff, plan, act if the plan
   applies (dry-run is decided only here, through ``Plan.applies``), verify by observing
   once more, and record the outcome in state, metrics and logs.
+* Every outcome that acted or chose not to act is one record in the audit log
+  (:meth:`Engine._audit`, ``observability/audit.py``), written before the state; while that log
+  cannot be written, acting is held (``held: audit``): no action without its record.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from driftd.models.resources import (
     ReportResult,
     ResourceResult,
 )
+from driftd.observability.audit import AuditLog, drift_digests
 from driftd.observability.logging import Event, get_logger, set_baseline_version
 from driftd.safety.breaker import Threshold, evaluate
 from driftd.safety.breaker import scope as breaker_scope
@@ -136,6 +140,7 @@ class Engine:
         retirer: NodeRetirer | None = None,
         safety: SafetySettings | None = None,
         overrides: OverrideStore | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.targets = targets
         self.state = state
@@ -161,6 +166,8 @@ class Engine:
         self._watching_since: dict[str, float] = {}  # target -> when the current baselines began governing it
         self.safety = safety or SafetySettings()
         self.overrides = overrides
+        self.audit = audit
+        self._audited: dict[str, tuple[float, str, str, str]] = {}  # key -> the last non-action recorded for it
         self.break_glass = BreakGlassGate()
         self._overrides_read = -float("inf")
         self._file_overrides: list[Override] = []
@@ -183,6 +190,28 @@ class Engine:
             self.state.journal_snapshots(key, snapshots, self.clock.time())
         except StateError as e:
             raise TargetError(f"snapshot saved but not recorded ({e}); not overwriting", escalate=True) from None
+
+    def _audit(self, d: DesiredResource, action: str, result: str, reason: str = "", *,
+               fields: list[dict[str, Any]] | None = None, restored: bool = False, snapshots: list[str] | tuple[str, ...] = (),
+               once: tuple[float, str] | None = None) -> None:
+        """One audit record (``observability/audit.py``) for an outcome that acted or chose not to act.
+
+        ``once`` = (the drift's first seen, why) records a non-action only when it changes: a drift
+        held or skipped at every scan is one record per decision, not one per scan.
+        """
+        if self.audit is None:
+            return
+        if once is not None:
+            mark = (once[0], action, result, once[1])
+            if self._audited.get(d.key) == mark:
+                return
+            self._audited[d.key] = mark
+        else:
+            self._audited.pop(d.key, None)
+        before, after = drift_digests(fields or (), restored=restored)
+        self.audit.record(time=self.clock.time(), key=d.key, target=d.target, baseline=d.baseline,
+                          set_version=self.baselines.version, action=action, result=result, reason=reason,
+                          before=before, after=after, snapshots=d.shown_snapshots(tuple(snapshots)))
 
     # ------------------------------------------------------------------ safety
     def _load_overrides(self, *, force: bool = False) -> None:
@@ -429,9 +458,14 @@ class Engine:
             if rec.held.get("fingerprint") == self._fingerprint(d, drift):
                 # acting again cannot help: the same action already "succeeded" and left this very drift
                 log.warning(Event.REMEDIATION_HELD, action=action_names, reason=rec.held.get("reason"))
+                self._audit(d, action_names, "held", f"terminal: {rec.held.get('reason')}", fields=fields,
+                            once=(rec.first_seen, "terminal"))
                 out.status, out.error = OutcomeStatus.FAILED, f"held: {rec.held.get('reason')} (not acting until the baseline or the resource changes)"
                 return out
             rec = self.state.record_action(rec, now=now, action="none", result="released", attempt=False)
+        if self.audit is not None and (why := self.audit.writable()) is not None:  # no action without its record
+            return self._held(d, rec, p, out, Verdict("audit", f"the audit log cannot be written ({why}); not acting "
+                                                      "until it can", until=now + 30.0, retry=True), now, log)
         return self._act_and_verify(d, target, observed, drift, fields, p, rec, out, now, log)
 
     # ------------------------------------------------------------------ stages
@@ -504,6 +538,8 @@ class Engine:
 
     def _blocked(self, d: DesiredResource, rec: DriftRecord, p: Plan, out: Outcome, now: float, log: Any) -> Outcome:
         assert p.blocked is not None
+        self._audit(d, "+".join(a.action.value for a in p.actions) or "none", "blocked", p.blocked, fields=out.drift,
+                    once=(rec.first_seen, p.blocked))
         if rec.last_result != "blocked":
             self._notify("RemediationBlocked", d, p.blocked)
         self.state.record_action(rec, now=now, action="none", result="blocked", error=p.blocked, attempt=False)
@@ -512,8 +548,10 @@ class Engine:
         return out
 
     def _skipped(self, d: DesiredResource, rec: DriftRecord, p: Plan, out: Outcome, now: float, log: Any, why: str,
-                 *, dry_run: bool) -> Outcome:
+                 *, dry_run: bool, reason: str = "report-only rules: nothing to do") -> Outcome:
         """Drift left in place by the mode (dry-run, a warn/dryrun baseline, report-only rules): reported."""
+        self._audit(d, "+".join(a.action.value for a in p.actions) or "none", "skipped", f"{why}: {reason}",
+                    fields=out.drift, once=(rec.first_seen, why))
         if rec.last_result != why:
             self.state.record_action(rec, now=now, action="none", result=why, attempt=False)
         for a in p.actions:
@@ -534,9 +572,11 @@ class Engine:
         assert v.gate is not None
         if v.mode is not None:  # the mode gate: drift left by choice (dry-run, warn/dryrun baseline) is reported
             out.mode = v.mode.value
-            return self._skipped(d, rec, p, out, now, log, v.gate, dry_run=v.gate == DryRunGate.name)
+            return self._skipped(d, rec, p, out, now, log, v.gate, dry_run=v.gate == DryRunGate.name, reason=v.reason)
         result = f"held:{v.gate}"
         changed = rec.last_result != result or rec.last_error != v.reason
+        self._audit(d, "+".join(a.action.value for a in p.actions), "held", f"{v.gate}: {v.reason}", fields=out.drift,
+                    once=(rec.first_seen, v.gate))
         if v.quarantine:
             self.state.set_guard(flap_scope(d.key), until=_FOREVER, now=now, data={
                 "reason": v.reason, "baseline_hash": self.baselines.hashes.get(d.baseline, ""), "at": now})
@@ -605,6 +645,7 @@ class Engine:
             self.metrics.remediations.labels(d.target, a.action.value, RemediationResult.FAILED).inc()
         # logged before the state write: a full state disk must not swallow why the action failed
         log.error(Event.REMEDIATION_FAILED, action=action_names, error=str(e), attempts=rec.attempts + 1, transient=e.transient)
+        self._audit(d, action_names, "failed", str(e), fields=out.drift)
         rec = self.state.record_action(rec, now=now, action=action_names, result="failed", error=str(e), held=held, kind=kind)
         if rec.consecutive_failures == 1:
             self._notify("RemediationFailed", d, f"{action_names} failed: {e}")
@@ -625,6 +666,8 @@ class Engine:
         # a content hash of a secret is itself a secret: sensitive content shows no snapshot ids
         # (a container's sensitive env is no reason to hide the ids of its snapshot)
         shown = d.shown_snapshots(result.snapshots)
+        self._audit(d, action_names, "succeeded", "", fields=fields, restored=Action.RETIRE_NODE not in result.applied,
+                    snapshots=result.snapshots)
         for sid in shown:
             self.metrics.snapshots.labels(d.target).inc()
             log.info(Event.SNAPSHOT_SAVED, snapshot=sid, address=d.address)
@@ -706,21 +749,28 @@ class Engine:
         p = Plan(key=d.key, mode=d.enforcement, drift=(), actions=(
             PlannedAction(action=Action.RETIRE_NODE, reason=f"cannot be restored: {error}"),))
         v = self._gate(d, p, rec, now)
+        if v.allowed and self.audit is not None and (why := self.audit.writable()) is not None:
+            v = Verdict("audit", f"the audit log cannot be written ({why}); not acting until it can")
+        retire = Action.RETIRE_NODE.value
         if not v.allowed:
             log.warning(Event.REMEDIATION_HELD, gate=v.gate, reason=v.reason, planned=[Action.RETIRE_NODE.value])
             self.metrics.held.labels(d.target, str(v.gate)).inc()
+            self._audit(d, retire, "held", f"{v.gate}: {v.reason}", fields=rec.fields)
             return
         try:
             self._retire_node(d, f"cannot be restored: {error}")
+            self._audit(d, retire, "succeeded", f"cannot be restored: {error}", fields=rec.fields)
             self.state.note_action(rec, now=now, action=Action.RETIRE_NODE.value, result="succeeded", kind=RETIREMENT)
             self.metrics.remediations.labels(d.target, Action.RETIRE_NODE.value, RemediationResult.SUCCEEDED).inc()
             self._notify("NodeRetired", d, f"node retired: {d.address} cannot be restored")
         except HeldError as e:
             log.warning(Event.REMEDIATION_HELD, gate=e.gate, reason=str(e), planned=[Action.RETIRE_NODE.value])
             self.metrics.held.labels(d.target, e.gate).inc()
+            self._audit(d, retire, "held", f"{e.gate}: {e}", fields=rec.fields)
         except TargetError as e:
             self.metrics.remediations.labels(d.target, Action.RETIRE_NODE.value, RemediationResult.FAILED).inc()
             log.error(Event.REMEDIATION_FAILED, action=Action.RETIRE_NODE.value, error=str(e))
+            self._audit(d, retire, "failed", str(e), fields=rec.fields)
 
     def _notify(self, reason: str, d: DesiredResource, message: str, *, warning: bool = True) -> None:
         for n in self.notifiers:

@@ -51,6 +51,8 @@ class Event(StrEnum):
     TARGET_UP = "target.up"
     WATCH_EVENT = "watch.event"
     INOTIFY_DEGRADED = "inotify.degraded"
+    AUDIT = "audit"
+    AUDIT_FAILED = "audit.failed"
 
 
 _context: dict[str, str] = {"baseline_version": "none"}

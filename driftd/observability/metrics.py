@@ -97,6 +97,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.audit_write_errors = Counter(
+            "driftd_audit_write_errors_total",
+            "Audit log writes that failed (disk full, I/O error); acting is held until the log is writable again.",
+            registry=r,
+        )
         for reason in INOTIFY_DEGRADED_REASONS:
             self.inotify_degraded.labels(reason)
         for t in targets:

@@ -61,6 +61,7 @@ class NullMetrics:
     overrides_active = _SERIES
     inotify_watches = _SERIES
     inotify_degraded = _SERIES
+    audit_write_errors = _SERIES
 
     def set_baselines(self, version: str, baselines: Iterable[tuple[str, str, str]], when: float) -> None:
         pass
