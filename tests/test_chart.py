@@ -294,7 +294,8 @@ def test_optional_objects() -> None:
     assert sorted(rules) == sorted(["DriftdDriftPastDeadline", "DriftdDriftNearDeadline", "DriftdRemediationFailing",
                                     "DriftdBaselineRejected", "DriftdTargetDown", "DriftdAgentDown",
                                     "DriftdCircuitBreakerOpen", "DriftdHeldPastDeadline", "DriftdResourceFlapping",
-                                    "DriftdWindowBreached", "DriftdBreakGlassActive", "DriftdInotifyDegraded"])
+                                    "DriftdWindowBreached", "DriftdBreakGlassActive", "DriftdAuditWriteFailing",
+                                    "DriftdInotifyDegraded"])
     spec = one(docs, "DaemonSet")["spec"]["template"]["spec"]
     assert spec["priorityClassName"] == "system-node-critical"
     assert spec["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "x", "effect": "NoSchedule"}]
@@ -567,7 +568,7 @@ def test_prometheus_rules_check_and_unit_tests(tmp_path: Path) -> None:
     rules = tmp_path / "driftd-rules.yaml"
     rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False, width=10_000))
     r = run(promtool, "check", "rules", str(rules))
-    assert "SUCCESS: 12 rules found" in r.stdout, r.stdout
+    assert "SUCCESS: 13 rules found" in r.stdout, r.stdout
     shutil.copy(ALERT_TESTS, tmp_path / ALERT_TESTS.name)
     r = run(promtool, "test", "rules", str(tmp_path / ALERT_TESTS.name), check=False)
     assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
