@@ -6,6 +6,7 @@ case (a Docker container with a tmpfs mount) is in tests/test_docker_safety.py.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from conftest import host_baseline
@@ -157,3 +158,34 @@ def test_summary_counts_never_go_negative(baselines_dir, make_runtime):
     s = run_once(e, rt.queue, attempts=1)
     assert s.counts == {"error": 3, "clean": 0}
     assert all(v >= 0 for v in s.counts.values())
+
+
+def test_a_file_replaced_by_another_writer_right_after_the_revert_is_a_new_change_not_a_terminal_failure(
+        host_root, baselines_dir, make_runtime):
+    """Verification finds the drift again because someone replaced the file after driftd's write landed
+    (an editor, a package postinst): the revert did happen; it is not "an action that cannot take"."""
+    motd = host_root / "etc/motd"
+    motd.write_text("tampered\n")
+    rt = make_runtime(baselines_dir({"b.yaml": host_baseline("b", 'files:\n  - {path: /etc/motd, content: "hello\\n"}')}))
+    fs = rt.engine.targets["host"].fs
+    real = fs.write_atomic
+    seen: list[str] = []
+
+    def write_then_competitor(path: str, data: bytes, **kw: object) -> None:
+        real(path, data, **kw)
+        seen.append(motd.read_text())
+        tmp = motd.with_name(".motd.swp")  # the other writer saves its version by rename
+        tmp.write_text("tampered\n")
+        os.replace(tmp, motd)
+
+    fs.write_atomic = write_then_competitor
+    with capture_logs() as logs:
+        s = run_once(rt.engine, rt.queue, attempts=1)
+    assert seen == ["hello\n"]  # driftd's write landed
+    assert [o.status for o in s.outcomes] == ["remediated"], [(o.status, o.error) for o in s.outcomes]
+    assert any(e.get("reason", "").startswith("changed again by another writer") for e in logs)
+    rec = rt.state.recent(1)[0]
+    assert rec.held is None  # no terminal hold: the next change is reverted (or, if it keeps coming, quarantined)
+    fs.write_atomic = real
+    s2 = run_once(rt.engine, rt.queue, attempts=1)
+    assert [o.status for o in s2.outcomes] == ["remediated"] and motd.read_text() == "hello\n"

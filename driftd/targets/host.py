@@ -51,8 +51,14 @@ class HostIO(SafeRoot):
         cached = self.hash_cache.get(path)
         if cached is not None and cached[0] == skey:
             return cached[1]
-        digest = self.sha256(path)
-        self.hash_cache[path] = (skey, digest)
+        # the key is the stat of the very bytes hashed (fstat of the open file), not the lstat taken before:
+        # a file replaced in between must not have its new digest cached under the old file's stat
+        read_st, digest = self.sha256_of(path)
+        if read_st is not None:
+            self.hash_cache[path] = ((read_st.st_dev, read_st.st_ino, read_st.st_size, read_st.st_mtime_ns,
+                                      read_st.st_ctime_ns), digest)
+        else:
+            self.hash_cache.pop(path, None)
         return digest
 
     def read_optional(self, path: str, max_bytes: int) -> bytes | None:
@@ -157,6 +163,13 @@ class HostTarget:
             transient = e.errno not in (errno.EROFS, errno.EPERM, errno.EFBIG)
             raise TargetError(f"{desired.address}: {e.strerror or e}", transient=transient) from None
 
+    def changed_by_another_writer(self, desired: DesiredResource) -> bool:
+        """After ``apply``: the path no longer holds what driftd wrote (replaced or rewritten since)."""
+        try:
+            return self.fs.replaced_since_write(desired.address)
+        except (OSError, UnsafePathError):
+            return False
+
     def _snapshot(self, path: str, observed: ObservedResource) -> str | None:
         kind = observed.actual.get("type")
         if kind == "file":
@@ -170,6 +183,7 @@ class HostTarget:
         handler.check(desired, plan.actions)  # planner and adapter disagree: refuse before touching anything
         applied: list[Action] = []
         snaps: list[str] = []
+        self.fs.written.pop(desired.address, None)
         for step in plan.actions:
             if step.action in handler.overwrites and observed.actual.get("present"):
                 sid = self._snapshot(desired.address, observed)

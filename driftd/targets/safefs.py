@@ -59,6 +59,9 @@ class SafeRoot:
         self._swept: set[str] = set()  # directories whose stale temps were removed in this pass
         self._in_flight: set[tuple[str, str]] = set()  # (directory, temp name) being written now
         self._temps = threading.Lock()
+        # path -> (dev, ino, mtime_ns) of the file the last write_atomic put there: tells a verification
+        # that finds another writer's file (replaced or rewritten after ours) from a write that did not take
+        self.written: dict[str, tuple[int, int, int]] = {}
 
     # ------------------------------------------------------------------ helpers
     def full(self, path: str) -> str:
@@ -141,12 +144,20 @@ class SafeRoot:
                 raise
 
     def sha256(self, path: str) -> str:
+        return self.sha256_of(path)[1]
+
+    def sha256_of(self, path: str) -> tuple[os.stat_result | None, str]:
+        """(stat of the bytes hashed, their sha256); the stat is None when the file changed while being read."""
         fd = self._open_leaf(path)
         try:
+            before = os.fstat(fd)
             h = hashlib.sha256()
             while chunk := os.read(fd, _CHUNK):
                 h.update(chunk)
-            return "sha256:" + h.hexdigest()
+            after = os.fstat(fd)
+            same = (before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (
+                after.st_size, after.st_mtime_ns, after.st_ctime_ns)
+            return (after if same else None), "sha256:" + h.hexdigest()
         finally:
             os.close(fd)
 
@@ -212,6 +223,7 @@ class SafeRoot:
                     os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
                 os.fchmod(fd, 0o644 if mode is None else mode)  # after fchown, which clears set-id bits
                 os.fsync(fd)
+                fst = os.fstat(fd)
                 os.close(fd)
                 fd = -1
                 os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
@@ -225,6 +237,15 @@ class SafeRoot:
                 with self._temps:
                     self._in_flight.discard((directory, tmp))
             os.fsync(pfd)
+            self.written[path] = (fst.st_dev, fst.st_ino, fst.st_mtime_ns)
+
+    def replaced_since_write(self, path: str) -> bool:
+        """True when ``path`` is no longer the file the last ``write_atomic`` put there (another writer since)."""
+        ours = self.written.get(path)
+        if ours is None:
+            return False
+        st = self.lstat(path)
+        return st is None or (st.st_dev, st.st_ino, st.st_mtime_ns) != ours
 
     def _clean_stale_temps(self, pfd: int, directory: str) -> None:
         """Remove temp files a crashed write left in ``directory`` (one listing; never one in flight)."""
