@@ -52,18 +52,17 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from _common import free_port, http_get, metric_sum, stats
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -107,43 +106,6 @@ spec:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http_get(url: str) -> tuple[int, str]:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=5) as r:
-            return int(r.status), r.read().decode()
-    except urllib.error.HTTPError as e:
-        return int(e.code), ""
-    except OSError:
-        return 0, ""
-
-
-def metric_sum(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels`` (Prometheus text format)."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        head, _, value = line.rpartition(" ")
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
-
-
-def stats(xs: list[float]) -> dict[str, Any]:
-    if not xs:
-        return {"n": 0}
-    q = statistics.quantiles(xs, n=100, method="inclusive") if len(xs) >= 2 else xs * 99
-    return {"n": len(xs), "p50_s": round(statistics.median(xs), 4), "p95_s": round(q[94], 4),
-            "p99_s": round(q[98], 4), "min_s": round(min(xs), 4), "max_s": round(max(xs), 4)}
 
 
 def labels_for(run_id: str, group: str) -> dict[str, str]:

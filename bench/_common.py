@@ -1,0 +1,49 @@
+"""Helpers the change-to-revert benchmarks share (bench/bench_revert_docker.py, bench/bench_revert_pods.py).
+
+Loopback only: ``free_port`` binds 127.0.0.1, ``http_get`` uses no proxy.
+"""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str) -> tuple[int, str]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=5) as r:
+            return int(r.status), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return int(e.code), ""
+    except OSError:
+        return 0, ""
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` (Prometheus text format)."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def stats(xs: list[float]) -> dict[str, Any]:
+    if not xs:
+        return {"n": 0}
+    q = statistics.quantiles(xs, n=100, method="inclusive") if len(xs) >= 2 else xs * 99
+    return {"n": len(xs), "p50_s": round(statistics.median(xs), 4), "p95_s": round(q[94], 4),
+            "p99_s": round(q[98], 4), "min_s": round(min(xs), 4), "max_s": round(max(xs), 4)}
