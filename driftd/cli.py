@@ -197,16 +197,10 @@ def _daemon(rt: Runtime, loaded_from: str | None = None) -> int:
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
-    from driftd.baselines import guardrails
-    from driftd.baselines.loader import load_set
-    from driftd.settings import load_settings
-
-    try:  # the operator's guardrail extensions (--config, $DRIFTD_CONFIG, DRIFTD_GUARDRAILS__*) apply to lint too
-        rails = guardrails.configured(load_settings(args.config).guardrails)
-    except (OSError, ValueError) as e:
-        print(f"driftd: {e}", file=sys.stderr)
-        return ExitCode.USAGE
-    bset, problems = load_set(args.directory, guardrails=rails, allowed_signers=args.allowed_signers)
+    loaded = _load_for(args, allowed_signers=args.allowed_signers)
+    if isinstance(loaded, ExitCode):
+        return loaded
+    bset, problems = loaded
     if args.output == "json":
         print(
             json.dumps(
@@ -226,24 +220,29 @@ def cmd_lint(args: argparse.Namespace) -> int:
     return ExitCode.CLEAN if bset is not None else ExitCode.ERROR
 
 
-def _lint_rails(args: argparse.Namespace) -> Any:
+def _load_for(args: argparse.Namespace, **kw: Any) -> tuple[Any, list[Any]] | ExitCode:
+    """``load_set(args.directory)`` under the operator's guardrail extensions (--config, $DRIFTD_CONFIG,
+    DRIFTD_GUARDRAILS__*), as lint, sign and verify need it; a settings error is a usage error."""
     from driftd.baselines import guardrails
+    from driftd.baselines.loader import load_set
     from driftd.settings import load_settings
 
-    return guardrails.configured(load_settings(args.config).guardrails)
+    try:
+        rails = guardrails.configured(load_settings(args.config).guardrails)
+    except (OSError, ValueError) as e:
+        print(f"driftd: {e}", file=sys.stderr)
+        return ExitCode.USAGE
+    return load_set(args.directory, guardrails=rails, **kw)
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
     """Sign a baselines directory: its manifest with ssh-keygen -Y sign -n driftd-baselines (writes .driftd-baselines.sig)."""
-    from driftd.baselines.loader import load_set
     from driftd.baselines.signing import SigningError, sign_set
 
-    try:
-        rails = _lint_rails(args)
-    except (OSError, ValueError) as e:
-        print(f"driftd: {e}", file=sys.stderr)
-        return ExitCode.USAGE
-    bset, problems = load_set(args.directory, guardrails=rails)
+    loaded = _load_for(args)
+    if isinstance(loaded, ExitCode):
+        return loaded
+    bset, problems = loaded
     if bset is None:
         print(f"driftd: {args.directory}: the set is invalid, not signing it:", file=sys.stderr)
         for p in problems:
@@ -261,14 +260,10 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Verify a set's signature in-process against an allowed_signers file: exit 0 valid, 1 with one line why not."""
-    from driftd.baselines.loader import load_set
-
-    try:
-        rails = _lint_rails(args)
-    except (OSError, ValueError) as e:
-        print(f"driftd: {e}", file=sys.stderr)
-        return ExitCode.USAGE
-    bset, problems = load_set(args.directory, guardrails=rails, allowed_signers=args.allowed_signers)
+    loaded = _load_for(args, allowed_signers=args.allowed_signers)
+    if isinstance(loaded, ExitCode):
+        return loaded
+    bset, problems = loaded
     if bset is not None:
         print(f"{args.directory}: signed by {bset.signed_by}; {len(bset.baselines)} baselines, version {bset.version}")
         return ExitCode.CLEAN
