@@ -261,3 +261,63 @@ def test_a_sweep_never_removes_another_workers_temp_in_flight(host_root: Path) -
     assert (host_root / "etc/b").read_text() == "b\n"
     assert any(".a.driftd-tmp-" in n for n in seen[0])
     assert not [p for p in (host_root / "etc").iterdir() if "driftd-tmp" in p.name]
+
+
+# --------------------------------------------------------------------------- gate counts in memory
+
+
+def test_the_gate_counts_come_from_memory_and_equal_the_table(tmp_path: Path) -> None:
+    """Budget and flap counts are answered by the in-memory window (no SQL per plan) with the table's answers,
+    also after a restart (seeded from the table) and for a window reaching past what memory holds."""
+    import random
+
+    from driftd.engine.state import StateStore
+
+    st = StateStore(tmp_path / "st")
+    now = 1_800_000_000.0
+    rng = random.Random(5)
+    recs = {}
+    for i in range(40):
+        key = f"host:file:/etc/f{i % 7}"
+        rec = recs.get(key) or st.open_drift(key=key, target="host", baseline=f"b{i % 3}", address=key[10:], now=now,
+                                              window_seconds=1800, fields=[])
+        recs[key] = rec
+        result = rng.choice(["succeeded", "failed", "held:budget", "skipped"])
+        action = rng.choice(["write_file", "chmod", "none"])
+        kind = rng.choice(["revert", "retirement"])
+        st.count_actions("revert", now - 3600)  # seeds the window on the first call
+        if i % 5 == 0:
+            st.note_action(rec, now=now + i, action=action, result=result, kind=kind)
+        else:
+            st.record_action(rec, now=now + i, action=action, result=result, kind=kind, attempt=False)
+
+    def sql_counts(s: StateStore, since: float) -> list[int]:
+        s._window.seeded_from = None  # force SQL for the reference
+        s._window.seeded_from = float("inf")
+        out = [s.count_actions(k, since, baseline=b) for k in ("revert", "retirement") for b in (None, "b0", "b1", "b2")]
+        out += [s.count_key_actions(f"host:file:/etc/f{j}", since) for j in range(7)]
+        return out
+
+    def mem_counts(s: StateStore, since: float) -> list[int]:
+        out = [s.count_actions(k, since, baseline=b) for k in ("revert", "retirement") for b in (None, "b0", "b1", "b2")]
+        out += [s.count_key_actions(f"host:file:/etc/f{j}", since) for j in range(7)]
+        return out
+
+    for since in (now - 1, now + 10.5, now + 25, now + 39):
+        assert st._window.seeded_from is not None and since >= st._window.seeded_from
+        mem = mem_counts(st, since)
+        reads: list[Any] = []
+        real = st._read
+
+        def counting(*a: Any, _reads: list[Any] = reads, _real: Any = real, **k: Any) -> Any:
+            _reads.append(a)
+            return _real(*a, **k)
+
+        st._read = counting  # type: ignore[method-assign]
+        assert mem_counts(st, since) == mem and not reads  # answered from memory
+        st._read = real  # type: ignore[method-assign]
+        ref = StateStore(tmp_path / "st")  # a restart: seeded from the table on its first count
+        assert mem_counts(ref, since) == mem
+        assert sql_counts(ref, since) == mem
+        ref.close()
+    assert st.count_actions("revert", now - 10 * 86400) >= st.count_actions("revert", now - 1)  # past memory: SQL

@@ -15,6 +15,7 @@ cause — a failed ROLLBACK never masks it.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import json
@@ -70,6 +71,7 @@ CREATE TABLE IF NOT EXISTS actions (
   baseline TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS actions_at ON actions(at);
+CREATE INDEX IF NOT EXISTS drift_held ON drift(last_result, first_seen) WHERE resolved_at IS NULL;
 CREATE TABLE IF NOT EXISTS guards (
   scope TEXT PRIMARY KEY,
   until REAL NOT NULL,
@@ -142,6 +144,49 @@ def _row(r: tuple[Any, ...]) -> DriftRecord:
     )
 
 
+class _ActionWindow:
+    """The recent action history the gates count, in memory: O(log n) per count instead of a table scan.
+
+    The budget and flap gates ask, for every plan, how many actions of a kind (per node, per baseline) and
+    how many successful remediations of one key happened since a time; as SQL that is a scan of the window's
+    rows, so a pass of n reverts cost O(n²).  The window is seeded from the ``actions`` table on the first
+    count and then fed by every insert of this store (the only writer in the process); a count reaching
+    further back than the seed (``HORIZON``) goes to SQL.  Another process writing the same state directory
+    at the same time (a ``run --once`` beside the daemon) is not seen until a restart.
+    """
+
+    HORIZON = 2 * 86400.0
+
+    def __init__(self) -> None:
+        self.seeded_from: float | None = None
+        self.by_kind: dict[str, list[float]] = {}
+        self.by_kind_baseline: dict[tuple[str, str], list[float]] = {}
+        self.by_key: dict[str, list[float]] = {}
+        self._inserts = 0
+
+    def add(self, at: float, key: str, action: str, result: str, kind: str, baseline: str) -> None:
+        if self.seeded_from is None:
+            return  # not seeded yet: the seed reads this row from the table
+        if result in ("succeeded", "failed"):
+            bisect.insort(self.by_kind.setdefault(kind, []), at)
+            bisect.insort(self.by_kind_baseline.setdefault((kind, baseline), []), at)
+        if result == "succeeded" and action != "none":
+            bisect.insort(self.by_key.setdefault(key, []), at)
+        self._inserts += 1
+        if self._inserts % 4096 == 0:
+            self._prune(at - self.HORIZON)
+
+    def _prune(self, cutoff: float) -> None:
+        self.seeded_from = max(self.seeded_from or cutoff, cutoff)
+        for times in [*self.by_kind.values(), *self.by_kind_baseline.values(), *self.by_key.values()]:
+            del times[:bisect.bisect_right(times, cutoff)]
+        self.by_key = {k: v for k, v in self.by_key.items() if v}  # keys come and go; kinds and baselines are few
+
+    @staticmethod
+    def count(times: list[float] | None, since: float) -> int:
+        return len(times) - bisect.bisect_right(times, since) if times else 0
+
+
 def _secure_file(dirfd: int, name: str, *, create: bool) -> None:
     """``name`` in the state directory: never a symlink, a regular file, mode 0600."""
     flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | (os.O_CREAT if create else 0)
@@ -212,6 +257,7 @@ class StateStore:
         except (OSError, sqlite3.Error) as e:
             raise StateError(f"cannot open state in {self.dir}: {getattr(e, 'strerror', None) or e}") from e
         self._lock = threading.Lock()
+        self._window = _ActionWindow()
 
     def _migrate(self) -> None:
         cols = {r[1] for r in self._conn.execute("PRAGMA table_info(drift)").fetchall()}
@@ -302,6 +348,10 @@ class StateStore:
     # ------------------------------------------------------------------ safety gates (safety.gates.SafetyView)
     def count_actions(self, kind: str, since: float, *, baseline: str | None = None) -> int:
         """Actions of class ``kind`` attempted (succeeded or failed) since ``since``."""
+        w = self._seeded(since)
+        if w is not None:
+            with self._lock:
+                return w.count(w.by_kind.get(kind) if baseline is None else w.by_kind_baseline.get((kind, baseline)), since)
         sql = "SELECT COUNT(*) FROM actions WHERE kind=? AND at>? AND result IN ('succeeded', 'failed')"
         args: tuple[Any, ...] = (kind, since)
         if baseline is not None:
@@ -310,9 +360,27 @@ class StateStore:
 
     def count_key_actions(self, key: str, since: float) -> int:
         """Successful remediations of ``key`` since ``since`` (across its drift records)."""
+        w = self._seeded(since)
+        if w is not None:
+            with self._lock:
+                return w.count(w.by_key.get(key), since)
         rows = self._read("SELECT COUNT(*) FROM actions WHERE key=? AND at>? AND result='succeeded' AND action!='none'",
                           (key, since))
         return int(rows[0][0])
+
+    def _seeded(self, since: float) -> _ActionWindow | None:
+        """The in-memory window when it covers ``since`` (seeding it on first use), else None (ask SQL)."""
+        w = self._window
+        if w.seeded_from is None:
+            start = since - w.HORIZON
+            rows = self._read("SELECT at, key, action, result, kind, baseline FROM actions WHERE at > ? ORDER BY at",
+                              (start,))
+            with self._lock:
+                if w.seeded_from is None:
+                    w.seeded_from = start
+                    for at, key, action, result, kind, baseline in rows:
+                        w.add(float(at), key, action, result, kind or "", baseline or "")
+        return w if w.seeded_from is not None and since >= w.seeded_from else None
 
     def oldest_held(self, gate: str, *, baseline: str | None = None) -> tuple[float, str] | None:
         sql = "SELECT first_seen, key FROM drift WHERE resolved_at IS NULL AND last_result=?"
@@ -391,6 +459,7 @@ class StateStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (now, rec.id, rec.key, action, result, error, json.dumps(list(snapshots)), kind, rec.baseline),
             )
+        self._added(now, rec, action, result, kind)
         rec.attempts, rec.consecutive_failures, rec.snapshots, rec.updated_at = attempts, consecutive, merged, now
         rec.last_action, rec.last_result, rec.last_error, rec.held = action, result, error, held
         return rec
@@ -403,6 +472,12 @@ class StateStore:
                 "VALUES (?, ?, ?, ?, ?, NULL, '[]', ?, ?)",
                 (now, rec.id, rec.key, action, result, kind, rec.baseline),
             )
+        self._added(now, rec, action, result, kind)
+
+    def _added(self, now: float, rec: DriftRecord, action: str, result: str, kind: str) -> None:
+        """Feed a committed action into the in-memory window the gates count."""
+        with self._lock:
+            self._window.add(now, rec.key, action, result, kind, rec.baseline)
 
     def journal_snapshots(self, key: str, snapshots: tuple[str, ...], now: float) -> None:
         """Durably (synchronous=FULL) add snapshot ids to the active drift of ``key`` before an overwrite."""
