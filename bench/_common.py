@@ -5,10 +5,14 @@ Loopback only: ``free_port`` binds 127.0.0.1, ``http_get`` uses no proxy.
 
 from __future__ import annotations
 
+import json
+import signal
 import socket
 import statistics
+import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 
@@ -47,3 +51,32 @@ def stats(xs: list[float]) -> dict[str, Any]:
     q = statistics.quantiles(xs, n=100, method="inclusive") if len(xs) >= 2 else xs * 99
     return {"n": len(xs), "p50_s": round(statistics.median(xs), 4), "p95_s": round(q[94], 4),
             "p99_s": round(q[98], 4), "min_s": round(min(xs), 4), "max_s": round(max(xs), 4)}
+
+
+def stop_daemon(proc: subprocess.Popen[Any]) -> int:
+    """SIGTERM, then SIGKILL after 60 s; the exit code."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(5)
+
+
+def log_summary(log: Path) -> tuple[int, dict[str, int], dict[str, int]]:
+    """(scans finished, lines per level, warnings/errors per event) of a daemon's JSON log."""
+    lines = log.read_text().splitlines()
+    scans_logged = sum(1 for line in lines if '"scan.finished"' in line)
+    levels: dict[str, int] = {}
+    problems: dict[str, int] = {}
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        lvl = str(rec.get("level", "?"))
+        levels[lvl] = levels.get(lvl, 0) + 1
+        if lvl in ("warning", "error", "critical"):
+            what = f"{lvl}: {rec.get('event')}"
+            problems[what] = problems.get(what, 0) + 1
+    return scans_logged, levels, problems

@@ -51,7 +51,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -62,7 +61,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from _common import free_port, http_get, metric_sum, stats
+from _common import free_port, http_get, log_summary, metric_sum, stats, stop_daemon
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -215,26 +214,8 @@ def measure(client: Any, tmp: Path, bdir: Path, run_id: str, samples: int, victi
             time.sleep(gap)
         after = http_get(f"{base}/metrics")[1]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait(5)
-    lines = log.read_text().splitlines()
-    scans_logged = sum(1 for line in lines if '"scan.finished"' in line)
-    levels: dict[str, int] = {}
-    problems: dict[str, int] = {}
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        lvl = str(rec.get("level", "?"))
-        levels[lvl] = levels.get(lvl, 0) + 1
-        if lvl in ("warning", "error", "critical"):
-            what = f"{lvl}: {rec.get('event')}"
-            problems[what] = problems.get(what, 0) + 1
+        rc = stop_daemon(proc)
+    scans_logged, levels, problems = log_summary(log)
 
     def delta(name: str, **labels: str) -> float:
         return metric_sum(after, name, **labels) - metric_sum(before, name, **labels)

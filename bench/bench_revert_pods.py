@@ -48,7 +48,6 @@ import contextlib
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -64,7 +63,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from _common import free_port, http_get, metric_sum, stats  # noqa: E402  (bench/ is the script's directory)
+from _common import free_port, http_get, log_summary, metric_sum, stats, stop_daemon  # noqa: E402  (bench/ is the script's directory)
 from k8s_support import (  # noqa: E402  (the tests' helpers, not a package)
     CRD_PATH,
     DIGEST_APPROVED,
@@ -188,26 +187,8 @@ def measure(env: KubeEnv, cluster: KubeCluster, node: str, tmp: Path, bdir: Path
             time.sleep(gap)
         after = http_get(f"{base}/metrics")[1]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait(5)
-    lines = log.read_text().splitlines()
-    scans_logged = sum(1 for line in lines if '"scan.finished"' in line)
-    levels: dict[str, int] = {}
-    problems: dict[str, int] = {}
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        lvl = str(rec.get("level", "?"))
-        levels[lvl] = levels.get(lvl, 0) + 1
-        if lvl in ("warning", "error", "critical"):
-            what = f"{lvl}: {rec.get('event')}"
-            problems[what] = problems.get(what, 0) + 1
+        rc = stop_daemon(proc)
+    scans_logged, levels, problems = log_summary(log)
 
     def delta(name: str, **labels: str) -> float:
         return metric_sum(after, name, **labels) - metric_sum(before, name, **labels)
