@@ -276,6 +276,8 @@ class TestDaemonProcess:
         d = run_daemon(baselines_dir({"motd.yaml": MOTD}))
         d.wait_ready()
         wait_for(lambda: (host_root / "etc/motd").read_text() == "hello\n", "the first pass to revert /etc/motd")
+        # the file is back before the worker has verified, audited and recorded it: stop after that
+        wait_for(lambda: "drift.resolved" in [e["event"] for e in d.events()], "the revert to be recorded")
         started = time.monotonic()
         assert d.stop(sig, timeout=10) == 0
         assert time.monotonic() - started < 5
