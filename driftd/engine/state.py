@@ -152,7 +152,9 @@ class _ActionWindow:
     rows, so a pass of n reverts cost O(n²).  The window is seeded from the ``actions`` table on the first
     count and then fed by every insert of this store (the only writer in the process); a count reaching
     further back than the seed (``HORIZON``) goes to SQL.  Another process writing the same state directory
-    at the same time (a ``run --once`` beside the daemon) is not seen until a restart.
+    at the same time (a ``run --once`` beside the daemon) is not seen until a restart.  An insert is counted
+    inside its transaction, under the store's lock (so a seed never misses or doubles it); a commit that then
+    fails leaves one count too many, which only makes a budget stricter.
     """
 
     HORIZON = 2 * 86400.0
@@ -373,10 +375,13 @@ class StateStore:
         w = self._window
         if w.seeded_from is None:
             start = since - w.HORIZON
-            rows = self._read("SELECT at, key, action, result, kind, baseline FROM actions WHERE at > ? ORDER BY at",
-                              (start,))
-            with self._lock:
+            with self._lock:  # the seed and every insert serialise on the store's lock: none is missed or doubled
                 if w.seeded_from is None:
+                    try:
+                        rows = self._conn.execute("SELECT at, key, action, result, kind, baseline FROM actions "
+                                                  "WHERE at > ? ORDER BY at", (start,)).fetchall()
+                    except sqlite3.Error as e:
+                        raise StateError(f"cannot read {self.dir / DB_NAME}: {e}") from e
                     w.seeded_from = start
                     for at, key, action, result, kind, baseline in rows:
                         w.add(float(at), key, action, result, kind or "", baseline or "")
@@ -459,7 +464,7 @@ class StateStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (now, rec.id, rec.key, action, result, error, json.dumps(list(snapshots)), kind, rec.baseline),
             )
-        self._added(now, rec, action, result, kind)
+            self._window.add(now, rec.key, action, result, kind, rec.baseline)  # under the lock, with the insert
         rec.attempts, rec.consecutive_failures, rec.snapshots, rec.updated_at = attempts, consecutive, merged, now
         rec.last_action, rec.last_result, rec.last_error, rec.held = action, result, error, held
         return rec
@@ -472,12 +477,7 @@ class StateStore:
                 "VALUES (?, ?, ?, ?, ?, NULL, '[]', ?, ?)",
                 (now, rec.id, rec.key, action, result, kind, rec.baseline),
             )
-        self._added(now, rec, action, result, kind)
-
-    def _added(self, now: float, rec: DriftRecord, action: str, result: str, kind: str) -> None:
-        """Feed a committed action into the in-memory window the gates count."""
-        with self._lock:
-            self._window.add(now, rec.key, action, result, kind, rec.baseline)
+            self._window.add(now, rec.key, action, result, kind, rec.baseline)  # under the lock, with the insert
 
     def journal_snapshots(self, key: str, snapshots: tuple[str, ...], now: float) -> None:
         """Durably (synchronous=FULL) add snapshot ids to the active drift of ``key`` before an overwrite."""
