@@ -64,6 +64,7 @@ from driftd.targets.base import (
     ResourceGoneError,
     Target,
     TargetError,
+    WriteTracker,
 )
 
 if TYPE_CHECKING:
@@ -618,7 +619,7 @@ class Engine:
                     if not {Action.RETIRE, Action.EVICT} & set(result.applied):
                         raise
                     verify = ()  # retired or evicted: being gone is the remedy
-            if verify and self._overwritten_since(target, d):
+            if verify and isinstance(target, WriteTracker) and target.changed_by_another_writer(d):
                 # the revert landed, then another writer replaced or rewrote the resource: a new change (the flap
                 # gate counts these reverts), not a revert that cannot take
                 log.warning(Event.DRIFT_DETECTED, address=d.address, reason="changed again by another writer right "
@@ -642,11 +643,6 @@ class Engine:
         except TargetError as e:
             return self._failed(d, p, rec, out, e, terminal, now, log, kind)
         return self._succeeded(d, p, rec, out, result, fields, log, kind)
-
-    @staticmethod
-    def _overwritten_since(target: Target, d: DesiredResource) -> bool:
-        check = getattr(target, "changed_by_another_writer", None)  # adapters that can tell (the host target)
-        return bool(check(d)) if callable(check) else False
 
     def _failed(self, d: DesiredResource, p: Plan, rec: DriftRecord, out: Outcome, e: TargetError, terminal: str | None,
                 now: float, log: Any, kind: str) -> Outcome:

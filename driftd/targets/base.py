@@ -83,6 +83,14 @@ class NodeRetirer(Protocol):
 
 
 @runtime_checkable
+class WriteTracker(Protocol):
+    """A target that can tell, after ``apply``, whether another writer changed the resource since its write."""
+
+    def changed_by_another_writer(self, desired: DesiredResource) -> bool:
+        """True when the resource no longer holds what this target wrote (replaced or rewritten since)."""
+
+
+@runtime_checkable
 class OverrideSource(Protocol):
     """Break-glass overrides asked for by the platform's objects (pod and node annotations)."""
 
