@@ -1,21 +1,25 @@
-"""Settings: one pydantic-settings root, built once in the CLI and passed down.
+"""Settings: one pydantic root, built once in the CLI and passed down.
 
 Precedence, highest first: CLI flags, ``DRIFTD_*`` environment variables (nested
-sections with ``__``, e.g. ``DRIFTD_SCAN__INTERVAL_SECONDS=120``), the YAML config file
-(``--config`` or ``DRIFTD_CONFIG``), then the defaults below.  Every field is documented
-with its unit; ``docs/configuration.md`` lists them.
+sections with ``__``, e.g. ``DRIFTD_SCAN__INTERVAL_SECONDS=120``; a list, mapping or
+section as JSON), the YAML config file (``--config`` or ``DRIFTD_CONFIG``), then the
+defaults below.  Every field is documented with its unit; ``docs/configuration.md`` lists
+them.  The sources are merged here (:func:`load_settings`) and validated once by pydantic:
+pydantic-settings did the same for ~75 ms of imports (asyncio, dotenv, cloud providers) on
+every ``run --once``.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
 class _Section(BaseModel):
@@ -221,10 +225,10 @@ class AuditSettings(_Section):
     keep: int = Field(10, ge=1, description="Rotated audit files kept (audit.jsonl.1 .. .N); the oldest is dropped.")
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """Root of every driftd setting."""
 
-    model_config = SettingsConfigDict(env_prefix="DRIFTD_", env_nested_delimiter="__", extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     host_root: Path = Field(Path("/"), description="Where the host filesystem is mounted (/host in the DaemonSet).")
     baselines: Path = Field(Path("/etc/driftd/baselines"), description="Directory of baseline YAML files.")
@@ -260,17 +264,6 @@ class Settings(BaseSettings):
         None, description="On a plain server: command run to retire this machine (argv list); gets DRIFTD_NODE and DRIFTD_REASON."
     )
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
-
     @model_validator(mode="after")
     def _v_signature(self) -> Settings:
         if self.require_signature and self.allowed_signers is None:
@@ -298,36 +291,114 @@ class Settings(BaseSettings):
         return socket.gethostname()
 
 
-_config_path: str | None = None
-
-
-class _ConfigFileSource(PydanticBaseSettingsSource):
-    """Values from the YAML file named by ``DRIFTD_CONFIG`` (the CLI sets it from --config)."""
-
-    def __init__(self, settings_cls: type[BaseSettings]) -> None:
-        super().__init__(settings_cls)
-        self._data: dict[str, Any] = {}
-        path = _config_path or os.environ.get("DRIFTD_CONFIG")
-        if path:
-            with open(path, encoding="utf-8") as fh:
-                try:
-                    data = yaml.safe_load(fh) or {}
-                except yaml.YAMLError as e:  # a ValueError, so the CLI reports it as a usage error
-                    raise ValueError(f"{path}: config file is not valid YAML: {e}") from None
-            if not isinstance(data, dict):
-                raise ValueError(f"{path}: config file must be a mapping")
-            self._data = {k.replace("-", "_"): v for k, v in data.items()}
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self._data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self._data)
+ENV_PREFIX = "DRIFTD_"
+ENV_NESTED_DELIMITER = "__"
 
 
 def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
-    """Build the settings root; ``overrides`` are CLI flags (None means not given)."""
-    global _config_path
-    _config_path = config_file
-    given = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**given)
+    """Build the settings root; ``overrides`` are CLI flags (None means not given).
+
+    ``config_file`` (else ``$DRIFTD_CONFIG``) is the YAML file.  Raises ``ValueError`` for a
+    config file or variable that cannot be read as settings, pydantic's ``ValidationError``
+    (a ``ValueError`` too) for values out of range, with the setting's dotted location.
+    """
+    merged = _config_file(config_file or os.environ.get("DRIFTD_CONFIG"))
+    _deep_update(merged, env_values(os.environ))
+    _deep_update(merged, {k: v for k, v in overrides.items() if v is not None})
+    return Settings.model_validate(merged)
+
+
+def _config_file(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    import yaml  # only when there is a file to read
+
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:  # a ValueError, so the CLI reports it as a usage error
+        raise ValueError(f"{path}: config file is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: config file must be a mapping")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The settings ``DRIFTD_*`` variables give, as nested raw values (validated later, with the rest).
+
+    Names are case-insensitive; ``__`` descends into a section (``DRIFTD_SAFETY__BUDGET__REVERTS=5``).
+    A value whose setting is a list, a mapping or a section is JSON (``DRIFTD_NODE_LABELS='{"zone": "a"}'``,
+    ``DRIFTD_RETIRE_HOOK='["/usr/local/bin/retire"]'``); any other is the string, which pydantic converts.
+    A variable naming no top-level setting (``DRIFTD_CONFIG`` among them) is not a setting and is left alone;
+    an unknown key inside a section is rejected like one in the config file.
+    """
+    out: dict[str, Any] = {}
+    for name in sorted(environ):  # sorted: a section's JSON, then its keys on top, whatever the environment's order
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX):].lower().split(ENV_NESTED_DELIMITER)
+        if path[0] not in Settings.model_fields or not all(path):
+            continue
+        raw = environ[name]
+        value: Any = raw
+        if _is_complex(_annotation_at(path)):
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                raise ValueError(f"environment variable {name}: not valid JSON for setting {'.'.join(path)}") from None
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        leaf = path[-1]
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            _deep_update(node[leaf], value)
+        else:
+            node[leaf] = value
+    return out
+
+
+def _annotation_at(path: list[str]) -> Any:
+    """The type annotation of the setting at ``path`` (None below a mapping or an unknown key)."""
+    model: Any = Settings
+    ann: Any = None
+    for part in path:
+        fields = getattr(model, "model_fields", None) if isinstance(model, type) else None
+        if fields is None or part not in fields:
+            return None
+        ann = fields[part].annotation
+        model = _model_in(ann)
+    return ann
+
+
+def _model_in(ann: Any) -> Any:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in typing.get_args(ann):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _is_complex(ann: Any) -> bool:
+    """A list, tuple, set, mapping or section (or an Optional of one): given as JSON in the environment."""
+    if ann is None:
+        return False
+    origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_complex(a) for a in typing.get_args(ann) if a is not type(None))
+    if origin in (list, tuple, set, frozenset, dict):
+        return True
+    return isinstance(ann, type) and (issubclass(ann, BaseModel) or ann in (list, tuple, set, frozenset, dict))
+
+
+def _deep_update(into: dict[str, Any], new: Mapping[str, Any]) -> None:
+    """Merge ``new`` into ``into``: sections key by key, anything else replaced."""
+    for k, v in new.items():
+        if isinstance(v, Mapping) and isinstance(into.get(k), dict):
+            _deep_update(into[k], v)
+        else:
+            into[k] = dict(v) if isinstance(v, Mapping) else v

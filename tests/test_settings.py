@@ -127,6 +127,49 @@ class TestPrecedence:
         assert load_settings().workers == 7
 
 
+    def test_env_json_for_lists_mappings_and_sections(self, monkeypatch):
+        """A list, mapping or whole section comes from the environment as JSON; its keys merge with __ variables."""
+        monkeypatch.setenv("DRIFTD_NODE_LABELS", '{"zone": "a", "tier": "web"}')
+        monkeypatch.setenv("DRIFTD_RETIRE_HOOK", '["/usr/local/bin/retire", "--now"]')
+        monkeypatch.setenv("DRIFTD_SCAN", '{"interval_seconds": 60, "jitter_seconds": 5}')
+        monkeypatch.setenv("DRIFTD_SCAN__JITTER_SECONDS", "9")
+        monkeypatch.setenv("driftd_workers", "3")  # names are case-insensitive
+        monkeypatch.setenv("DRIFTD_NOT_A_SETTING", "x")  # no such top-level setting: not read
+        s = load_settings()
+        assert s.node_labels == {"zone": "a", "tier": "web"}
+        assert s.retire_hook == ["/usr/local/bin/retire", "--now"]
+        assert (s.scan.interval_seconds, s.scan.jitter_seconds, s.workers) == (60.0, 9.0, 3)
+
+    def test_env_string_settings_are_taken_verbatim(self, monkeypatch):
+        """A string setting is never JSON-decoded: a value that looks like JSON stays what it says."""
+        monkeypatch.setenv("DRIFTD_NODE_NAME", '["not", "a", "list"]')
+        assert load_settings().node_name == '["not", "a", "list"]'
+
+    def test_bad_env_json_and_unknown_section_key_are_usage_errors(self, tmp_path, monkeypatch, capsys):
+        """Invalid JSON names the variable; an unknown key inside a section names the setting (exit 2 both)."""
+        monkeypatch.setenv("DRIFTD_NODE_LABELS", "zone=a")
+        with pytest.raises(SystemExit) as e:
+            _settings(parser().parse_args(["run", "--state-dir", str(tmp_path)]))
+        assert e.value.code == 2
+        assert "DRIFTD_NODE_LABELS" in capsys.readouterr().err
+        monkeypatch.delenv("DRIFTD_NODE_LABELS")
+        monkeypatch.setenv("DRIFTD_SCAN__INTERVALL", "5")
+        with pytest.raises(ValidationError) as v:
+            load_settings()
+        assert locs(v) == {"scan.intervall": "Extra inputs are not permitted"}
+
+    def test_the_settings_root_imports_no_settings_framework(self):
+        """Building the settings imports neither pydantic-settings (asyncio, dotenv: ~75 ms a start) nor yaml without a file."""
+        import subprocess
+        import sys
+
+        code = ("import sys; from driftd.settings import load_settings; load_settings(); "
+                "print(sorted(m for m in ('pydantic_settings', 'dotenv', 'yaml') if m in sys.modules))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")})
+        assert out.stdout.strip() == "[]"
+
+
 class TestRejection:
     def test_unknown_top_level_key_in_config_file(self, tmp_path):
         """A typo at the top of the config file is rejected, naming the key."""
