@@ -26,7 +26,8 @@ Workload (the same bytes for both tools, each tool on its own copy of the tree):
 
 driftd: one ``HostBaseline`` (``<baselines>/app.yaml``, ``enforcement: enforce``) with one
 ``files:`` entry per file (``path``, ``source: files/...``, ``mode: "0644"``); N=0 is an
-empty baselines directory.  Commands (``driftd`` is the venv's console script)::
+empty baselines directory.  Commands (``driftd`` is ``python -m driftd`` of a venv holding only the
+runtime lock, ``requirements.lock``, as the image does; ``--python`` picks another interpreter)::
 
     check:   driftd run --once --config C --host-root H --baselines B --state-dir S --node-name bench --dry-run
     enforce: driftd run --once --config C --host-root H --baselines B --state-dir S --node-name bench
@@ -117,7 +118,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 VENV_BIN = Path(sys.executable).parent
-DRIFTD = VENV_BIN / "driftd"
+DRIFTD_PY: Path = VENV_BIN / "python"  # replaced in main() by the runtime venv's python (see runtime_venv)
 CF_AGENT = shutil.which("cf-agent") or "/usr/bin/cf-agent"
 CF_KEY = shutil.which("cf-key") or "/usr/sbin/cf-key"
 CF_PROMISES = shutil.which("cf-promises") or "/usr/bin/cf-promises"
@@ -448,7 +449,9 @@ class Driftd:
 
     def cmd(self, mode: str) -> list[str]:
         c = [
-            str(DRIFTD),
+            str(DRIFTD_PY),
+            "-m",
+            "driftd",
             "run",
             "--once",
             "--config",
@@ -645,6 +648,25 @@ def export_rev(rev: str, dest: Path) -> str:
     return full
 
 
+def runtime_venv() -> Path:
+    """A venv with driftd's runtime dependencies only, from ``requirements.lock`` (``--require-hashes``): what ships.
+
+    The development venv carries test tools, and some change what the runtime imports (``rich``, pulled in by
+    import-linter, is imported by structlog when installed: ~30 ms and ~5 MiB a start).  Built once per lock
+    under ``~/.cache/driftd-bench-venv-<sha256 of the lock>``; driftd itself comes from PYTHONPATH.
+    """
+    lock = REPO / "requirements.lock"
+    tag = hashlib.sha256(lock.read_bytes()).hexdigest()[:12]
+    venv = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / f"driftd-bench-venv-{tag}"
+    py = venv / "bin" / "python"
+    if not (venv / ".complete").exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "--require-hashes", "-r", str(lock)], check=True)
+        (venv / ".complete").write_text(tag + "\n")
+    return py
+
+
 def ensure_bytecode(pkg_parent: Path) -> None:
     """Compile driftd's modules as a pip install does (a shell with PYTHONDONTWRITEBYTECODE=1 would not)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -766,7 +788,9 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
         f"{m['loadavg_1m_at_end']} at end · {m['repeat']} measured runs per cell (median), 1 warm-up · "
         f"whole run {m.get('total_s', '?')} s",
         "",
-        f"Versions: {m['cfengine']} (Debian `cfengine3`) · Python {m['python']} · driftd {m['driftd']}",
+        f"Versions: {m['cfengine']} (Debian `cfengine3`) · Python {m['python']} · driftd {m['driftd']}"
+        + (" · run by a venv of the runtime lock only (`requirements.lock`)" if "driftd-bench-venv-" in m.get("driftd_python", "")
+           else f" · run by `{m['driftd_python']}`" if m.get("driftd_python") else ""),
         "",
         f"Reproduce: `{m['command']}`",
         "",
@@ -851,6 +875,8 @@ def main() -> int:
     ap.add_argument(
         "--rev", help="benchmark this git revision's driftd/ (git archive, first on PYTHONPATH) instead of the work tree"
     )
+    ap.add_argument("--python", help="interpreter that runs driftd (default: a runtime-only venv from requirements.lock, "
+                    "cached under ~/.cache)")
     ap.add_argument("--out", default=str(HERE / "results"), help="results directory")
     ap.add_argument("--name", default="vs-cfengine", help="results stem: <out>/<name>.json and .md")
     ap.add_argument("--workdir", help="where to build the trees (default: a fresh temp dir); e.g. a tmpfs")
@@ -872,8 +898,8 @@ def main() -> int:
         write_markdown(Path(args.out) / f"{args.name}.md", res)
         return 0
 
-    if not DRIFTD.exists():
-        raise SystemExit(f"{DRIFTD} not found: run with the venv's python (.venv/bin/python bench/bench_vs_cfengine.py)")
+    global DRIFTD_PY
+    DRIFTD_PY = Path(args.python) if args.python else runtime_venv()
     if not all(Path(p).exists() for p in (CF_AGENT, CF_KEY, CF_PROMISES)):
         raise SystemExit("cf-agent/cf-key not found: apt-get install -y cfengine3")
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -892,7 +918,6 @@ def main() -> int:
         if args.rev:
             full = export_rev(args.rev, base / "src")
             ensure_bytecode(base / "src")
-            env["PYTHONPATH"] = str(base / "src") + os.pathsep + env.get("PYTHONPATH", "")
             driftd_rev = f"{full[:12]} (`--rev {args.rev}`, committed tree)"
         else:
             ensure_bytecode(REPO)
@@ -900,8 +925,9 @@ def main() -> int:
                 ["git", "-C", str(REPO), "status", "--porcelain", "--", "driftd"], capture_output=True, text=True
             ).stdout.strip()
             driftd_rev = f"{git.stdout.strip() or 'unknown'} (work tree{', driftd/ has uncommitted changes' if dirty else ''})"
+        env["PYTHONPATH"] = str(base / "src" if args.rev else REPO) + os.pathsep + env.get("PYTHONPATH", "")
         probe = subprocess.run(
-            [sys.executable, "-c", "import driftd; print(driftd.__file__)"], capture_output=True, text=True, env=env, cwd=base
+            [str(DRIFTD_PY), "-c", "import driftd; print(driftd.__file__)"], capture_output=True, text=True, env=env, cwd=base
         )  # not the repo: '' is on sys.path
         cmd = " ".join(["python", "bench/bench_vs_cfengine.py", *sys.argv[1:]])
         res: dict[str, Any] = {
@@ -909,6 +935,7 @@ def main() -> int:
                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "machine": machine_info(),
                 "python": platform.python_version(),
+                "driftd_python": str(DRIFTD_PY),
                 "cfengine": cf_version(),
                 "driftd": driftd_rev,
                 "driftd_imported_from": probe.stdout.strip(),
