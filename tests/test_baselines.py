@@ -265,3 +265,98 @@ class TestDocs:
         doc = (REPO / "docs/operations.md").read_text()
         for ev in Event:
             assert f"`{ev.value}`" in doc, ev
+
+
+def _sourced_set(baselines_dir, docs: int, per_doc: int) -> tuple[Path, dict[str, bytes]]:
+    """``docs`` baselines of ``per_doc`` source files each, every source's bytes unique."""
+    files: dict[str, str | bytes] = {}
+    contents: dict[str, bytes] = {}
+    for d in range(docs):
+        rules = "\n".join(f"  - {{path: /etc/b{d}/f{i}, source: files/b{d}-{i}.conf}}" for i in range(per_doc))
+        files[f"b{d}.yaml"] = host_baseline(f"b{d}", spec="files:\n" + rules)
+        for i in range(per_doc):
+            data = f"# source {d}/{i} {'x' * (d * per_doc + i)}\n".encode()
+            files[f"files/b{d}-{i}.conf"] = contents[f"files/b{d}-{i}.conf"] = data
+    return baselines_dir(files), contents
+
+
+class TestHashedOnce:
+    def test_every_source_is_hashed_once_by_load_and_compile(self, baselines_dir, monkeypatch):
+        """Load + compile feed each source's bytes to sha256 once (its digest), plus the set version's stream."""
+        import hashlib
+
+        from driftd.core.compile import compile_host
+
+        bdir, contents = _sourced_set(baselines_dir, docs=3, per_doc=4)
+        real = hashlib.sha256
+        fed: list[bytes] = []
+
+        class Counting:
+            def __init__(self, data: bytes = b"", **kw: object) -> None:
+                self._h = real(data, **kw)
+                fed.append(bytes(data))
+
+            def update(self, data: bytes) -> None:
+                fed.append(bytes(data))
+                self._h.update(data)
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(self._h, name)
+
+        monkeypatch.setattr(hashlib, "sha256", Counting)
+        bset, problems = load_set(bdir)
+        assert bset is not None, problems
+        desired = compile_host(bset.baselines, bset.sources, "n", {})
+        monkeypatch.setattr(hashlib, "sha256", real)
+        for rel, data in contents.items():
+            alone = sum(1 for f in fed if f == data)
+            within = sum(1 for f in fed if data in f)
+            # once on its own (the digest everything reuses), once in the version's stream (src NUL bytes)
+            assert (alone, within) == (1, 2), rel
+            key = (rel.split("-")[0].removeprefix("files/"), rel)
+            assert bset.source_digests[key] == real(data).hexdigest() == bset.file_digests[rel]
+        by_path = {d.address: d.expected["content"] for d in desired}
+        assert by_path["/etc/b1/f2"] == "sha256:" + real(contents["files/b1-2.conf"]).hexdigest()
+
+    def test_baseline_hashes_are_linear_in_the_sources(self, tmp_path, monkeypatch):
+        """The per-baseline hash does not walk every source once per baseline (work 4x the docs: ~4x, not ~16x)."""
+        import builtins
+
+        from driftd.baselines import loader
+
+        work = 0
+
+        def counting_sorted(items, **kw):
+            nonlocal work
+            out = builtins.sorted(items, **kw)
+            work += len(out)
+            return out
+
+        monkeypatch.setattr(loader, "sorted", counting_sorted, raising=False)
+        counts = []
+        for docs in (10, 40):
+            small, _ = _sourced_set(lambda files, d=docs: _write_at(tmp_path / f"s{d}", files), docs, 5)
+            work = 0
+            bset, problems = load_set(small)
+            assert bset is not None, problems
+            counts.append(work)
+        assert counts[1] < 6 * counts[0], counts
+
+    def test_hashes_follow_source_bytes_only_of_their_own_baseline(self, baselines_dir):
+        """A changed source changes its baseline's hash and the version, not the other baselines' hashes."""
+        bdir, _ = _sourced_set(baselines_dir, docs=2, per_doc=2)
+        before = load_set(bdir)[0]
+        (bdir / "files/b1-0.conf").write_bytes(b"changed\n")
+        after = load_set(bdir)[0]
+        assert before is not None and after is not None
+        assert before.hashes["b0"] == after.hashes["b0"]
+        assert before.hashes["b1"] != after.hashes["b1"]
+        assert before.version != after.version
+
+
+def _write_at(root: Path, files: dict[str, str | bytes]) -> Path:
+    for name, text in files.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return root

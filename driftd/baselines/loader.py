@@ -8,7 +8,9 @@ returns either a complete :class:`BaselineSet` or the problems, each as
 ``FILE:LINE: field: reason``.  Never a partial set.
 
 It also records the sha256 of every file it read (``BaselineSet.file_digests``, what a set's
-manifest lists); given ``allowed_signers`` (setting ``require_signature``), a set is only
+manifest lists), each computed once (:func:`_sha256`) and reused: a ``source:`` file's digest
+(``BaselineSet.source_digests``) is its manifest line, its part of its baseline's hash and, through
+:class:`~driftd.core.kinds.file.SourceBytes`, the desired digest compile gives the file; given ``allowed_signers`` (setting ``require_signature``), a set is only
 complete when :func:`driftd.baselines.signing.verify_set` accepts its signature over exactly
 those bytes, so an unsigned, wrongly signed or altered set is rejected like an invalid one.
 """
@@ -32,6 +34,7 @@ from driftd.baselines.guardrails import DEFAULT as DEFAULT_GUARDRAILS
 from driftd.baselines.guardrails import Guardrails, findings
 from driftd.baselines.manifest import SIGNATURE_FILE, check_path
 from driftd.core import kinds
+from driftd.core.kinds.file import SourceBytes
 from driftd.core.selectors import may_overlap
 from driftd.models.baseline import HostBaseline, Rule
 from driftd.models.container import ContainerBaseline
@@ -69,6 +72,7 @@ class BaselineSet:
     warnings: tuple[Problem, ...] = ()
     file_digests: dict[str, str] = field(default_factory=dict)  # every file read: relative path -> sha256
     signed_by: str | None = None  # who signed it, when the signature was verified
+    source_digests: dict[tuple[str, str], str] = field(default_factory=dict)  # key of ``sources`` -> sha256 hex
 
     @classmethod
     def empty(cls, directory: str = "") -> BaselineSet:
@@ -431,11 +435,19 @@ def _check_container(doc: _Doc, b: ContainerBaseline, problems: list[Problem]) -
             )
 
 
+def _sha256(data: bytes) -> str:
+    """The one place a file's bytes are hashed (hex sha256): manifest, baseline hash and compile reuse it."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def _load_sources(
-    doc: _Doc, root: Path, max_bytes: int, problems: list[Problem], sources: dict[tuple[str, str], bytes], digest: Any
+    doc: _Doc, root: Path, max_bytes: int, problems: list[Problem], sources: SourceBytes, digest: Any,
+    digests: dict[str, str],
 ) -> None:
+    """Read the ``source:`` files of ``doc``: bytes and sha256 into ``sources``, one manifest line each."""
     if not isinstance(doc.model, HostBaseline):
         return
+    base = Path(doc.base_dir).as_posix()
     root_real = os.path.realpath(root)
     real_dirs: dict[str, str] = {}  # each source directory resolved once (10,000 sources: one realpath, not 10,000)
     for i, f in enumerate(doc.model.spec.files):
@@ -470,8 +482,12 @@ def _load_sources(
             for s in sub:
                 problems.append(Problem(doc.file, doc.line_of(loc), _fmt_loc(loc), f"source {f.source!r}: {s.reason}"))
             continue
-        sources[(doc.model.metadata.name, f.source)] = data
-        digest.update(f.source.encode() + b"\0" + data)
+        key = (doc.model.metadata.name, f.source)
+        sources[key] = data
+        sources.digests[key] = hexdigest = _sha256(data)
+        digest.update(f.source.encode() + b"\0" + data)  # the set's version: as ever (signed sets keep theirs)
+        rel = posixpath.normpath(posixpath.join(base, f.source))  # as written, ``..`` folded
+        _record(digests, rel, hexdigest, str(root / rel), problems)
 
 
 def _yaml_files(directory: Path) -> list[Path]:
@@ -519,7 +535,7 @@ def _load_set(directory: str | os.PathLike[str], max_file_bytes: int, guardrails
         if raw is None:
             continue
         set_digest.update(rel.encode() + b"\0" + raw)
-        _record(digests, path.relative_to(root).as_posix(), raw, shown, problems)
+        _record(digests, path.relative_to(root).as_posix(), _sha256(raw), shown, problems)
         for doc in _parse(shown, raw, problems):
             doc.base_dir = str(Path(rel).parent)
             docs.append(doc)
@@ -527,26 +543,17 @@ def _load_set(directory: str | os.PathLike[str], max_file_bytes: int, guardrails
         _validate(doc, problems)
     valid = [d for d in docs if d.model is not None]
     _check_set(valid, problems, guardrails)
-    sources: dict[tuple[str, str], bytes] = {}
+    sources = SourceBytes()
     for doc in valid:
-        _load_sources(doc, root, max_file_bytes, problems, sources, set_digest)
-    _record_sources(valid, root, sources, digests, problems)
+        _load_sources(doc, root, max_file_bytes, problems, sources, set_digest, digests)
     signed_by = None
     if allowed_signers is not None and not any(p.severity == "error" for p in problems):
         signed_by = _check_signature(root, digests, set_digest.hexdigest()[:12], allowed_signers, problems)
     errors = sorted(p for p in problems if p.severity == "error")
     if errors:
         return None, sorted(problems)
-    hashes: dict[str, str] = {}
-    files: dict[str, str] = {}
-    for doc in valid:
-        assert doc.model is not None
-        h = hashlib.sha256(json.dumps(doc.model.model_dump(mode="json", by_alias=True), sort_keys=True).encode())
-        for (bname, src), data in sorted(sources.items()):
-            if bname == doc.model.metadata.name:
-                h.update(src.encode() + b"\0" + data)
-        hashes[doc.model.metadata.name] = h.hexdigest()[:12]
-        files[doc.model.metadata.name] = doc.file
+    hashes = _baseline_hashes(valid, sources.digests)
+    files = {d.model.metadata.name: d.file for d in valid if d.model is not None}
     bset = BaselineSet(
         directory=str(root),
         baselines=tuple(d.model for d in valid if d.model is not None),
@@ -557,32 +564,35 @@ def _load_set(directory: str | os.PathLike[str], max_file_bytes: int, guardrails
         warnings=tuple(sorted(problems)),
         file_digests=digests,
         signed_by=signed_by,
+        source_digests=sources.digests,
     )
     return bset, sorted(problems)
 
 
-def _record(digests: dict[str, str], rel: str, data: bytes, shown: str, problems: list[Problem]) -> None:
-    """One file of the set's manifest (what a signature covers)."""
+def _baseline_hashes(docs: list[_Doc], source_digests: dict[tuple[str, str], str]) -> dict[str, str]:
+    """Each baseline's hash: its model, then its sources' names and digests (one pass over the sources)."""
+    by_name: dict[str, list[tuple[str, str]]] = {}
+    for (bname, src), hexdigest in source_digests.items():
+        by_name.setdefault(bname, []).append((src, hexdigest))
+    hashes: dict[str, str] = {}
+    for doc in docs:
+        assert doc.model is not None
+        name = doc.model.metadata.name
+        h = hashlib.sha256(json.dumps(doc.model.model_dump(mode="json", by_alias=True), sort_keys=True).encode())
+        for src, hexdigest in sorted(by_name.get(name, ())):
+            h.update(src.encode() + b"\0" + hexdigest.encode() + b"\n")
+        hashes[name] = h.hexdigest()[:12]
+    return hashes
+
+
+def _record(digests: dict[str, str], rel: str, hexdigest: str, shown: str, problems: list[Problem]) -> None:
+    """One file of the set's manifest (what a signature covers), by the sha256 already computed."""
     why = check_path(rel)
     if why is not None:
         problems.append(Problem(shown, 1, "(file)", f"cannot be listed in the set's manifest: {why}"))
         return
-    digest = hashlib.sha256(data).hexdigest()
-    if digests.setdefault(rel, digest) != digest:
+    if digests.setdefault(rel, hexdigest) != hexdigest:
         problems.append(Problem(shown, 1, "(file)", "changed while the set was being loaded; try again"))
-
-
-def _record_sources(docs: list[_Doc], root: Path, sources: dict[tuple[str, str], bytes], digests: dict[str, str],
-                    problems: list[Problem]) -> None:
-    """The ``source:`` files read, by their path relative to the directory (as written, ``..`` folded)."""
-    for doc in docs:
-        if not isinstance(doc.model, HostBaseline):
-            continue
-        for f in doc.model.spec.files:
-            data = None if f.source is None else sources.get((doc.model.metadata.name, f.source))
-            if f.source is not None and data is not None:
-                rel = posixpath.normpath(posixpath.join(Path(doc.base_dir).as_posix(), f.source))
-                _record(digests, rel, data, str(root / rel), problems)
 
 
 def _check_signature(root: Path, digests: dict[str, str], version: str, allowed_signers: str | os.PathLike[str],

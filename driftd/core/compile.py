@@ -24,7 +24,8 @@ def compile_host(
 ) -> list[DesiredResource]:
     """Desired host resources for this node, directories first (by depth) so parents exist before files.
 
-    ``sources`` maps (baseline name, source file) to the bytes the loader read.
+    ``sources`` maps (baseline name, source file) to the bytes the loader read; when it is the
+    loader's :class:`~driftd.core.kinds.file.SourceBytes`, their digests are the loader's (no re-hash).
     """
     out: list[tuple[tuple[int, int], DesiredResource]] = []
     labels = dict(node_labels)

@@ -2,7 +2,8 @@
 
 Pipeline position: compile (``spec.files``), claim, observe, plan and apply of host files;
 I/O through ``HostPort``.  Drifted bytes are snapshotted by the adapter before a rewrite or
-removal (``overwrites``); a file with several hard links is never chmod/chowned.
+removal (``overwrites``); a file with several hard links is never chmod/chowned.  A ``source:``
+file's digest comes from the loader (:class:`SourceBytes`), which hashed its bytes once.
 """
 
 from __future__ import annotations
@@ -40,6 +41,26 @@ def _hard_linked(observed: ObservedResource) -> str | None:
     return None
 
 
+class SourceBytes(dict[tuple[str, str], bytes]):
+    """(baseline name, source) -> the bytes the loader read, with each one's sha256 (hex) in ``digests``.
+
+    The loader hashes every source once and hands both over, so compile does not hash them again;
+    a plain mapping of bytes (tests, tools) still compiles, hashed here.
+    """
+
+    __slots__ = ("digests",)
+
+    def __init__(self, data: Mapping[tuple[str, str], bytes] | None = None,
+                 digests: dict[tuple[str, str], str] | None = None) -> None:
+        super().__init__(data or {})
+        self.digests: dict[tuple[str, str], str] = {} if digests is None else digests
+
+
+def _source_digest(sources: Mapping[tuple[str, str], bytes], key: tuple[str, str], content: bytes) -> str:
+    known = sources.digests.get(key) if isinstance(sources, SourceBytes) else None
+    return content_digest(content) if known is None else "sha256:" + known
+
+
 class FileHandler(Handler[HostPort]):
     target = "host"
     kind = "file"
@@ -61,10 +82,11 @@ class FileHandler(Handler[HostPort]):
             expected = {"present": True, "type": "file"}
             if rule.content is not None:
                 content = rule.content.encode("utf-8")
-            elif rule.source is not None:
-                content = sources[(b.metadata.name, rule.source)]
-            if content is not None:
                 expected["content"] = content_digest(content)
+            elif rule.source is not None:
+                key = (b.metadata.name, rule.source)
+                content = sources[key]
+                expected["content"] = _source_digest(sources, key, content)
             expected.update(attrs(rule))
         sensitive = frozenset({"content"}) if rule.sensitive else frozenset()
         return host_resource(b, ResourceKey.host("file", rule.path), "file", rule.path, expected, sensitive, content)
