@@ -18,6 +18,7 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,7 @@ from driftd.models.resources import (
     ReportResult,
     ResourceResult,
 )
+from driftd.models.table import DesiredTable
 from driftd.observability.audit import AuditLog, drift_digests
 from driftd.observability.logging import Event, get_logger, set_baseline_version
 from driftd.safety.breaker import Threshold, evaluate
@@ -125,6 +127,15 @@ class ScanReport:
     keys: frozenset[str] = frozenset()  # the resources this scan observed
 
 
+def _scan_order(static: DesiredTable, discovered: dict[str, DesiredResource]) -> Iterator[tuple[str, DesiredResource]]:
+    """Every resource of a scan once, each built as it is reached; a discovered one wins over a static one."""
+    for key, d in static.items():
+        yield key, discovered.get(key, d)
+    for key, d in discovered.items():
+        if key not in static:
+            yield key, d
+
+
 class Engine:
     """Owns the desired state of every target and reconciles keys against it."""
 
@@ -159,7 +170,7 @@ class Engine:
         self._by_prefix: dict[str, str] = {str(getattr(t, "key_prefix", name)): name for name, t in targets.items()}
         self.log = get_logger()
         self.baselines = BaselineSet.empty()
-        self._desired: dict[str, DesiredResource] = {}
+        self._desired: DesiredTable = DesiredTable()
         self._swap = threading.Lock()
         self.outcomes: dict[str, Outcome] = {}
         self._last_full = -float("inf")
@@ -288,10 +299,8 @@ class Engine:
     # ------------------------------------------------------------------ baselines
     def set_baselines(self, bset: BaselineSet) -> None:
         """Swap in a complete baseline set (atomic for concurrent reconciles)."""
-        desired: dict[str, DesiredResource] = {}
-        for target in self.targets.values():
-            for r in target.desired(bset, self.node):
-                desired[r.key] = r
+        # rows as each target compiles them: the set is never held as models (models/table.py)
+        desired = DesiredTable(r for target in self.targets.values() for r in target.desired(bset, self.node))
         with self._swap:
             self.baselines = bset
             self._desired = desired
@@ -307,7 +316,8 @@ class Engine:
         return self._by_prefix.get(prefix, prefix)
 
     @property
-    def desired(self) -> dict[str, DesiredResource]:
+    def desired(self) -> DesiredTable:
+        """The static desired set (host resources, compiled at load); containers and pods are discovered per scan."""
         with self._swap:
             return self._desired
 
@@ -319,26 +329,31 @@ class Engine:
         full = mono - self._last_full >= full_rehash_interval
         if full:
             self._last_full = mono
-        desired = dict(self.desired)
+        static = self.desired
+        discovered: dict[str, DesiredResource] = {}
         per_target: dict[str, list[int]] = {name: [0, 0, 0] for name in self.targets}
         down: dict[str, str] = {}
         for name, t in self.targets.items():
             t.begin_pass(full=full)
             try:
                 for r in t.discover():
-                    desired[r.key] = r
+                    discovered[r.key] = r
             except TargetError as e:
                 down[name] = str(e)
                 per_target[name][2] += 1
                 self.log.warning(Event.OBSERVE_FAILED, target=name, error=str(e))
-        report = ScanReport(resources=len(desired), targets_down=down, keys=frozenset(desired))
-        self.log.debug(Event.SCAN_STARTED, resources=len(desired), full=full)
+        keys = frozenset(static).union(discovered)
+        report = ScanReport(resources=len(keys), targets_down=down, keys=keys)
+        self.log.debug(Event.SCAN_STARTED, resources=len(keys), full=full)
         active = self.state.active()
         rows: dict[str, ResourceResult] = {}
         to_enqueue: list[str] = []
         seen_at = self.clock.time()
         per_baseline: dict[str, list[int]] = {}  # baseline -> [resources, drifting, drifting to a retirement]
-        for key, d in desired.items():
+        bad_baselines: set[str] = set()  # of a target down or a resource that could not be observed
+        for key, d in _scan_order(static, discovered):
+            if d.target in down:
+                bad_baselines.add(d.baseline)
             counts = per_target[d.target]
             counts[0] += 1
             try:
@@ -350,6 +365,7 @@ class Engine:
                 report.errors += 1
                 counts[2] += 1
                 report.errors_by_key[key] = str(e)
+                bad_baselines.add(d.baseline)
                 self.outcomes[key] = Outcome(
                     key=key, status=OutcomeStatus.ERROR, address=d.address, baseline=d.baseline, target=d.target, error=str(e)
                 )
@@ -374,7 +390,6 @@ class Engine:
             if self.reporters:
                 rows[key] = self._row(d, ReportResult.FAIL if drift else ReportResult.PASS,
                                       ", ".join(f.field for f in drift) or "compliant")
-        bad_baselines = {d.baseline for k, d in desired.items() if d.target in down or k in report.errors_by_key}
         self._evaluate_breakers({REVERT: {b: (c[0], c[1]) for b, c in per_baseline.items()},
                                  RETIREMENT: {b: (c[0], c[2]) for b, c in per_baseline.items()}},
                                 set(per_baseline) - bad_baselines)
@@ -382,7 +397,7 @@ class Engine:
         for key in to_enqueue:
             rec = active.get(key)
             queue.add(key, urgent=rec is not None and rec.deadline <= due)
-        for key in active.keys() - desired.keys():
+        for key in active.keys() - keys:
             if self.target_name(key) not in down:
                 queue.add(key)  # gone or no longer governed: the reconciler closes the record
         report.duration = time.perf_counter() - started
