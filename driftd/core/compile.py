@@ -8,11 +8,11 @@ them against ``<host-root>/etc/passwd`` and ``/etc/group``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from driftd.core import kinds
 from driftd.core.selectors import matches
-from driftd.models.baseline import HostBaseline
+from driftd.models.baseline import HostBaseline, Rule
 from driftd.models.resources import DesiredResource
 
 
@@ -27,14 +27,24 @@ def compile_host(
     ``sources`` maps (baseline name, source file) to the bytes the loader read; when it is the
     loader's :class:`~driftd.core.kinds.file.SourceBytes`, their digests are the loader's (no re-hash).
     """
-    out: list[tuple[tuple[int, int], DesiredResource]] = []
+    return list(iter_host(baselines, sources, node_name, node_labels))
+
+
+def iter_host(
+    baselines: Iterable[object],
+    sources: Mapping[tuple[str, str], bytes],
+    node_name: str,
+    node_labels: Mapping[str, str],
+) -> Iterator[DesiredResource]:
+    """:func:`compile_host` one resource at a time: the rules are put in order first, then each is compiled
+    as the caller reaches it, so a caller that keeps compact rows (``models/table.py``) never holds them all."""
+    order: list[tuple[tuple[int, int], int, HostBaseline, Rule]] = []
     labels = dict(node_labels)
     for b in baselines:
         if not isinstance(b, HostBaseline) or not matches(b.spec.selector, node_name, labels):
             continue
         for _field, _index, rule in b.spec.rules():
-            handler = kinds.rule_handler(rule)
-            d = handler.compile(b, rule, sources)
-            out.append((handler.sort_key(d), d))
-    out.sort(key=lambda kd: kd[0])  # stable: baseline order within a kind
-    return [d for _, d in out]
+            order.append((kinds.rule_handler(rule).sort_key(rule), len(order), b, rule))
+    order.sort(key=lambda o: o[:2])  # stable: baseline order within a kind
+    for _key, _seq, b, rule in order:
+        yield kinds.rule_handler(rule).compile(b, rule, sources)

@@ -8,7 +8,7 @@ imports its client library.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -31,8 +31,8 @@ class NodeInfo:
 class Target(Protocol):
     name: str
 
-    def desired(self, baselines: BaselineSet, node: NodeInfo) -> list[DesiredResource]:
-        """Resources this target governs on this node, fully resolved (ids, digests)."""
+    def desired(self, baselines: BaselineSet, node: NodeInfo) -> Iterable[DesiredResource]:
+        """Resources this target governs on this node, fully resolved (ids, digests); may be a stream."""
 
     def discover(self) -> list[DesiredResource]:
         """Resources that come and go (containers, pods), listed once per scan; [] for static targets."""

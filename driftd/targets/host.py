@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from driftd.baselines.loader import BaselineSet
 from driftd.core import kinds
-from driftd.core.compile import compile_host
+from driftd.core.compile import iter_host
 from driftd.core.kinds.ports import StatLike
 from driftd.models.keys import sysctl_path
 from driftd.models.resources import Action, ActResult, DesiredResource, ObservedResource, Plan
@@ -88,12 +88,11 @@ class HostTarget:
         except (OSError, UnsafePathError, ParentMissingError):
             return {}
 
-    def desired(self, baselines: BaselineSet, node: NodeInfo) -> list[DesiredResource]:
-        resources = compile_host(baselines.baselines, baselines.sources, node.name, node.labels)
+    def desired(self, baselines: BaselineSet, node: NodeInfo) -> Iterator[DesiredResource]:
+        """The host resources of this node in order, each compiled as the caller reaches it (the engine keeps rows)."""
         users = self._id_db("/etc/passwd")
         groups = self._id_db("/etc/group")
-        out = []
-        for r in resources:
+        for r in iter_host(baselines.baselines, baselines.sources, node.name, node.labels):
             exp = r.expected
             owner, group = exp.get("owner"), exp.get("group")
             if isinstance(owner, str) or isinstance(group, str):
@@ -104,8 +103,7 @@ class HostTarget:
                 if isinstance(group, str) and group in groups:
                     exp["group"] = groups[group]
                 r = r.model_copy(update={"expected": exp})
-            out.append(r)
-        return out
+            yield r
 
     def discover(self) -> list[DesiredResource]:
         """Nothing to list (host resources are static, all from ``desired``), but a missing root is a target down."""

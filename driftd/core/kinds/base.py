@@ -55,8 +55,8 @@ class Handler(Generic[PortT]):
     def compile(self, b: HostBaseline, rule: Any, sources: Mapping[tuple[str, str], bytes]) -> DesiredResource:
         raise NotImplementedError(f"{self.kind} is discovered, not compiled from a rule")
 
-    def sort_key(self, desired: DesiredResource) -> tuple[int, int]:
-        """Order of compiled resources (directories by depth before files, ...)."""
+    def sort_key(self, rule: Any) -> tuple[int, int]:
+        """Order of a rule's compiled resource (directories by depth before files, ...), known before compiling it."""
         return (self.order, 0)
 
     # ------------------------------------------------------------------ pipeline

@@ -42,8 +42,8 @@ class DirectoryHandler(Handler[HostPort]):
         expected: dict[str, object] = {"present": True, "type": "directory", **attrs(rule)}
         return host_resource(b, ResourceKey.host("directory", rule.path), "directory", rule.path, expected)
 
-    def sort_key(self, desired: DesiredResource) -> tuple[int, int]:
-        return (self.order, desired.address.count("/"))  # parents before children
+    def sort_key(self, rule: ManagedDirectory) -> tuple[int, int]:
+        return (self.order, rule.path.count("/"))  # parents before children (a directory's address is its path)
 
     def observe(self, port: HostPort, desired: DesiredResource) -> ObservedResource:
         return observe_path(port, desired)
