@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 from collections.abc import Callable, Iterator
 
 from driftd.baselines.loader import BaselineSet
@@ -24,8 +25,6 @@ from driftd.safety.snapshots import SnapshotError, SnapshotStore
 from driftd.targets.base import NodeInfo, TargetError
 from driftd.targets.safefs import NO_SPACE_ERRNOS, ParentMissingError, SafeRoot, UnsafePathError
 
-_StatKey = tuple[int, int, int, int, int]
-
 
 def parse_id_db(text: str) -> dict[str, int]:
     """``name -> id`` from passwd/group formatted text (fields separated by ':')."""
@@ -37,26 +36,35 @@ def parse_id_db(text: str) -> dict[str, int]:
     return out
 
 
+_STAT = struct.Struct("<QQqqq")  # dev, ino, size, mtime_ns, ctime_ns
+_STAT_BYTES = _STAT.size
+
+
+def _pack_stat(st: os.stat_result) -> bytes:
+    return _STAT.pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class HostIO(SafeRoot):
     """The host kinds' port (``core.kinds.ports.HostPort``): SafeRoot plus a content-digest cache."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         super().__init__(root)
-        self.hash_cache: dict[str, tuple[_StatKey, str]] = {}
+        # path -> the stat key packed (40 bytes) + the raw sha256 (32): one bytes object of ~105 B per file, where
+        # a tuple of five ints and the "sha256:..." string took ~370 B (10,000 files: 1.0 instead of 3.5 MiB)
+        self.hash_cache: dict[str, bytes] = {}
 
     def digest(self, path: str, st: StatLike) -> str:
         """sha256 of the file, re-hashed only when (dev, ino, size, mtime, ctime) changed."""
         assert isinstance(st, os.stat_result)
-        skey = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        skey = _pack_stat(st)
         cached = self.hash_cache.get(path)
-        if cached is not None and cached[0] == skey:
-            return cached[1]
+        if cached is not None and cached.startswith(skey):
+            return "sha256:" + cached[_STAT_BYTES:].hex()
         # the key is the stat of the very bytes hashed (fstat of the open file), not the lstat taken before:
         # a file replaced in between must not have its new digest cached under the old file's stat
         read_st, digest = self.sha256_of(path)
         if read_st is not None:
-            self.hash_cache[path] = ((read_st.st_dev, read_st.st_ino, read_st.st_size, read_st.st_mtime_ns,
-                                      read_st.st_ctime_ns), digest)
+            self.hash_cache[path] = _pack_stat(read_st) + bytes.fromhex(digest.removeprefix("sha256:"))
         else:
             self.hash_cache.pop(path, None)
         return digest
