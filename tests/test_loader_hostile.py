@@ -192,3 +192,105 @@ class TestHostileInput:
         problems = self._load_bounded(tmp_path, text)
         assert any("no YAML document" in p.reason or "expected a mapping" in p.reason for p in problems), problems
 
+
+
+# every kind of text the loader meets: plain baselines, YAML features left to PyYAML, hostile and broken files
+LEAN_CORPUS = [
+    *(p.read_text() for p in sorted((REPO / "baselines").glob("*.yaml"))),
+    host_baseline("a", "files:\n  - path: /etc/a\n    mode: '0600'\n    mode: '0644'\n  - {path: /b, path: /c}\n"),
+    "a: 1\nb: 1.5\nc: true\nd: null\ne: ~\nf: 2001-12-14\ng: 2001-12-14t21:59:43.10-05:00\nh: !!binary aGVsbG8=\n",
+    "a: '0644'\nb: 0644\nc: 0o17\nd: 0x1F\ne: .inf\nf: -.nan\ng: yes\nh: 'yes'\n1: int key\n'1': str key\n",
+    "a: 1\na: 2\nb: {c: 1, c: 2, d: [ {e: 1, e: 1} ]}\n",
+    "top: [1, [2, [3, {k: v}]], '', \"\"]\nempty: {}\nnone:\n",
+    "---\na: 1\n---\n- 1\n- 2\n---\nplain scalar\n",
+    "m: !!map {a: 1}\ns: !!seq [1]\nt: !!str 12\nu: ! 12\n",
+    "base: &b {x: 1}\nuse: *b\n",
+    "base: &b {x: 1}\nuse:\n  <<: *b\n  y: 2\n",
+    "s: !!set {a, b}\n",
+    "? [a, b]\n: complex key\n",
+    "x: !custom 1\n",
+    "= : value key\n",
+    "d: 2001-13-45\n",  # the timestamp constructor raises
+    "b: !!binary '%%%'\n",
+    "a: 1\n---\nb: [\n",  # a parser error in the second document
+    "a: 1\na: 1\n---\nb: {c\n",
+    "x: [" * 70 + "]" * 70 + "\n",
+    "a: " + "{k: " * 66 + "v" + "}" * 66 + "\n",
+    laughs(4),
+    "a: &a [*a]\n",
+    "",
+    "# a comment only\n",
+    "---\n",
+    "- just\n- a list\n",
+]
+
+
+class TestLeanParse:
+    @pytest.mark.parametrize("text", LEAN_CORPUS, ids=range(len(LEAN_CORPUS)))
+    def test_lean_parse_equals_the_composer(self, text):
+        """Events-built documents give the composer's data, problems (lines) and node lines, for every input."""
+        lean_p: list[loader.Problem] = []
+        comp_p: list[loader.Problem] = []
+        try:
+            comp = loader._parse_composed("f.yaml", text, comp_p)
+        except Exception as e:  # PyYAML's own failure (a complex key): the same one either way
+            with pytest.raises(type(e)):
+                loader._parse("f.yaml", text.encode(), lean_p)
+            return
+        lean = loader._parse("f.yaml", text.encode(), lean_p)
+        assert lean_p == comp_p
+        assert [d.data for d in lean] == [d.data for d in comp]
+        assert [type(d.data) for d in lean] == [type(d.data) for d in comp]
+        for a, b in zip(lean, comp, strict=True):
+            for loc in [(), ("spec",), ("spec", "files", 0, "mode"), ("spec", "files", 1, "path"), ("b", "d", 0), (1,)]:
+                assert a.line_of(loc) == b.line_of(loc), loc
+
+    def test_a_valid_set_never_composes_a_node_tree(self, baselines_dir, monkeypatch):
+        """No node tree for a valid set; an invalid document composes its file once, lazily, for its lines."""
+        composed: list[str] = []
+        real = yaml.compose_all
+
+        def counting(text, Loader):
+            composed.append(text)
+            return real(text, Loader=Loader)
+
+        monkeypatch.setattr(yaml, "compose_all", counting)
+        bdir = baselines_dir({
+            "a.yaml": host_baseline("a", "files:\n  - {path: /etc/a, source: a.conf}\n  - {path: /etc/b, mode: \"0644\"}"),
+            "b.yaml": "---\n" + host_baseline("b", HOST_RULES["sysctls"]) + "---\n" + host_baseline("c", HOST_RULES["kernel"]),
+            "a.conf": "x\n",
+        })
+        bset, problems = load_set(bdir)
+        assert bset is not None and not problems, problems
+        assert composed == []
+        (bdir / "b.yaml").write_text(
+            "---\n" + host_baseline("b", HOST_RULES["sysctls"]) + "---\n" + host_baseline("c", "kernel: {minimumRelease: \"5.10\", bogus: 1}\nnope: 2"))
+        bset, problems = load_set(bdir)
+        assert bset is None
+        assert [str(p) for p in problems] == [f"{bdir}/b.yaml:17: spec.kernel.bogus: unknown field",
+                                              f"{bdir}/b.yaml:18: spec.nope: unknown field"]
+        assert len(composed) == 1  # b.yaml, once for both problems
+
+    def test_reading_a_small_file_does_not_allocate_the_size_limit(self, tmp_path):
+        """A 300-byte file under an 8 MiB limit costs about 300 bytes (not a max-size buffer per file)."""
+        import tracemalloc
+
+        p = tmp_path / "small.conf"
+        p.write_bytes(b"x" * 300)
+        tracemalloc.start()
+        try:
+            data = loader._read(p, "small.conf", 8 * 1024 * 1024, [])
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert data == b"x" * 300
+        assert peak < 256 * 1024, peak
+
+    def test_size_limit_still_holds(self, tmp_path):
+        """Over the limit is refused; at the limit the whole file is read."""
+        p = tmp_path / "f.conf"
+        p.write_bytes(b"y" * 1000)
+        problems: list[loader.Problem] = []
+        assert loader._read(p, "f.conf", 999, problems) is None
+        assert "over the 999-byte limit" in problems[0].reason
+        assert loader._read(p, "f.conf", 1000, []) == b"y" * 1000

@@ -17,12 +17,13 @@ those bytes, so an unsigned, wrongly signed or altered set is rejected like an i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import posixpath
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,16 +83,41 @@ class BaselineSet:
 # --------------------------------------------------------------------------- YAML
 
 
+class _Text:
+    """A YAML file's text and, composed only when a line is first asked for, its documents' node trees.
+
+    A valid set never composes them: its data is built from parser events (:func:`_lean_documents`),
+    so no tree of nodes with their Marks is held for a whole document, let alone a whole set.
+    """
+
+    def __init__(self, text: str, roots: list[yaml.Node] | None = None) -> None:
+        self.text = text
+        self._roots = roots
+
+    def roots(self) -> list[yaml.Node]:
+        if self._roots is None:
+            roots: list[yaml.Node] = []
+            with contextlib.suppress(yaml.YAMLError):  # the documents before an error are the ones the loader kept
+                roots.extend(r for r in yaml.compose_all(self.text, Loader=_Loader) if r is not None)
+            self._roots = roots
+        return self._roots
+
+
 @dataclass
 class _Doc:
     file: str
-    root: yaml.Node
+    text: _Text
+    index: int  # of the document in its file
     data: Any
     model: AnyBaseline | None = None
     base_dir: str = ""
 
+    @property
+    def root(self) -> yaml.Node:
+        return self.text.roots()[self.index]
+
     def line_of(self, loc: tuple[str | int, ...]) -> int:
-        """1-based line of the deepest node reachable along ``loc``."""
+        """1-based line of the deepest node reachable along ``loc`` (composes the file on first use)."""
         node = self.root
         line = node.start_mark.line
         for part in loc:
@@ -130,6 +156,7 @@ _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "null", "bool", "int", "float", "binary", "timestamp"))
 _DUP_REASON = "duplicate key (YAML would silently keep the last one)"
+_RESOLVER = yaml.resolver.Resolver()
 
 
 class _SlowPath(Exception):
@@ -256,7 +283,11 @@ def _read(path: Path, rel: str, max_bytes: int, problems: list[Problem]) -> byte
             if size > max_bytes:
                 problems.append(Problem(rel, 1, "(file)", f"file is {size} bytes, over the {max_bytes}-byte limit"))
                 return None
-            return fh.read(max_bytes + 1)
+            # as read(max_bytes + 1), without allocating max_bytes for every small file (and grown files still caught)
+            data = fh.read(size + 1)
+            if size < len(data) <= max_bytes:
+                data += fh.read(max_bytes + 1 - len(data))
+            return data
     except PermissionError:
         problems.append(Problem(rel, 1, "(file)", "permission denied"))
     except IsADirectoryError:
@@ -266,6 +297,102 @@ def _read(path: Path, rel: str, max_bytes: int, problems: list[Problem]) -> byte
     return None
 
 
+_NO_KEY: Any = object()
+
+
+class _Frame:
+    """An open mapping or sequence of :func:`_lean_documents`: its object, path and (mapping) keys seen."""
+
+    __slots__ = ("key", "obj", "path", "seen", "sub")
+
+    def __init__(self, obj: dict[Any, Any] | list[Any], path: str) -> None:
+        self.obj = obj
+        self.path = path
+        self.seen: set[str] = set()
+        self.key: Any = _NO_KEY  # a mapping's key waiting for its value
+        self.sub = ""  # that key's dotted path
+
+
+def _lean_documents(text: str) -> Iterator[tuple[Any, list[tuple[int, str, str]]]]:
+    """Plain data and duplicate keys of each document, built from the parser's events (no node tree).
+
+    Gives what :func:`_fast_construct` gives over ``compose_all`` (same tags, same duplicate keys
+    and lines), and raises _SlowPath where it would (aliases and anchors, merge keys, explicit
+    collection tags, complex keys, a constructor's error) and past MAX_DEPTH: the caller then
+    loads the file through the composer as ever (which refuses bombs with their lines).  Parser
+    errors (yaml.YAMLError) propagate after the documents before them were yielded.
+    """
+    loader = _Loader(text)
+    ctor = yaml.constructor.SafeConstructor()
+    resolve: Callable[[type[yaml.Node], str, tuple[bool, bool]], str] = _RESOLVER.resolve
+    scalar_event, map_start, seq_start = yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent
+    try:
+        stack: list[_Frame] = []
+        dups: list[tuple[int, str, str]] = []
+        root: Any = None
+        while True:
+            ev = loader.get_event()
+            cls = type(ev)
+            if cls is scalar_event or cls is map_start or cls is seq_start:
+                if ev.anchor is not None or len(stack) > MAX_DEPTH:
+                    raise _SlowPath
+                tag = ev.tag
+                top = stack[-1] if stack else None
+                if cls is scalar_event:
+                    value = ev.value
+                    if tag is None or tag == "!":
+                        tag = resolve(yaml.ScalarNode, value, ev.implicit)
+                    if tag == _STR_TAG:
+                        obj: Any = value
+                    elif tag in _SCALAR_TAGS:
+                        try:
+                            obj = ctor.yaml_constructors[tag](ctor, yaml.ScalarNode(tag, value, ev.start_mark, ev.end_mark))
+                        except Exception as e:
+                            raise _SlowPath from e  # PyYAML's constructor decides (and raises)
+                    else:
+                        raise _SlowPath
+                    if top is not None and top.key is _NO_KEY and isinstance(top.obj, dict):
+                        sub = f"{top.path}.{value}" if top.path else value
+                        if value in top.seen:
+                            dups.append((ev.start_mark.line + 1, sub, _DUP_REASON))
+                        top.seen.add(value)
+                        top.key, top.sub = obj, sub
+                        continue
+                    frame = None
+                else:
+                    default = _MAP_TAG if cls is map_start else _SEQ_TAG
+                    if tag is not None and tag != "!" and tag != default:
+                        raise _SlowPath
+                    obj = {} if cls is map_start else []
+                    frame = _Frame(obj, "")
+                if top is None:
+                    root = obj
+                elif isinstance(top.obj, dict):
+                    if top.key is _NO_KEY:
+                        raise _SlowPath  # a collection as a key
+                    top.obj[top.key] = obj
+                    if frame is not None:
+                        frame.path = top.sub
+                    top.key = _NO_KEY
+                else:
+                    if frame is not None:
+                        frame.path = f"{top.path}[{len(top.obj)}]"
+                    top.obj.append(obj)
+                if frame is not None:
+                    stack.append(frame)
+            elif cls is yaml.MappingEndEvent or cls is yaml.SequenceEndEvent:
+                stack.pop()
+            elif cls is yaml.DocumentEndEvent:
+                yield root, dups
+                root, dups = None, []
+            elif cls is yaml.StreamEndEvent or ev is None:
+                return
+            elif cls is yaml.AliasEvent:
+                raise _SlowPath
+    finally:
+        loader.dispose()
+
+
 def _parse(rel: str, raw: bytes, problems: list[Problem]) -> list[_Doc]:
     try:
         text = raw.decode("utf-8")
@@ -273,7 +400,44 @@ def _parse(rel: str, raw: bytes, problems: list[Problem]) -> list[_Doc]:
         line = raw[: e.start].count(b"\n") + 1
         problems.append(Problem(rel, line, "(file)", f"not valid UTF-8 (byte {e.start})"))
         return []
+    try:
+        return _parse_lean(rel, text, problems)
+    except _SlowPath:
+        return _parse_composed(rel, text, problems)
+
+
+def _parse_lean(rel: str, text: str, problems: list[Problem]) -> list[_Doc]:
+    """The documents of a plain file from parser events; _SlowPath (nothing reported) for anything else."""
+    found: list[Problem] = []
     docs: list[_Doc] = []
+    src = _Text(text)
+    try:
+        for data, dups in _lean_documents(text):
+            found.extend(Problem(rel, line, fld, reason) for line, fld, reason in dups)
+            docs.append(_Doc(file=rel, text=src, index=len(docs), data=data))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        found.append(Problem(rel, line, "(yaml)", str(getattr(e, "problem", None) or e)))
+        problems.extend(found)
+        return docs
+    except _SlowPath:
+        raise
+    except Exception as e:  # anything unexpected: the composer's path decides, as it always did
+        raise _SlowPath from e
+    if not docs:
+        found.append(
+            Problem(rel, 1, "(file)", "holds no YAML document (empty, or truncated?): its rules would silently stop being enforced")
+        )
+    problems.extend(found)
+    return docs
+
+
+def _parse_composed(rel: str, text: str, problems: list[Problem]) -> list[_Doc]:
+    """The documents of a file through ``compose_all`` (aliases, tags, bombs): node trees kept for lines."""
+    docs: list[_Doc] = []
+    roots: list[yaml.Node] = []
+    src = _Text(text, roots)
     seen_any = False
     try:
         for root in yaml.compose_all(text, Loader=_Loader):
@@ -293,7 +457,8 @@ def _parse(rel: str, raw: bytes, problems: list[Problem]) -> list[_Doc]:
             else:
                 for line, fld, reason in dups:
                     problems.append(Problem(rel, line, fld, reason))
-            docs.append(_Doc(file=rel, root=root, data=data))
+            roots.append(root)
+            docs.append(_Doc(file=rel, text=src, index=len(docs), data=data))
     except _Hostile as e:
         problems.append(Problem(rel, e.line, "(yaml)", str(e)))
         return []
@@ -313,7 +478,7 @@ def _parse(rel: str, raw: bytes, problems: list[Problem]) -> list[_Doc]:
 
 
 def _validate(doc: _Doc, problems: list[Problem]) -> None:
-    data = doc.data
+    data, doc.data = doc.data, None  # the model is what stays; its plain data can go now
     if not isinstance(data, dict):
         problems.append(
             Problem(doc.file, doc.line_of(()), "(document)", "expected a mapping with apiVersion, kind, metadata, spec")
