@@ -51,6 +51,7 @@ from driftd.observability.logging import Event, get_logger, set_baseline_version
 from driftd.safety.breaker import Threshold, evaluate
 from driftd.safety.breaker import scope as breaker_scope
 from driftd.safety.breakglass import BreakGlassGate, Override, OverrideError, OverrideStore, from_annotations
+from driftd.safety.budget import BudgetGate
 from driftd.safety.chain import default_chain
 from driftd.safety.dryrun import DryRunGate
 from driftd.safety.flap import scope as flap_scope
@@ -77,10 +78,23 @@ _FOREVER = 1e18  # a guard that holds until someone (or a later scan) clears it
 
 
 class _View:
-    """The state store as the gates see it (``safety.gates.SafetyView``), at one moment."""
+    """The state store as the gates see it (``safety.gates.SafetyView``), for one plan, at one moment.
 
-    def __init__(self, state: StateStore, now: float) -> None:
+    The guards the chain asks about for this resource (its flap quarantine, its baseline's breakers) and the
+    budget's oldest held drift of its baseline are read together, in one statement, when a gate first asks;
+    the action counts come from the store's in-memory window.  Anything else is read when asked.
+    """
+
+    def __init__(self, state: StateStore, now: float, d: DesiredResource) -> None:
         self.state, self.now = state, now
+        self._scopes = (flap_scope(d.key), breaker_scope(REVERT, d.baseline), breaker_scope(RETIREMENT, d.baseline))
+        self._held = (BudgetGate.name, d.baseline)
+        self._read: tuple[dict[str, dict[str, Any]], tuple[float, str] | None] | None = None
+
+    def _inputs(self) -> tuple[dict[str, dict[str, Any]], tuple[float, str] | None]:
+        if self._read is None:
+            self._read = self.state.gate_inputs(self._scopes, self._held, self.now)
+        return self._read
 
     def count_actions(self, kind: str, since: float, *, baseline: str | None = None) -> int:
         return self.state.count_actions(kind, since, baseline=baseline)
@@ -89,9 +103,13 @@ class _View:
         return self.state.count_key_actions(key, since)
 
     def oldest_held(self, gate: str, *, baseline: str | None = None) -> tuple[float, str] | None:
+        if (gate, baseline) == self._held:
+            return self._inputs()[1]
         return self.state.oldest_held(gate, baseline=baseline)
 
     def guard(self, scope: str) -> dict[str, object] | None:
+        if scope in self._scopes:
+            return self._inputs()[0].get(scope)
         return self.state.get_guard(scope, self.now)
 
 
@@ -192,6 +210,7 @@ class Engine:
             REVERT: Threshold(br.share, br.min_resources),
             RETIREMENT: Threshold(br.retirement_share, br.retirement_min_resources),
         }
+        self._acting: dict[str, DriftRecord] = {}  # key -> its open record while the target acts (for the journal)
         for t in targets.values():
             if hasattr(t, "journal"):  # adapters that record snapshot ids durably before overwriting
                 t.journal = self._journal
@@ -199,7 +218,7 @@ class Engine:
     def _journal(self, key: str, snapshots: tuple[str, ...]) -> None:
         """Snapshot-before-overwrite as a precondition: no durable record of the snapshot, no overwrite."""
         try:
-            self.state.journal_snapshots(key, snapshots, self.clock.time())
+            self.state.journal_snapshots(key, snapshots, self.clock.time(), rec=self._acting.get(key))
         except StateError as e:
             raise TargetError(f"snapshot saved but not recorded ({e}); not overwriting", escalate=True) from None
 
@@ -528,14 +547,15 @@ class Engine:
 
     def _record_drift(self, d: DesiredResource, fields: list[dict[str, Any]], now: float, log: Any,
                       observed: ObservedResource) -> DriftRecord:
-        new = self.state.get_active(d.key) is None
-        changed = self._change_time(d, observed, now) if new else None
+        # the change time counts only for a record this call opens (an open one keeps its first_seen and deadline)
         rec = self.state.open_drift(key=d.key, target=d.target, baseline=d.baseline, address=d.address, now=now,
-                                    window_seconds=d.window.total_seconds(), fields=fields, changed_at=changed)
+                                    window_seconds=d.window.total_seconds(), fields=fields,
+                                    changed_at=self._change_time(d, observed, now))
+        new = rec.created
         if new:
             self.metrics.drifts_detected.labels(d.target, d.baseline).inc()
-            if changed is not None:
-                self.metrics.time_to_detect.labels(d.target).observe(max(0.0, now - changed))
+            if rec.changed_at is not None:
+                self.metrics.time_to_detect.labels(d.target).observe(max(0.0, now - rec.changed_at))
             log.warning(Event.DRIFT_DETECTED, address=d.address, drift=fields, deadline=rec.deadline,
                         window_s=d.window.total_seconds())
             self._notify("DriftDetected", d, "drifted: " + ", ".join(
@@ -580,7 +600,7 @@ class Engine:
         self._load_overrides()
         inp = GateInput(desired=d, plan=p, now=now, first_seen=rec.first_seen, deadline=rec.deadline,
                         baseline_hash=self.baselines.hashes.get(d.baseline, ""), changed_at=rec.changed_at)
-        return run_chain(self.gates, inp, _View(self.state, now))
+        return run_chain(self.gates, inp, _View(self.state, now, d))
 
     def _held(self, d: DesiredResource, rec: DriftRecord, p: Plan, out: Outcome, v: Verdict, now: float,
               log: Any) -> Outcome:
@@ -624,7 +644,11 @@ class Engine:
         kind = action_class(p)
         terminal: str | None = None
         try:
-            result = self._act(target, d, observed, p)
+            self._acting[d.key] = rec
+            try:
+                result = self._act(target, d, observed, p)
+            finally:
+                self._acting.pop(d.key, None)
             if Action.RETIRE_NODE in result.applied:
                 verify: tuple[FieldDrift, ...] = ()  # the node is retired; the host drift itself stays, reported
             else:
@@ -693,19 +717,23 @@ class Engine:
         for sid in shown:
             self.metrics.snapshots.labels(d.target).inc()
             log.info(Event.SNAPSHOT_SAVED, snapshot=sid, address=d.address)
-        rec = self.state.record_action(rec, now=self.clock.time(), action=action_names, result="succeeded",
-                                       snapshots=result.snapshots, kind=kind)
+        # a verified remediation closes its record in the same transaction (a retired node's drift stays open)
+        node_retired = Action.RETIRE_NODE in result.applied
+        done_at = self.clock.time()
+        rec = self.state.record_action(rec, now=done_at, action=action_names, result="succeeded",
+                                       snapshots=result.snapshots, kind=kind,
+                                       resolution=None if node_retired else "remediated")
         for done in result.applied:
             self.metrics.remediations.labels(d.target, done.value, RemediationResult.SUCCEEDED).inc()
         log.info(Event.REMEDIATION_SUCCEEDED, action=action_names, snapshots=shown, drift=fields)
-        if Action.RETIRE_NODE in result.applied:
+        if node_retired:
             self._notify("NodeRetired", d, f"node retired: {', '.join(f['field'] for f in fields)} drifted")
             out.status, out.snapshots = OutcomeStatus.RETIRED, shown
             return out  # the record stays open: the drift is still there, on a node taken out of service
         retired = {Action.RETIRE, Action.EVICT} & set(result.applied) and kind == RETIREMENT
         self._notify("DriftRetired" if retired else "DriftReverted", d,
                      f"{action_names}: {', '.join(f['field'] for f in fields)}", warning=False)
-        self._resolve(rec, d, self.clock.time(), "remediated", log)
+        self._resolve(rec, d, done_at, "remediated", log, recorded=True)
         self._update_row(d, ReportResult.PASS, f"{action_names} done; was: {', '.join(f['field'] for f in fields)}")
         out.status, out.snapshots = OutcomeStatus.REMEDIATED, shown
         return out
@@ -801,8 +829,11 @@ class Engine:
             except Exception as e:  # telling people must never break remediation
                 self.log.warning(Event.OBSERVE_FAILED, key=d.key, error=f"notification failed: {e}")
 
-    def _resolve(self, rec: DriftRecord, d: DesiredResource, now: float, resolution: str, log: Any) -> None:
-        self.state.resolve(rec, now=now, resolution=resolution)
+    def _resolve(self, rec: DriftRecord, d: DesiredResource, now: float, resolution: str, log: Any, *,
+                 recorded: bool = False) -> None:
+        """Close the drift record (``recorded``: the state write already did), count and log it."""
+        if not recorded:
+            self.state.resolve(rec, now=now, resolution=resolution)
         if resolution == "remediated":
             since = rec.changed_at if rec.changed_at is not None else rec.first_seen
             self.metrics.time_to_remediate.labels(d.target).observe(max(0.0, now - since))

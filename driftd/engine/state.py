@@ -103,9 +103,10 @@ class DriftRecord:
     updated_at: float = 0.0
     held: dict[str, Any] | None = None  # terminal failure: not acted on again while this fingerprint holds
     changed_at: float | None = None  # when the drift happened, where known (else first_seen stands for it)
+    created: bool = field(default=False, compare=False, repr=False)  # opened by this call (not persisted)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "created"}
 
 
 class StateError(Exception):
@@ -117,6 +118,14 @@ _COLS = (
     "last_action, last_result, last_error, fields, snapshots, breached, resolved_at, resolution, updated_at, held, "
     "changed_at"
 )
+
+
+# open_drift: a new row unless an open one exists (the partial unique index drift_active_key), else update that one
+_OPEN_INSERT = (
+    "INSERT INTO drift (key, target, baseline, address, first_seen, deadline, fields, updated_at, changed_at) "  # noqa: S608
+    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING {_COLS}"
+)
+_OPEN_UPDATE = f"UPDATE drift SET fields=?, baseline=?, updated_at=? WHERE key=? AND resolved_at IS NULL RETURNING {_COLS}"  # noqa: S608
 
 
 def _row(r: tuple[Any, ...]) -> DriftRecord:
@@ -223,6 +232,7 @@ class StateStore:
         self.dir = Path(state_dir)
         self.readonly = readonly
         db = self.dir / DB_NAME
+        self._jconn: sqlite3.Connection | None = None
         try:
             if readonly:
                 if not db.is_file() or db.is_symlink():
@@ -251,6 +261,12 @@ class StateStore:
                 self._conn.execute("PRAGMA journal_size_limit=4194304")
                 self._conn.executescript(_SCHEMA)
                 self._migrate()
+                # the journal of snapshot ids before an overwrite commits with synchronous=FULL (the WAL is fsynced
+                # at its commit, and with it every frame the NORMAL connection wrote before): a connection of its
+                # own, set once, instead of toggling the pragma around every journal write
+                self._jconn = sqlite3.connect(db, check_same_thread=False, isolation_level=None, timeout=30)
+                self._jconn.execute("PRAGMA synchronous=FULL")
+                self._jconn.execute("PRAGMA journal_size_limit=4194304")
             row = self._conn.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
             if row is None and not readonly:
                 self._conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -260,6 +276,8 @@ class StateStore:
             raise StateError(f"cannot open state in {self.dir}: {getattr(e, 'strerror', None) or e}") from e
         self._lock = threading.Lock()
         self._window = _ActionWindow()
+        # drift id -> snapshot ids journaled by key (no record in hand) since its last record_action
+        self._journaled: dict[int, list[str]] = {}
 
     def _migrate(self) -> None:
         cols = {r[1] for r in self._conn.execute("PRAGMA table_info(drift)").fetchall()}
@@ -276,22 +294,34 @@ class StateStore:
 
     def close(self) -> None:
         with self._lock:
+            if self._jconn is not None:
+                self._jconn.close()
             self._conn.close()
 
     @contextlib.contextmanager
-    def _tx(self, what: str) -> Iterator[sqlite3.Connection]:
+    def _tx(self, what: str, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
         """One write transaction under the lock; the real SQLite error, never a ROLLBACK's, is raised."""
+        c = self._conn if conn is None else conn
         with self._lock:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
+                c.execute("BEGIN IMMEDIATE")
                 try:
-                    yield self._conn
-                    self._conn.execute("COMMIT")
+                    yield c
+                    c.execute("COMMIT")
                 except BaseException:
-                    if self._conn.in_transaction:
+                    if c.in_transaction:
                         with contextlib.suppress(sqlite3.Error):
-                            self._conn.execute("ROLLBACK")
+                            c.execute("ROLLBACK")
                     raise
+            except sqlite3.Error as e:
+                raise StateError(f"cannot {what} in {self.dir / DB_NAME}: {e}") from e
+
+    @contextlib.contextmanager
+    def _one(self, what: str, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        """Single statements under the lock, each its own (autocommit) transaction: no BEGIN/COMMIT round trips."""
+        with self._lock:
+            try:
+                yield self._conn if conn is None else conn
             except sqlite3.Error as e:
                 raise StateError(f"cannot {what} in {self.dir / DB_NAME}: {e}") from e
 
@@ -400,6 +430,21 @@ class StateStore:
         rows = self._read("SELECT scope, data FROM guards WHERE scope LIKE ? AND until > ?", (prefix.replace("%", "") + "%", now))
         return {r[0]: json.loads(r[1]) for r in rows}
 
+    def gate_inputs(self, scopes: tuple[str, ...], held: tuple[str, str], now: float
+                    ) -> tuple[dict[str, dict[str, Any]], tuple[float, str] | None]:
+        """What the gates read for one plan, in one statement: the unexpired guards among ``scopes`` and
+        :meth:`oldest_held` of ``held`` = (gate, baseline)."""
+        marks = ", ".join("?" * len(scopes))
+        rows = self._read(
+            f"SELECT scope, until, data FROM guards WHERE scope IN ({marks}) AND until > ? UNION ALL "  # noqa: S608
+            "SELECT NULL, first_seen, key FROM (SELECT first_seen, key FROM drift WHERE resolved_at IS NULL "
+            "AND last_result=? AND baseline=? ORDER BY first_seen, key LIMIT 1)",
+            (*scopes, now, f"held:{held[0]}", held[1]),
+        )
+        guards = {r[0]: json.loads(r[2]) for r in rows if r[0] is not None}
+        oldest = next(((float(r[1]), str(r[2])) for r in rows if r[0] is None), None)
+        return guards, oldest
+
     # ------------------------------------------------------------------ writes
     def open_drift(
         self,
@@ -413,24 +458,26 @@ class StateStore:
         fields: list[dict[str, Any]],
         changed_at: float | None = None,
     ) -> DriftRecord:
-        """The active record for ``key``, created with first_seen=now if there is none.
+        """The active record for ``key``, created with first_seen=now if there is none (``created`` says which).
 
-        The deadline counts from the change when its time is known (``changed_at``), else from first seen.
+        The deadline counts from the change when its time is known (``changed_at``), else from first seen; a
+        record that already exists keeps both.  One statement either way, each its own transaction: an INSERT
+        that returns the new row unless an open one exists, else the UPDATE of that one, returning it (another
+        process opening or closing the record in between only sends this round once more).
         """
-        sel = f"SELECT {_COLS} FROM drift WHERE key=? AND resolved_at IS NULL"  # noqa: S608
-        with self._tx("record the drift") as c:
-            r = c.execute(sel, (key,)).fetchone()
-            if r is None:
-                c.execute(
-                    "INSERT INTO drift (key, target, baseline, address, first_seen, deadline, fields, updated_at, changed_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (key, target, baseline, address, now, (changed_at if changed_at is not None else now) + window_seconds,
-                     json.dumps(fields), now, changed_at),
-                )
-            else:
-                c.execute("UPDATE drift SET fields=?, baseline=?, updated_at=? WHERE id=?", (json.dumps(fields), baseline, now, r[0]))
-            r = c.execute(sel, (key,)).fetchone()
-        return _row(r)
+        text = json.dumps(fields)
+        deadline = (changed_at if changed_at is not None else now) + window_seconds
+        with self._one("record the drift") as c:
+            for _ in range(3):
+                rows = c.execute(_OPEN_INSERT, (key, target, baseline, address, now, deadline, text, now, changed_at)).fetchall()
+                if rows:
+                    rec = _row(rows[0])
+                    rec.created = True
+                    return rec
+                rows = c.execute(_OPEN_UPDATE, (text, baseline, now, key)).fetchall()
+                if rows:
+                    return _row(rows[0])
+        raise StateError(f"cannot record the drift in {self.dir / DB_NAME}: the open record of {key} keeps changing")
 
     def record_action(
         self,
@@ -444,34 +491,49 @@ class StateStore:
         attempt: bool = True,
         held: dict[str, Any] | None = None,
         kind: str = "",
+        resolution: str | None = None,
     ) -> DriftRecord:
-        """Log one action against a drift and update its counters (``held``: a terminal failure's fingerprint)."""
+        """Log one action against a drift and update its counters (``held``: a terminal failure's fingerprint).
+
+        ``resolution`` also closes the record in the same transaction (a verified remediation).  The snapshot
+        ids journaled before an overwrite are already in ``rec`` (:meth:`journal_snapshots` updates it) or,
+        journaled by key alone, remembered by this store: the row is not read back.
+        """
         failed = result == "failed"
         attempts = rec.attempts + (1 if attempt else 0)
         consecutive = rec.consecutive_failures + 1 if failed else 0
         with self._tx("record the action") as c:
-            r = c.execute("SELECT snapshots FROM drift WHERE id=?", (rec.id,)).fetchone()
-            journaled = json.loads(r[0]) if r else []  # ids recorded before an overwrite (journal_snapshots)
-            merged = list(dict.fromkeys([*rec.snapshots, *journaled, *snapshots]))
-            c.execute(
-                "UPDATE drift SET attempts=?, consecutive_failures=?, last_action=?, last_result=?, "
-                "last_error=?, snapshots=?, updated_at=?, held=? WHERE id=?",
-                (attempts, consecutive, action, result, error, json.dumps(merged), now,
-                 json.dumps(held, sort_keys=True) if held else None, rec.id),
-            )
+            merged = list(dict.fromkeys([*rec.snapshots, *self._journaled.get(rec.id, ()), *snapshots]))
+            held_text = json.dumps(held, sort_keys=True) if held else None
+            if resolution is None:
+                c.execute(
+                    "UPDATE drift SET attempts=?, consecutive_failures=?, last_action=?, last_result=?, "
+                    "last_error=?, snapshots=?, updated_at=?, held=? WHERE id=?",
+                    (attempts, consecutive, action, result, error, json.dumps(merged), now, held_text, rec.id),
+                )
+            else:
+                c.execute(
+                    "UPDATE drift SET attempts=?, consecutive_failures=?, last_action=?, last_result=?, "
+                    "last_error=?, snapshots=?, updated_at=?, held=?, resolved_at=?, resolution=? WHERE id=?",
+                    (attempts, consecutive, action, result, error, json.dumps(merged), now, held_text, now, resolution,
+                     rec.id),
+                )
             c.execute(
                 "INSERT INTO actions (at, drift_id, key, action, result, error, snapshots, kind, baseline) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (now, rec.id, rec.key, action, result, error, json.dumps(list(snapshots)), kind, rec.baseline),
             )
             self._window.add(now, rec.key, action, result, kind, rec.baseline)  # under the lock, with the insert
+        self._journaled.pop(rec.id, None)
         rec.attempts, rec.consecutive_failures, rec.snapshots, rec.updated_at = attempts, consecutive, merged, now
         rec.last_action, rec.last_result, rec.last_error, rec.held = action, result, error, held
+        if resolution is not None:
+            rec.resolved_at, rec.resolution = now, resolution
         return rec
 
     def note_action(self, rec: DriftRecord, *, now: float, action: str, result: str, kind: str) -> None:
         """Log an action in the history only (budgets count it); the drift's own counters are left alone."""
-        with self._tx("record the action") as c:
+        with self._one("record the action") as c:
             c.execute(
                 "INSERT INTO actions (at, drift_id, key, action, result, error, snapshots, kind, baseline) "
                 "VALUES (?, ?, ?, ?, ?, NULL, '[]', ?, ?)",
@@ -479,31 +541,38 @@ class StateStore:
             )
             self._window.add(now, rec.key, action, result, kind, rec.baseline)  # under the lock, with the insert
 
-    def journal_snapshots(self, key: str, snapshots: tuple[str, ...], now: float) -> None:
-        """Durably (synchronous=FULL) add snapshot ids to the active drift of ``key`` before an overwrite."""
-        with self._lock:
-            try:
-                self._conn.execute("PRAGMA synchronous=FULL")
-            except sqlite3.Error as e:
-                raise StateError(f"cannot record snapshots in {self.dir / DB_NAME}: {e}") from e
-        try:
-            with self._tx("record the snapshots") as c:
-                r = c.execute("SELECT id, snapshots FROM drift WHERE key=? AND resolved_at IS NULL", (key,)).fetchone()
-                if r is None:
-                    raise StateError(f"no open drift record for {key}; not overwriting without one")
-                merged = list(dict.fromkeys([*json.loads(r[1]), *snapshots]))
-                c.execute("UPDATE drift SET snapshots=?, updated_at=? WHERE id=?", (json.dumps(merged), now, r[0]))
-        finally:
-            with self._lock, contextlib.suppress(sqlite3.Error):
-                self._conn.execute("PRAGMA synchronous=NORMAL")
+    def journal_snapshots(self, key: str, snapshots: tuple[str, ...], now: float, *, rec: DriftRecord | None = None) -> None:
+        """Durably (synchronous=FULL) add snapshot ids to the active drift of ``key`` before an overwrite.
+
+        With the open record in hand (``rec``, the engine's), one UPDATE on the FULL connection; ``rec`` then
+        holds the ids.  Without it, the record is found by key in the same FULL transaction.
+        """
+        if self._jconn is None:
+            raise StateError(f"cannot record the snapshots in {self.dir / DB_NAME}: the state is open read-only")
+        if rec is not None and rec.key == key:
+            merged = list(dict.fromkeys([*rec.snapshots, *self._journaled.get(rec.id, ()), *snapshots]))
+            with self._one("record the snapshots", self._jconn) as c:
+                n = c.execute("UPDATE drift SET snapshots=?, updated_at=? WHERE id=? AND resolved_at IS NULL",
+                              (json.dumps(merged), now, rec.id)).rowcount
+            if n != 1:
+                raise StateError(f"no open drift record for {key}; not overwriting without one")
+            rec.snapshots = merged
+            return
+        with self._tx("record the snapshots", self._jconn) as c:
+            r = c.execute("SELECT id, snapshots FROM drift WHERE key=? AND resolved_at IS NULL", (key,)).fetchone()
+            if r is None:
+                raise StateError(f"no open drift record for {key}; not overwriting without one")
+            merged = list(dict.fromkeys([*json.loads(r[1]), *snapshots]))
+            c.execute("UPDATE drift SET snapshots=?, updated_at=? WHERE id=?", (json.dumps(merged), now, r[0]))
+            self._journaled[int(r[0])] = merged
 
     def mark_breached(self, rec: DriftRecord, now: float) -> None:
-        with self._tx("mark the window breach") as c:
+        with self._one("mark the window breach") as c:
             c.execute("UPDATE drift SET breached=1, updated_at=? WHERE id=?", (now, rec.id))
         rec.breached = True
 
     def resolve(self, rec: DriftRecord, *, now: float, resolution: str) -> DriftRecord:
-        with self._tx("resolve the drift") as c:
+        with self._one("resolve the drift") as c:
             c.execute("UPDATE drift SET resolved_at=?, resolution=?, updated_at=? WHERE id=?", (now, resolution, now, rec.id))
         rec.resolved_at, rec.resolution, rec.updated_at = now, resolution, now
         return rec
@@ -528,5 +597,5 @@ class StateStore:
             c.execute("DELETE FROM guards WHERE until <= ?", (now,))
 
     def clear_guard(self, scope: str) -> None:
-        with self._tx("clear a guard") as c:
+        with self._one("clear a guard") as c:
             c.execute("DELETE FROM guards WHERE scope=?", (scope,))
