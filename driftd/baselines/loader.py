@@ -269,11 +269,12 @@ def _fmt_loc(loc: tuple[str | int, ...]) -> str:
     return out or "(document)"
 
 
-def _read(path: Path, rel: str, max_bytes: int, problems: list[Problem]) -> bytes | None:
+def _read(path: str | os.PathLike[str], rel: str, max_bytes: int, problems: list[Problem]) -> bytes | None:
     try:
         # O_NONBLOCK: opening a FIFO must not hang the loader (and with it the daemon's reload)
-        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as fh:
-            st = os.fstat(fh.fileno())
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
                 raise IsADirectoryError(path)
             if not stat.S_ISREG(st.st_mode):
@@ -283,11 +284,9 @@ def _read(path: Path, rel: str, max_bytes: int, problems: list[Problem]) -> byte
             if size > max_bytes:
                 problems.append(Problem(rel, 1, "(file)", f"file is {size} bytes, over the {max_bytes}-byte limit"))
                 return None
-            # as read(max_bytes + 1), without allocating max_bytes for every small file (and grown files still caught)
-            data = fh.read(size + 1)
-            if size < len(data) <= max_bytes:
-                data += fh.read(max_bytes + 1 - len(data))
-            return data
+            return _read_fd(fd, size, max_bytes)
+        finally:
+            os.close(fd)
     except PermissionError:
         problems.append(Problem(rel, 1, "(file)", "permission denied"))
     except IsADirectoryError:
@@ -295,6 +294,22 @@ def _read(path: Path, rel: str, max_bytes: int, problems: list[Problem]) -> byte
     except OSError as e:
         problems.append(Problem(rel, 1, "(file)", f"cannot read: {e.strerror or e}"))
     return None
+
+
+def _read_fd(fd: int, size: int, max_bytes: int) -> bytes:
+    """Up to ``max_bytes + 1`` bytes to end of file (a file grown past the limit shows as too long), in
+    one ``read`` of ``size + 1`` for a file that did not change: no max-size buffer per small file."""
+    first = os.read(fd, size + 1)
+    if not first:
+        return first
+    parts, total = [first], len(first)
+    while total <= max_bytes:
+        chunk = os.read(fd, min(max(size + 1, 65536), max_bytes + 1 - total))
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+    return first if len(parts) == 1 else b"".join(parts)
 
 
 _NO_KEY: Any = object()
@@ -605,54 +620,75 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class _SourceReader:
+    """Resolves and reads ``source:`` files below one baselines directory (each source directory resolved once)."""
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = os.fspath(root)
+        self.root_real = os.path.realpath(self.root)
+        self.inside = self.root_real.rstrip("/") + "/"
+        self.max_bytes = max_bytes
+        self.real_dirs: dict[str, str] = {}  # 10,000 sources in one directory: one realpath, not 10,000
+
+    def path(self, base_dir: str, source: str) -> str:
+        """``root / base_dir / source`` as pathlib spells it (empty and ``.`` parts dropped), without pathlib's cost."""
+        parts = [p for part in (base_dir, source) for p in part.split("/") if p and p != "."]
+        if not parts or self.root == ".":
+            return "/".join(parts) or self.root
+        return (self.root if self.root.endswith("/") else self.root + "/") + "/".join(parts)
+
+    def read(self, base_dir: str, source: str, shown: str) -> bytes | str:
+        """The bytes of a source, or why it cannot be one (inside the directory, a regular file, within the limit)."""
+        p = self.path(base_dir, source)
+        parent, name = os.path.split(p)
+        try:
+            real_dir = self.real_dirs.get(parent)
+            if real_dir is None:
+                real_dir = self.real_dirs[parent] = os.path.realpath(parent)
+            real = os.path.join(real_dir, name)
+            leaf = os.lstat(real)
+            if stat.S_ISLNK(leaf.st_mode):  # a symlinked source: follow it all the way
+                real = os.path.realpath(real)
+        except FileNotFoundError:
+            return f"source file {source!r} not found"
+        except OSError as e:
+            return f"cannot resolve: {e}"
+        if real != self.root_real and not real.startswith(self.inside):
+            return "source resolves outside the baselines directory"
+        if not os.path.exists(real):
+            return f"source file {source!r} not found"
+        sub: list[Problem] = []
+        data = _read(p, shown, self.max_bytes, sub)
+        if data is None:
+            return "; ".join(f"source {source!r}: {s.reason}" for s in sub)
+        return data
+
+
+def _manifest_rel(base_dir: str, source: str) -> str:
+    """A source's manifest path: relative to the directory, as written, ``..`` folded."""
+    return posixpath.normpath(posixpath.join(Path(base_dir).as_posix(), source))
+
+
 def _load_sources(
-    doc: _Doc, root: Path, max_bytes: int, problems: list[Problem], sources: SourceBytes, digest: Any,
-    digests: dict[str, str],
+    doc: _Doc, reader: _SourceReader, problems: list[Problem], sources: SourceBytes, digest: Any,
+    digests: dict[str, str], root: Path,
 ) -> None:
     """Read the ``source:`` files of ``doc``: bytes and sha256 into ``sources``, one manifest line each."""
     if not isinstance(doc.model, HostBaseline):
         return
-    base = Path(doc.base_dir).as_posix()
-    root_real = os.path.realpath(root)
-    real_dirs: dict[str, str] = {}  # each source directory resolved once (10,000 sources: one realpath, not 10,000)
     for i, f in enumerate(doc.model.spec.files):
         if f.source is None:
             continue
-        loc = ("spec", "files", i, "source")
-        p = root / doc.base_dir / f.source
-        parent, name = os.path.split(os.fspath(p))
-        try:
-            real_dir = real_dirs.get(parent)
-            if real_dir is None:
-                real_dir = real_dirs[parent] = os.path.realpath(parent)
-            leaf = os.lstat(os.path.join(real_dir, name))
-            real = os.path.join(real_dir, name)
-            if stat.S_ISLNK(leaf.st_mode):  # a symlinked source: follow it all the way
-                real = os.path.realpath(real)
-        except FileNotFoundError:
-            problems.append(Problem(doc.file, doc.line_of(loc), _fmt_loc(loc), f"source file {f.source!r} not found"))
-            continue
-        except OSError as e:
-            problems.append(Problem(doc.file, doc.line_of(loc), _fmt_loc(loc), f"cannot resolve: {e}"))
-            continue
-        if real != root_real and not real.startswith(root_real.rstrip("/") + "/"):
-            problems.append(Problem(doc.file, doc.line_of(loc), _fmt_loc(loc), "source resolves outside the baselines directory"))
-            continue
-        if not os.path.exists(real):
-            problems.append(Problem(doc.file, doc.line_of(loc), _fmt_loc(loc), f"source file {f.source!r} not found"))
-            continue
-        sub: list[Problem] = []
-        data = _read(p, doc.file, max_bytes, sub)
-        if data is None:
-            for s in sub:
-                problems.append(Problem(doc.file, doc.line_of(loc), _fmt_loc(loc), f"source {f.source!r}: {s.reason}"))
+        data = reader.read(doc.base_dir, f.source, doc.file)
+        if isinstance(data, str):
+            loc = ("spec", "files", i, "source")
+            problems.append(Problem(doc.file, doc.line_of(loc), _fmt_loc(loc), data))
             continue
         key = (doc.model.metadata.name, f.source)
         sources[key] = data
         sources.digests[key] = hexdigest = _sha256(data)
         digest.update(f.source.encode() + b"\0" + data)  # the set's version: as ever (signed sets keep theirs)
-        rel = posixpath.normpath(posixpath.join(base, f.source))  # as written, ``..`` folded
-        _record(digests, rel, hexdigest, str(root / rel), problems)
+        _record(digests, _manifest_rel(doc.base_dir, f.source), hexdigest, root, problems)
 
 
 def _yaml_files(directory: Path) -> list[Path]:
@@ -700,7 +736,7 @@ def _load_set(directory: str | os.PathLike[str], max_file_bytes: int, guardrails
         if raw is None:
             continue
         set_digest.update(rel.encode() + b"\0" + raw)
-        _record(digests, path.relative_to(root).as_posix(), _sha256(raw), shown, problems)
+        _record(digests, path.relative_to(root).as_posix(), _sha256(raw), root, problems)
         for doc in _parse(shown, raw, problems):
             doc.base_dir = str(Path(rel).parent)
             docs.append(doc)
@@ -709,8 +745,9 @@ def _load_set(directory: str | os.PathLike[str], max_file_bytes: int, guardrails
     valid = [d for d in docs if d.model is not None]
     _check_set(valid, problems, guardrails)
     sources = SourceBytes()
+    reader = _SourceReader(root, max_file_bytes)
     for doc in valid:
-        _load_sources(doc, root, max_file_bytes, problems, sources, set_digest, digests)
+        _load_sources(doc, reader, problems, sources, set_digest, digests, root)
     signed_by = None
     if allowed_signers is not None and not any(p.severity == "error" for p in problems):
         signed_by = _check_signature(root, digests, set_digest.hexdigest()[:12], allowed_signers, problems)
@@ -750,14 +787,14 @@ def _baseline_hashes(docs: list[_Doc], source_digests: dict[tuple[str, str], str
     return hashes
 
 
-def _record(digests: dict[str, str], rel: str, hexdigest: str, shown: str, problems: list[Problem]) -> None:
+def _record(digests: dict[str, str], rel: str, hexdigest: str, root: Path, problems: list[Problem]) -> None:
     """One file of the set's manifest (what a signature covers), by the sha256 already computed."""
     why = check_path(rel)
     if why is not None:
-        problems.append(Problem(shown, 1, "(file)", f"cannot be listed in the set's manifest: {why}"))
+        problems.append(Problem(str(root / rel), 1, "(file)", f"cannot be listed in the set's manifest: {why}"))
         return
     if digests.setdefault(rel, hexdigest) != hexdigest:
-        problems.append(Problem(shown, 1, "(file)", "changed while the set was being loaded; try again"))
+        problems.append(Problem(str(root / rel), 1, "(file)", "changed while the set was being loaded; try again"))
 
 
 def _check_signature(root: Path, digests: dict[str, str], version: str, allowed_signers: str | os.PathLike[str],
