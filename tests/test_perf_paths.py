@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -321,3 +322,227 @@ def test_the_gate_counts_come_from_memory_and_equal_the_table(tmp_path: Path) ->
         assert sql_counts(ref, since) == mem
         ref.close()
     assert st.count_actions("revert", now - 10 * 86400) >= st.count_actions("revert", now - 1)  # past memory: SQL
+
+
+# --------------------------------------------------------------------------- cost of a revert: SQL statements, fsyncs
+
+# what one revert of a new drift costs (record -> gates -> journal -> act -> resolve), measured and kept here:
+# content: INSERT..RETURNING, the gates' one read, the FULL journal UPDATE, BEGIN/UPDATE/INSERT/COMMIT;
+# fsyncs: snapshot blob, snapshot folder, the new file's temp, the audit line (the directory's is per pass)
+SQL_PER_CONTENT_REVERT = 7
+SQL_PER_MODE_REVERT = 6
+FSYNC_PER_CONTENT_REVERT = 4
+FSYNC_PER_MODE_REVERT = 1
+
+
+def _fd_id(fd: int) -> tuple[int, int, bool]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino, stat.S_ISDIR(st.st_mode)
+
+
+def _dir_id(path: Path) -> tuple[int, int, bool]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, True
+
+
+def _flat_app(host_root: Path, n_content: int, n_mode: int, n_clean: int) -> tuple[str, list[str], list[str]]:
+    """/etc/app with content drift, mode drift and clean files; the baseline spec and the drifted keys."""
+    app = host_root / "etc/app"
+    app.mkdir(parents=True, exist_ok=True)
+    spec, content, mode = "files:\n", [], []
+    for i in range(n_content + n_mode + n_clean):
+        p = app / f"{i:03d}.conf"
+        p.write_text(f"drifted {i}\n" if i < n_content else "v\n")
+        p.chmod(0o600 if n_content <= i < n_content + n_mode else 0o644)
+        spec += f'  - {{path: /etc/app/{i:03d}.conf, content: "v\\n", mode: "0644"}}\n'
+        (content if i < n_content else mode if i < n_content + n_mode else []).append(f"host:file:/etc/app/{i:03d}.conf")
+    return spec, content, mode
+
+
+def test_a_revert_costs_a_bounded_number_of_sql_statements_and_fsyncs(host_root: Path, baselines_dir, make_runtime,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per revert through the real engine on a real filesystem: at most 7 SQL statements (6 for a mode change)
+    and 4 fsyncs (1); the directory fsync after the renames is one per directory per pass, not one per revert."""
+    from driftd.engine.once import run_once
+
+    spec, content, mode = _flat_app(host_root, 0, 0, 23)  # clean for the warm-up pass
+    (host_root / "etc/warm").write_text("drifted\n")
+    spec += '  - {path: /etc/warm, content: "v\\n"}\n'
+    rt = make_runtime(baselines_dir({"b.yaml": host_baseline("b", spec)}), safety={"breaker": {"share": 1.0}})
+    snaps = Path(rt.settings.state_dir) / "snapshots/sha256"
+    for i in range(256):  # every snapshot folder exists: creating one costs a folder fsync once, not per revert
+        (snaps / f"{i:02x}").mkdir(mode=0o700, parents=True, exist_ok=True)
+    warm = run_once(rt.engine, rt.queue, attempts=1)  # audit chain started, gate window seeded
+    assert warm.counts["remediated"] == 1 and warm.exit_code == 0
+    rt.engine.clock.advance(3600)
+    spec, content, mode = _flat_app(host_root, 12, 6, 5)  # now 12 files drift in content, 6 in mode
+
+    statements: list[str] = []
+    rt.state._conn.set_trace_callback(statements.append)
+    assert rt.state._jconn is not None
+    rt.state._jconn.set_trace_callback(statements.append)
+    fsyncs: list[tuple[int, int, bool]] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        fsyncs.append(_fd_id(fd))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    per_key: dict[str, tuple[int, int]] = {}
+    real_reconcile = rt.engine.reconcile
+
+    def reconcile(key: str) -> Any:
+        s0, f0 = len(statements), len(fsyncs)
+        out = real_reconcile(key)
+        per_key[key] = (len(statements) - s0, len(fsyncs) - f0)
+        return out
+
+    monkeypatch.setattr(rt.engine, "reconcile", reconcile)
+    s = run_once(rt.engine, rt.queue, attempts=1)
+    monkeypatch.undo()
+    rt.state._conn.set_trace_callback(None)
+
+    assert s.exit_code == 0 and s.counts["remediated"] == 18, s.counts
+    assert all((host_root / "etc/app" / f"{i:03d}.conf").read_text() == "v\n" for i in range(23))
+    worst_sql = max(per_key[k][0] for k in content), max(per_key[k][0] for k in mode)
+    worst_fsync = max(per_key[k][1] for k in content), max(per_key[k][1] for k in mode)
+    assert worst_sql <= (SQL_PER_CONTENT_REVERT, SQL_PER_MODE_REVERT), (worst_sql, statements[-20:])
+    assert worst_fsync[0] <= FSYNC_PER_CONTENT_REVERT and worst_fsync[1] <= FSYNC_PER_MODE_REVERT, worst_fsync
+    app = _dir_id(host_root / "etc/app")
+    assert fsyncs.count(app) == 1  # 12 renames into /etc/app, one fsync of it
+    in_reconciles = sum(f for _, f in per_key.values())
+    assert len(fsyncs) - in_reconciles == 1  # all the pass adds: that fsync of /etc/app
+    rt.state.close()
+
+
+def test_the_deferred_directory_fsync_is_done_before_run_once_returns(host_root: Path, baselines_dir, make_runtime,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every directory a revert renamed a file into is fsynced after its last rename, before the pass returns."""
+    from driftd.engine.once import run_once
+
+    spec, _, _ = _flat_app(host_root, 8, 0, 2)
+    (host_root / "etc/other").mkdir()
+    (host_root / "etc/other/x.conf").write_text("drifted\n")
+    spec += '  - {path: /etc/other/x.conf, content: "v\\n"}\n'
+    rt = make_runtime(baselines_dir({"b.yaml": host_baseline("b", spec)}), safety={"breaker": {"share": 1.0}})
+    events: list[tuple[str, tuple[int, int, bool]]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        events.append(("fsync", _fd_id(fd)))
+
+    def rename(src: Any, dst: Any, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
+        real_rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+        if dst_dir_fd is not None:
+            events.append(("rename", _fd_id(dst_dir_fd)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    summary = run_once(rt.engine, rt.queue, attempts=1)
+    monkeypatch.undo()
+    assert summary.exit_code == 0 and summary.counts["remediated"] == 9
+    for d, renames in ((_dir_id(host_root / "etc/app"), 8), (_dir_id(host_root / "etc/other"), 1)):
+        last_rename = max(i for i, e in enumerate(events) if e == ("rename", d))
+        assert [e for e in events if e == ("rename", d)] == [("rename", d)] * renames
+        synced = [i for i, e in enumerate(events) if e == ("fsync", d)]
+        assert len(synced) == 1 and synced[0] > last_rename, (d, events)
+    assert rt.engine.targets["host"].fs.unsynced() == {}
+    rt.state.close()
+
+
+def test_outside_a_pass_a_reconcile_returns_with_its_directory_synced(host_root: Path, baselines_dir, make_runtime,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's step (Engine.reconcile of one key) fsyncs the directory before it returns."""
+    (host_root / "etc/motd").write_text("drifted\n")
+    rt = make_runtime(baselines_dir({"b.yaml": host_baseline("b", 'files:\n  - {path: /etc/motd, content: "v\\n"}\n')}))
+    synced: list[tuple[int, int, bool]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append(_fd_id(fd))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = rt.engine.reconcile("host:file:/etc/motd")
+    monkeypatch.undo()
+    assert out.status == "remediated" and (host_root / "etc/motd").read_text() == "v\n"
+    assert synced[-1] == _dir_id(host_root / "etc")  # the last thing the reconcile made durable
+    assert rt.engine.targets["host"].fs.unsynced() == {}
+    rt.state.close()
+
+
+def test_a_directory_is_synced_when_the_last_key_writing_in_it_settles(host_root: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two keys in flight in one directory: the first to finish leaves the fsync to the second."""
+    from driftd.targets.safefs import SafeRoot
+
+    fs = SafeRoot(host_root)
+    etc = _dir_id(host_root / "etc")
+    synced: list[tuple[int, int, bool]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append(_fd_id(fd))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with fs.deferring("host:file:/etc/a"):
+        fs.write_atomic("/etc/a", b"a\n", mode=None, uid=None, gid=None)
+    with fs.deferring("host:file:/etc/b"):
+        fs.write_atomic("/etc/b", b"b\n", mode=None, uid=None, gid=None)
+    assert etc not in synced
+    assert fs.settle("host:file:/etc/a") == [] and etc not in synced  # b is still writing in /etc
+    assert set(fs.unsynced()) == {"/etc"}
+    assert fs.settle("host:file:/etc/b") == [] and synced.count(etc) == 1  # both renames, one fsync
+    assert fs.unsynced() == {}
+    fs.write_atomic("/etc/c", b"c\n", mode=None, uid=None, gid=None)  # no owner: synced at once, as before
+    assert synced.count(etc) == 2 and fs.unsynced() == {}
+
+    fs.SYNC_MAX_AGE = 0.0  # a key that keeps another in flight forever does not hold the fsync back
+    with fs.deferring("k1"):
+        fs.write_atomic("/etc/d", b"d\n", mode=None, uid=None, gid=None)
+    with fs.deferring("k2"):
+        fs.write_atomic("/etc/e", b"e\n", mode=None, uid=None, gid=None)
+    assert fs.settle("k1") == [] and synced.count(etc) == 3
+    assert fs.settle("k2") == [] and synced.count(etc) == 3  # nothing left to sync
+
+
+def test_a_failed_deferred_directory_fsync_is_a_failed_remediation(host_root: Path, baselines_dir, make_runtime,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batched directory fsync fails (EIO): every key renamed into it is reported failed (log, metric, exit 4)."""
+    import errno
+
+    from driftd.engine.once import run_once
+    from driftd.testing import capture_logs
+
+    spec, content, _ = _flat_app(host_root, 3, 0, 1)
+    (host_root / "etc/other").mkdir()
+    (host_root / "etc/other/x.conf").write_text("drifted\n")
+    spec += '  - {path: /etc/other/x.conf, content: "v\\n"}\n'
+    rt = make_runtime(baselines_dir({"b.yaml": host_baseline("b", spec)}), safety={"breaker": {"share": 1.0}})
+    app = _dir_id(host_root / "etc/app")
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if _fd_id(fd) == app:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with capture_logs() as logs:
+        s = run_once(rt.engine, rt.queue, attempts=1)
+    monkeypatch.undo()
+    assert s.exit_code == 4
+    status = {o.key: o.status for o in s.outcomes}
+    assert status == {**dict.fromkeys(content, "failed"), "host:file:/etc/other/x.conf": "remediated"}
+    failed = [e for e in logs if e["event"] == "remediation.failed"]
+    assert sorted(e["key"] for e in failed) == sorted(content)
+    assert all("fsync of its directory /etc/app failed" in e["error"] and "may not survive a crash" in e["error"]
+               for e in failed)
+    sample = rt.metrics.registry.get_sample_value(
+        "driftd_remediations_total", {"target": "host", "action": "write_file", "result": "failed"})
+    assert sample == 3
+    assert all((host_root / "etc/app" / f"{i:03d}.conf").read_text() == "v\n" for i in range(3))  # renamed in
+    rt.state.close()

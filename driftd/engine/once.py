@@ -49,7 +49,8 @@ def run_once(engine: Engine, queue: KeyedQueue, *, attempts: int, full_rehash_in
     started = time.perf_counter()
     engine.outcomes.clear()
     report = engine.scan(queue, full_rehash_interval=full_rehash_interval)
-    queue.drain(engine.handle, max_failures=attempts)
+    with engine.deferred_sync():  # directory fsyncs batched per directory, all done before the report and summary
+        queue.drain(engine.handle, max_failures=attempts)
     if engine.reporters:
         engine.publish_report(only_if_changed=True)  # the report reflects what this pass did
     outcomes = sorted(engine.outcomes.values(), key=lambda o: o.key)

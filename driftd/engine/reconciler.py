@@ -14,13 +14,14 @@ Pipeline position: this is where observe → diff → plan → act is wired toge
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from driftd.baselines.loader import BaselineSet
 from driftd.core.diff import diff, reportable
@@ -111,6 +112,21 @@ class _View:
         if scope in self._scopes:
             return self._inputs()[0].get(scope)
         return self.state.get_guard(scope, self.now)
+
+
+@runtime_checkable
+class DeferredSync(Protocol):
+    """A target that batches the directory fsync after its atomic renames while ``defer_dir_sync`` is set (host).
+
+    The engine sets it and then settles: after every reconcile (``settle(key)``: the target syncs a directory
+    once no other key is writing there), or once at the end of a batch (``settle(None)``: ``run --once``), and
+    before it publishes a report.  ``settle`` returns (key, error) for every write whose fsync failed.
+    """
+
+    name: str
+    defer_dir_sync: bool
+
+    def settle(self, key: str | None = None) -> list[tuple[str, str]]: ...
 
 
 @dataclass
@@ -211,6 +227,10 @@ class Engine:
             RETIREMENT: Threshold(br.retirement_share, br.retirement_min_resources),
         }
         self._acting: dict[str, DriftRecord] = {}  # key -> its open record while the target acts (for the journal)
+        self._deferring: list[DeferredSync] = [t for t in targets.values() if isinstance(t, DeferredSync)]
+        for dt in self._deferring:
+            dt.defer_dir_sync = True  # settled after every reconcile, or at the end of a batch (deferred_sync)
+        self._batch = 0  # deferred_sync() blocks open (run --once; one thread)
         for t in targets.values():
             if hasattr(t, "journal"):  # adapters that record snapshot ids durably before overwriting
                 t.journal = self._journal
@@ -443,7 +463,11 @@ class Engine:
 
     # ------------------------------------------------------------------ reconcile
     def reconcile(self, key: str) -> Outcome:
-        """Reconcile one key; never raises for adapter or state failures."""
+        """Reconcile one key; never raises for adapter or state failures.
+
+        Its deferred directory fsyncs are settled before it returns (outside a :meth:`deferred_sync` block):
+        a failed one turns the outcome into a failure, retried.
+        """
         try:
             return self._reconcile(key)
         except StateError as e:
@@ -453,6 +477,35 @@ class Engine:
                           target=d.target if d else self.target_name(key), error=str(e), retry=True)
             self.outcomes[key] = out
             return out
+        finally:
+            if not self._batch:
+                self._sync_deferred(key)
+
+    @contextlib.contextmanager
+    def deferred_sync(self) -> Iterator[None]:
+        """Reconciles inside the block leave their directory fsyncs to its end: one per directory per pass.
+
+        ``run --once`` drains its queue inside one, so every rename is durable before the report and the
+        summary say anything; a failed fsync makes the keys it concerns failures (exit 4).  One thread only.
+        """
+        self._batch += 1
+        try:
+            yield
+        finally:
+            self._batch -= 1
+            if not self._batch:
+                self._sync_deferred(None)
+
+    def _sync_deferred(self, key: str | None) -> None:
+        """Settle the targets' deferred fsyncs (``key`` done, or all); report each one that failed like a failed
+        write: ``remediation.failed``, counted, and the outcome of its key a failure to retry."""
+        for t in self._deferring:
+            for k, error in t.settle(key):
+                self.log.error(Event.REMEDIATION_FAILED, key=k, target=t.name, action=Action.WRITE_FILE.value, error=error)
+                self.metrics.remediations.labels(t.name, Action.WRITE_FILE.value, RemediationResult.FAILED).inc()
+                out = self.outcomes.get(k)
+                if out is not None:
+                    out.status, out.error, out.retry = OutcomeStatus.FAILED, error, True
 
     def _reconcile(self, key: str) -> Outcome:
         """The stages, in order: resolve → observe → diff → record → plan → gate → act → verify → record."""
@@ -767,7 +820,8 @@ class Engine:
                 self._report_dirty = True
 
     def publish_report(self, *, only_if_changed: bool = False) -> None:
-        """Hand the current per-resource results to every reporter (PolicyReport)."""
+        """Hand the current per-resource results to every reporter (PolicyReport), once every rename is durable."""
+        self._sync_deferred(None)
         with self._swap:
             if only_if_changed and not self._report_dirty:
                 return

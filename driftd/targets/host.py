@@ -10,6 +10,7 @@ through :class:`SafeRoot`, which refuses symlinks and never leaves the root.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import struct
@@ -88,6 +89,9 @@ class HostTarget:
         # set by the engine: records snapshot ids durably in state before anything is overwritten
         # (raises TargetError when it cannot; then nothing is overwritten)
         self.journal: Callable[[str, tuple[str, ...]], None] | None = None
+        # set by the engine, which then calls settle() after each reconcile (or pass): the directory fsync
+        # after an atomic rename is batched per directory (targets/safefs.py, docs/operations.md)
+        self.defer_dir_sync = False
 
     # ------------------------------------------------------------------ desired
     def _id_db(self, path: str) -> dict[str, int]:
@@ -169,6 +173,13 @@ class HostTarget:
             transient = e.errno not in (errno.EROFS, errno.EPERM, errno.EFBIG)
             raise TargetError(f"{desired.address}: {e.strerror or e}", transient=transient) from None
 
+    def settle(self, key: str | None = None) -> list[tuple[str, str]]:
+        """Make the deferred renames durable (``key`` done; ``None``: all, the end of a pass), as
+        ``SafeRoot.settle`` decides; returns (key, error) for every write whose directory fsync failed."""
+        return [(owner, f"{path}: renamed into place, but the fsync of its directory {f.directory} failed "
+                 f"({f.error.strerror or f.error}); the revert may not survive a crash")
+                for f in self.fs.settle(key) for owner, path in f.writes]
+
     def changed_by_another_writer(self, desired: DesiredResource) -> bool:
         """After ``apply``: the path no longer holds what driftd wrote (replaced or rewritten since)."""
         try:
@@ -190,14 +201,15 @@ class HostTarget:
         applied: list[Action] = []
         snaps: list[str] = []
         self.fs.written.pop(desired.address, None)
-        for step in plan.actions:
-            if step.action in handler.overwrites and observed.actual.get("present"):
-                sid = self._snapshot(desired.address, observed)
-                if sid is not None:
-                    snaps.append(sid)
-                    if self.journal is not None:  # no durable record of the snapshot, no overwrite
-                        self.journal(desired.key, tuple(snaps))
-            snaps.extend(handler.apply(self.fs, desired, observed, step))
-            applied.append(step.action)
+        with self.fs.deferring(desired.key) if self.defer_dir_sync else contextlib.nullcontext():
+            for step in plan.actions:
+                if step.action in handler.overwrites and observed.actual.get("present"):
+                    sid = self._snapshot(desired.address, observed)  # durable (fsynced, directory too) before ...
+                    if sid is not None:
+                        snaps.append(sid)
+                        if self.journal is not None:  # ... its FULL journal commit; no durable record, no overwrite
+                            self.journal(desired.key, tuple(snaps))
+                snaps.extend(handler.apply(self.fs, desired, observed, step))
+                applied.append(step.action)
         self.fs.hash_cache.pop(desired.address, None)
         return ActResult(key=desired.key, applied=tuple(applied), snapshots=tuple(snaps))

@@ -10,8 +10,16 @@ Temp files are named ``.<name>.driftd-tmp-<8 hex>`` (:data:`TEMP_RE`, a pattern 
 editor uses).  One left behind by a crash mid-write is removed the first time driftd writes into
 its directory in a pass: one listing per directory per pass, not per write, so a revert costs
 O(1) in the size of its directory (a flat directory of 10,000 files listed once per revert made
-enforcing quadratic).  Temps of writes in flight in other workers are never swept.  The directory
-fsync stays per write: a revert is durable before the state store records it as done.
+enforcing quadratic).  Temps of writes in flight in other workers are never swept.
+
+The directory fsync after the rename is per write, unless the write is made for an *owner*
+(:meth:`SafeRoot.deferring`, the engine's key being reconciled): then it is deferred and batched per
+directory until :meth:`SafeRoot.settle` — the owner is done and no other owner is still writing in that
+directory (or the first rename has waited ``SYNC_MAX_AGE``), or ``settle(None)`` at the end of a pass.
+Safe because the temp file's bytes are fsynced before the rename: a crash before the directory fsync
+can only lose the rename, leaving the old file whole (its bytes are in the snapshot too) and the drift
+for the next pass to find; nothing half-written is ever visible.  A failed deferred fsync is returned by
+``settle`` (:class:`SyncFailure`), never swallowed.
 """
 
 from __future__ import annotations
@@ -24,7 +32,9 @@ import re
 import secrets
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from driftd.core.kinds._host import ftype as ftype
 from driftd.safety.durable import read_all, write_all
@@ -50,8 +60,29 @@ class ParentMissingError(Exception):
     """A parent directory of the path does not exist (yet)."""
 
 
+@dataclass
+class SyncFailure:
+    """A deferred directory fsync that failed: the renames of ``writes`` ((owner, path)) may not survive a crash."""
+
+    directory: str
+    writes: list[tuple[str, str]]
+    error: OSError
+
+
+@dataclass
+class _Unsynced:
+    """A directory with renames not yet fsynced: its own descriptor (the directory they happened in)."""
+
+    fd: int
+    since: float
+    writes: list[tuple[str, str]] = field(default_factory=list)
+
+
 class SafeRoot:
     """A directory tree that paths like ``/etc/ssh/sshd_config`` are resolved inside."""
+
+    SYNC_MAX_AGE = 1.0  # seconds a deferred directory fsync waits for other owners still writing there, at most
+    SYNC_MAX_DIRS = 64  # directories held open for a deferred fsync at most (past it the oldest is synced at once)
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.path.abspath(os.fspath(root))
@@ -62,6 +93,12 @@ class SafeRoot:
         # path -> (dev, ino, mtime_ns) of the file the last write_atomic put there: tells a verification
         # that finds another writer's file (replaced or rewritten after ours) from a write that did not take
         self.written: dict[str, tuple[int, int, int]] = {}
+        self._local = threading.local()  # .owner: whose writes this thread makes now (deferring)
+        self._sync = threading.Lock()
+        self._unsynced: dict[str, _Unsynced] = {}  # directory -> its deferred fsync, oldest first
+        self._busy: dict[str, set[str]] = {}  # directory -> owners that wrote there and have not settled
+        self._owned: dict[str, set[str]] = {}  # owner -> directories it wrote in
+        self._sync_failures: list[SyncFailure] = []  # of fsyncs forced early (SYNC_MAX_DIRS), for the next settle
 
     # ------------------------------------------------------------------ helpers
     def full(self, path: str) -> str:
@@ -236,8 +273,88 @@ class SafeRoot:
             finally:
                 with self._temps:
                     self._in_flight.discard((directory, tmp))
-            os.fsync(pfd)
+            owner: str | None = getattr(self._local, "owner", None)
+            if owner is None or not self._defer_sync(directory, pfd, owner, path):
+                os.fsync(pfd)
             self.written[path] = (fst.st_dev, fst.st_ino, fst.st_mtime_ns)
+
+    # ------------------------------------------------------------------ deferred directory fsyncs
+    @contextlib.contextmanager
+    def deferring(self, owner: str) -> Iterator[None]:
+        """Atomic writes of this thread inside the block are ``owner``'s: their directory fsync waits for
+        :meth:`settle` (which the caller must then call: ``settle(owner)`` or ``settle(None)``)."""
+        prev = getattr(self._local, "owner", None)
+        self._local.owner = owner
+        try:
+            yield
+        finally:
+            self._local.owner = prev
+
+    def _defer_sync(self, directory: str, pfd: int, owner: str, path: str) -> bool:
+        """Note the rename of ``path`` for a later fsync of ``directory``; False: fsync it now instead."""
+        evicted: list[tuple[str, _Unsynced]] = []
+        with self._sync:
+            entry = self._unsynced.get(directory)
+            if entry is None:
+                try:
+                    fd = os.dup(pfd)  # the very directory the rename happened in, whatever its path names later
+                except OSError:
+                    return False
+                while len(self._unsynced) >= self.SYNC_MAX_DIRS:
+                    old = next(iter(self._unsynced))
+                    evicted.append((old, self._unsynced.pop(old)))
+                entry = self._unsynced[directory] = _Unsynced(fd, time.monotonic())
+            entry.writes.append((owner, path))
+            self._busy.setdefault(directory, set()).add(owner)
+            self._owned.setdefault(owner, set()).add(directory)
+        failures = [f for d, e in evicted if (f := self._fsync(d, e)) is not None]
+        if failures:
+            with self._sync:
+                self._sync_failures.extend(failures)
+        return True
+
+    def settle(self, owner: str | None = None) -> list[SyncFailure]:
+        """Make deferred renames durable: ``owner`` is done writing, so fsync every directory no owner is
+        still writing in (or whose first deferred rename has waited ``SYNC_MAX_AGE``); ``None``: fsync every
+        deferred directory now and forget all owners (the end of a pass).  Returns the fsyncs that failed."""
+        with self._sync:
+            if owner is None:
+                due = list(self._unsynced.items())
+                self._unsynced.clear()
+                self._busy.clear()
+                self._owned.clear()
+            else:
+                for d in self._owned.pop(owner, ()):
+                    left = self._busy.get(d)
+                    if left is not None:
+                        left.discard(owner)
+                        if not left:
+                            del self._busy[d]
+                if not self._unsynced:
+                    failures, self._sync_failures = self._sync_failures, []
+                    return failures
+                now = time.monotonic()
+                due = [(d, e) for d, e in self._unsynced.items() if d not in self._busy or now - e.since >= self.SYNC_MAX_AGE]
+                for d, _ in due:
+                    del self._unsynced[d]
+            failures, self._sync_failures = self._sync_failures, []
+        failures.extend(f for d, e in due if (f := self._fsync(d, e)) is not None)
+        return failures
+
+    def unsynced(self) -> dict[str, list[tuple[str, str]]]:
+        """The deferred fsyncs still to do: directory -> the (owner, path) renamed in since its last fsync."""
+        with self._sync:
+            return {d: list(e.writes) for d, e in self._unsynced.items()}
+
+    @staticmethod
+    def _fsync(directory: str, entry: _Unsynced) -> SyncFailure | None:
+        try:
+            os.fsync(entry.fd)
+        except OSError as e:
+            return SyncFailure(directory, entry.writes, e)
+        finally:
+            os.close(entry.fd)
+        return None
 
     def replaced_since_write(self, path: str) -> bool:
         """True when ``path`` is no longer the file the last ``write_atomic`` put there (another writer since)."""
