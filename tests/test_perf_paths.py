@@ -546,3 +546,33 @@ def test_a_failed_deferred_directory_fsync_is_a_failed_remediation(host_root: Pa
     assert sample == 3
     assert all((host_root / "etc/app" / f"{i:03d}.conf").read_text() == "v\n" for i in range(3))  # renamed in
     rt.state.close()
+
+
+def test_a_snapshot_folder_is_fsynced_into_its_parent_once_when_created(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first snapshot in a new folder also makes the folder's own entry durable; later ones cost 2 fsyncs."""
+    import hashlib
+
+    from driftd.safety.snapshots import SnapshotStore
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    store = SnapshotStore(state / "snapshots")
+    first = b"first drifted bytes\n"
+    bucket = hashlib.sha256(first).hexdigest()[:2]
+    same = next(b for i in range(100_000) if hashlib.sha256(b := f"x{i}".encode()).hexdigest()[:2] == bucket)
+    synced: list[tuple[int, int, bool]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append(_fd_id(fd))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store.put(first)
+    dirs = [_dir_id(p) for p in (state, state / "snapshots", state / "snapshots/sha256", state / "snapshots/sha256" / bucket)]
+    assert [s for s in synced if s[2]] == dirs  # each new folder into its parent, then the blob's folder
+    assert len(synced) == 5  # + the blob itself
+    synced.clear()
+    store.put(same)  # same folder, which exists now
+    assert len(synced) == 2 and synced[1] == dirs[3]

@@ -4,8 +4,9 @@ Pipeline position: called by adapters during **act**, before anything is overwri
 or removed.  A snapshot id is ``sha256:<hex>`` of the bytes; the same bytes are stored
 once.  ``put`` returns only once the bytes are durable and verified: written whole to a
 temp file (short writes and ENOSPC handled), read back against the digest, fsynced,
-renamed, and the directory fsynced.  An existing entry whose bytes do not match its
-name is replaced, never trusted.  Any failure raises :class:`SnapshotError`, and an
+renamed, and the directory fsynced (a folder of the store it had to create is fsynced
+into its parent first).  An existing entry whose bytes do not match its name is
+replaced, never trusted.  Any failure raises :class:`SnapshotError`, and an
 adapter that cannot snapshot must not overwrite.
 
 Paths inside the store are walked with ``O_NOFOLLOW | O_DIRECTORY`` relative to the
@@ -42,10 +43,16 @@ class SnapshotError(Exception):
 
 
 def secure_dir(parent_fd: int, name: str, *, create: bool = True) -> int:
-    """Descriptor of directory ``name`` below ``parent_fd``: never a symlink, always 0700."""
+    """Descriptor of directory ``name`` below ``parent_fd``: never a symlink, always 0700.
+
+    A folder it creates is made durable in its parent (fsynced) before it is used: a snapshot fsynced in a
+    folder whose own entry a crash could lose would not be durable.  Once per folder, not per snapshot.
+    """
+    created = False
     if create:
         with contextlib.suppress(FileExistsError):
             os.mkdir(name, 0o700, dir_fd=parent_fd)
+            created = True
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
     except OSError as e:
@@ -55,6 +62,8 @@ def secure_dir(parent_fd: int, name: str, *, create: bool = True) -> int:
     try:
         if stat.S_IMODE(os.fstat(fd).st_mode) != 0o700:
             os.fchmod(fd, 0o700)
+        if created:
+            os.fsync(parent_fd)
     except BaseException:
         os.close(fd)
         raise
