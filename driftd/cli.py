@@ -68,7 +68,8 @@ def _load_baselines(settings: Any) -> Any:
     from driftd.observability.logging import Event, get_logger
 
     bset, problems = load_set(settings.baselines, max_file_bytes=settings.baseline_file_max_bytes,
-                              guardrails=guardrails.configured(settings.guardrails), allowed_signers=settings.baseline_signers)
+                              guardrails=guardrails.configured(settings.guardrails), allowed_signers=settings.baseline_signers,
+                              cache_dir=Path(settings.state_dir) / "cache")
     if bset is None:
         print(f"driftd: baselines in {settings.baselines} are invalid; not starting:", file=sys.stderr)
         for p in problems:

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from driftd.baselines import cache
 from driftd.baselines.guardrails import DEFAULT as DEFAULT_GUARDRAILS
 from driftd.baselines.guardrails import Guardrails, findings
 from driftd.baselines.manifest import SIGNATURE_FILE, check_path
@@ -671,7 +672,7 @@ def _manifest_rel(base_dir: str, source: str) -> str:
 
 def _load_sources(
     doc: _Doc, reader: _SourceReader, problems: list[Problem], sources: SourceBytes, digest: Any,
-    digests: dict[str, str], root: Path,
+    digests: dict[str, str], root: Path, read: list[cache.Source],
 ) -> None:
     """Read the ``source:`` files of ``doc``: bytes and sha256 into ``sources``, one manifest line each."""
     if not isinstance(doc.model, HostBaseline):
@@ -689,6 +690,7 @@ def _load_sources(
         sources.digests[key] = hexdigest = _sha256(data)
         digest.update(f.source.encode() + b"\0" + data)  # the set's version: as ever (signed sets keep theirs)
         _record(digests, _manifest_rel(doc.base_dir, f.source), hexdigest, root, problems)
+        read.append((key[0], doc.base_dir, f.source, hexdigest))
 
 
 def _yaml_files(directory: Path) -> list[Path]:
@@ -702,22 +704,27 @@ def _yaml_files(directory: Path) -> list[Path]:
 def load_set(
     directory: str | os.PathLike[str], *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     guardrails: Guardrails = DEFAULT_GUARDRAILS, allowed_signers: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[BaselineSet | None, list[Problem]]:
     """Load every baseline below ``directory``: a complete set, or None and the problems.
 
     With ``allowed_signers`` the set must also carry a valid signature by one of them over
-    what was read (``field`` ``(signature)`` in the problems otherwise).
+    what was read (``field`` ``(signature)`` in the problems otherwise).  With ``cache_dir`` a
+    set whose every byte (and driftd's code and the options) is unchanged since a full load
+    stored it there is rebuilt from that entry (:mod:`driftd.baselines.cache`) instead of parsed,
+    validated and linted again; the result is the same.
     Never raises: a crash anywhere in loading is a rejected set with the error as a problem,
     so the daemon counts it and keeps its last good set.
     """
     try:
-        return _load_set(directory, max_file_bytes, guardrails, allowed_signers)
+        return _load_set(directory, max_file_bytes, guardrails, allowed_signers, cache_dir)
     except Exception as e:  # a bug here must reject the set, not take the agent down
         return None, [Problem(str(directory), 1, "(loader)", f"internal error while loading: {type(e).__name__}: {e}")]
 
 
 def _load_set(directory: str | os.PathLike[str], max_file_bytes: int, guardrails: Guardrails,
-              allowed_signers: str | os.PathLike[str] | None = None) -> tuple[BaselineSet | None, list[Problem]]:
+              allowed_signers: str | os.PathLike[str] | None = None,
+              cache_dir: str | os.PathLike[str] | None = None) -> tuple[BaselineSet | None, list[Problem]]:
     root = Path(directory)
     problems: list[Problem] = []
     if not root.is_dir():
@@ -728,7 +735,7 @@ def _load_set(directory: str | os.PathLike[str], max_file_bytes: int, guardrails
         return None, [Problem(str(root), 1, "(directory)", f"cannot list: {e}")]
     set_digest = hashlib.sha256()
     digests: dict[str, str] = {}
-    docs: list[_Doc] = []
+    texts: list[tuple[str, str, bytes]] = []  # (relative path, shown path, bytes) of every YAML file read
     for path in paths:
         rel = str(path.relative_to(root))
         shown = str(path)
@@ -737,6 +744,16 @@ def _load_set(directory: str | os.PathLike[str], max_file_bytes: int, guardrails
             continue
         set_digest.update(rel.encode() + b"\0" + raw)
         _record(digests, path.relative_to(root).as_posix(), _sha256(raw), root, problems)
+        texts.append((rel, shown, raw))
+    entry_key = None
+    if cache_dir is not None and not problems:
+        entry_key = _cache_key(root, texts, digests, max_file_bytes, guardrails, allowed_signers)
+        hit = None if entry_key is None else _from_cache(root, cache_dir, entry_key, set_digest, digests,
+                                                          max_file_bytes, allowed_signers)
+        if hit is not None:
+            return hit
+    docs: list[_Doc] = []
+    for rel, shown, raw in texts:
         for doc in _parse(shown, raw, problems):
             doc.base_dir = str(Path(rel).parent)
             docs.append(doc)
@@ -746,8 +763,9 @@ def _load_set(directory: str | os.PathLike[str], max_file_bytes: int, guardrails
     _check_set(valid, problems, guardrails)
     sources = SourceBytes()
     reader = _SourceReader(root, max_file_bytes)
+    read: list[cache.Source] = []
     for doc in valid:
-        _load_sources(doc, reader, problems, sources, set_digest, digests, root)
+        _load_sources(doc, reader, problems, sources, set_digest, digests, root, read)
     signed_by = None
     if allowed_signers is not None and not any(p.severity == "error" for p in problems):
         signed_by = _check_signature(root, digests, set_digest.hexdigest()[:12], allowed_signers, problems)
@@ -768,7 +786,68 @@ def _load_set(directory: str | os.PathLike[str], max_file_bytes: int, guardrails
         signed_by=signed_by,
         source_digests=sources.digests,
     )
+    if entry_key is not None and cache_dir is not None:
+        cache.store(cache_dir, entry_key, version=bset.version, baselines=bset.baselines, sources=read,
+                    hashes=hashes, files=files,
+                    warnings=[(p.file, p.line, p.field, p.reason, p.severity) for p in bset.warnings])
     return bset, sorted(problems)
+
+
+def _cache_key(root: Path, texts: list[tuple[str, str, bytes]], digests: dict[str, str], max_file_bytes: int,
+               guardrails: Guardrails, allowed_signers: str | os.PathLike[str] | None) -> str | None:
+    """The cache key of this load: the YAML files read (names, digests, order), the options and the signature's inputs."""
+    yaml_files = [(rel, digests[Path(rel).as_posix()]) for rel, _, _ in texts]
+    signature = signers = None
+    if allowed_signers is not None:
+        signature = _read(root / SIGNATURE_FILE, "", max_file_bytes, [])
+        signers = _read(allowed_signers, "", max_file_bytes, [])
+    return cache.key(directory=str(root), yaml_files=yaml_files, max_file_bytes=max_file_bytes, guardrails=guardrails,
+                     allowed_signers=None if allowed_signers is None else os.fspath(allowed_signers),
+                     signature=signature, signers=signers)
+
+
+def _from_cache(root: Path, cache_dir: str | os.PathLike[str], entry_key: str, yaml_digest: Any,
+                yaml_digests: dict[str, str], max_file_bytes: int,
+                allowed_signers: str | os.PathLike[str] | None) -> tuple[BaselineSet, list[Problem]] | None:
+    """The set of a cache entry, if every ``source:`` it lists reads (same checks) to the same sha256; else None (miss).
+
+    The YAML files were read and are in the key; the sources are read here again exactly as a full
+    load reads them, the version and manifest are computed again from those bytes, and a required
+    signature is verified again (an allowed signer may have expired since).
+    """
+    entry = cache.load(cache_dir, entry_key)
+    if entry is None:
+        return None
+    reader = _SourceReader(root, max_file_bytes)
+    sources = SourceBytes()
+    set_digest = yaml_digest.copy()
+    digests = dict(yaml_digests)
+    problems: list[Problem] = []
+    for baseline, base_dir, source, sha in entry.sources():
+        data = reader.read(base_dir, source, "")
+        if isinstance(data, str) or _sha256(data) != sha:
+            return None
+        key = (baseline, source)
+        sources[key] = data
+        sources.digests[key] = sha
+        set_digest.update(source.encode() + b"\0" + data)
+        _record(digests, _manifest_rel(base_dir, source), sha, root, problems)
+    version = set_digest.hexdigest()[:12]
+    if problems or version != entry.version:
+        return None
+    signed_by = None
+    if allowed_signers is not None:
+        signed_by = _check_signature(root, digests, version, allowed_signers, problems)
+        if problems:
+            return None  # the full load says why
+    baselines = entry.baselines()
+    if baselines is None:
+        return None
+    warnings = tuple(Problem(*w) for w in entry.warnings)
+    bset = BaselineSet(directory=str(root), baselines=baselines, sources=sources, files=entry.files,
+                       hashes=entry.hashes, version=version, warnings=warnings, file_digests=digests,
+                       signed_by=signed_by, source_digests=sources.digests)
+    return bset, list(warnings)
 
 
 def _baseline_hashes(docs: list[_Doc], source_digests: dict[tuple[str, str], str]) -> dict[str, str]:

@@ -75,7 +75,8 @@ class BaselineManager:
             return False
         bset, problems = load_set(self.settings.baselines, max_file_bytes=self.settings.baseline_file_max_bytes,
                                   guardrails=guardrails.configured(self.settings.guardrails),
-                                  allowed_signers=self.settings.baseline_signers)
+                                  allowed_signers=self.settings.baseline_signers,
+                                  cache_dir=self.settings.state_dir / "cache")
         if bset is not None:
             try:
                 self.engine.set_baselines(bset)  # compiles and resolves first, swaps last: a crash keeps the old set
