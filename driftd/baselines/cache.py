@@ -100,7 +100,8 @@ class Entry:
     def baselines(self) -> tuple[AnyBaseline, ...] | None:
         """The models rebuilt from their JSON lines; None if any line no longer validates."""
         try:
-            return tuple(BASELINE_KINDS[k].model_validate(json.loads(line)) for k, line in zip(self.kinds, self.lines, strict=True))
+            # parsed by pydantic-core straight into the models: no Python dicts of the whole set in between
+            return tuple(BASELINE_KINDS[k].model_validate_json(line) for k, line in zip(self.kinds, self.lines, strict=True))
         except (KeyError, ValueError):  # pydantic's ValidationError is a ValueError (and so is a JSON error)
             return None
 
@@ -125,7 +126,7 @@ def _dump(model: AnyBaseline) -> bytes | None:
     """
     try:
         line = _line(model)
-        back = type(model).model_validate(json.loads(line))
+        back = type(model).model_validate_json(line)  # exactly as a hit rebuilds it
         return line if back == model and _line(back) == line else None
     except (TypeError, ValueError):
         return None
