@@ -133,6 +133,7 @@ def _cmd_run(args: argparse.Namespace, *, gc_was_enabled: bool) -> int:
         print(f"driftd: {e}", file=sys.stderr)
         return ExitCode.ERROR
     rt.engine.set_baselines(bset)
+    del bset  # the engine holds the set in force: a hot reload must free this one, not keep it for the daemon's life
     if args.once:
         from driftd.engine.once import render_text, run_once
 
