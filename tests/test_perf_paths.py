@@ -359,6 +359,16 @@ def _flat_app(host_root: Path, n_content: int, n_mode: int, n_clean: int) -> tup
     return spec, content, mode
 
 
+def _two_directories(host_root: Path, baselines_dir, make_runtime, n_content: int, n_clean: int) -> tuple[Any, list[str]]:
+    """_flat_app's /etc/app plus one drifted file in /etc/other: a pass that writes into two directories."""
+    spec, content, _ = _flat_app(host_root, n_content, 0, n_clean)
+    (host_root / "etc/other").mkdir()
+    (host_root / "etc/other/x.conf").write_text("drifted\n")
+    spec += '  - {path: /etc/other/x.conf, content: "v\\n"}\n'
+    rt = make_runtime(baselines_dir({"b.yaml": host_baseline("b", spec)}), safety={"breaker": {"share": 1.0}})
+    return rt, content
+
+
 def test_a_revert_costs_a_bounded_number_of_sql_statements_and_fsyncs(host_root: Path, baselines_dir, make_runtime,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Per revert through the real engine on a real filesystem: at most 7 SQL statements (6 for a mode change)
@@ -421,11 +431,7 @@ def test_the_deferred_directory_fsync_is_done_before_run_once_returns(host_root:
     """Every directory a revert renamed a file into is fsynced after its last rename, before the pass returns."""
     from driftd.engine.once import run_once
 
-    spec, _, _ = _flat_app(host_root, 8, 0, 2)
-    (host_root / "etc/other").mkdir()
-    (host_root / "etc/other/x.conf").write_text("drifted\n")
-    spec += '  - {path: /etc/other/x.conf, content: "v\\n"}\n'
-    rt = make_runtime(baselines_dir({"b.yaml": host_baseline("b", spec)}), safety={"breaker": {"share": 1.0}})
+    rt, _ = _two_directories(host_root, baselines_dir, make_runtime, 8, 2)
     events: list[tuple[str, tuple[int, int, bool]]] = []
     real_fsync, real_rename = os.fsync, os.rename
 
@@ -517,11 +523,7 @@ def test_a_failed_deferred_directory_fsync_is_a_failed_remediation(host_root: Pa
     from driftd.engine.once import run_once
     from driftd.testing import capture_logs
 
-    spec, content, _ = _flat_app(host_root, 3, 0, 1)
-    (host_root / "etc/other").mkdir()
-    (host_root / "etc/other/x.conf").write_text("drifted\n")
-    spec += '  - {path: /etc/other/x.conf, content: "v\\n"}\n'
-    rt = make_runtime(baselines_dir({"b.yaml": host_baseline("b", spec)}), safety={"breaker": {"share": 1.0}})
+    rt, content = _two_directories(host_root, baselines_dir, make_runtime, 3, 1)
     app = _dir_id(host_root / "etc/app")
     real_fsync = os.fsync
 
