@@ -280,6 +280,116 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return ExitCode.ERROR
 
 
+def cmd_baseline_diff(args: argparse.Namespace) -> int:
+    """What changed between two baseline sets (directories or ``REV:PATH`` of a git revision), field by field.
+
+    Each side is loaded whole with ``load_set`` (a git revision from a temporary directory the
+    tree ``REV:PATH`` is written into, ``source:`` files and all); a side that does not load is an
+    error (its problems, exit 1), never half diffed.  Exit 0: no differences; 3
+    (``ExitCode.DRIFT_REMAINED``, differences found); 1: a set does not load; 2: usage.
+    """
+    import tempfile
+
+    from driftd.baselines import guardrails
+    from driftd.baselines.diff import diff_sets, render_text
+    from driftd.baselines.loader import load_set
+    from driftd.settings import load_settings
+
+    try:
+        rails = guardrails.configured(load_settings(args.config).guardrails)
+    except (OSError, ValueError) as e:
+        print(f"driftd: {e}", file=sys.stderr)
+        return ExitCode.USAGE
+    repo = args.repo or os.getcwd()
+    sets: list[Any] = []
+    with tempfile.TemporaryDirectory(prefix="driftd-baseline-diff-") as tmp:
+        for side, spec in (("old", args.old), ("new", args.new)):
+            directory, label = spec, None
+            if not os.path.isdir(spec) and ":" in spec:  # a plain existing directory wins over a revision
+                rev, _, path = spec.partition(":")
+                if not rev or rev.startswith("-"):
+                    print(f"driftd: {side} {spec!r}: expected a directory or REV:PATH (e.g. HEAD~1:baselines)",
+                          file=sys.stderr)
+                    return ExitCode.USAGE
+                directory, label = os.path.join(tmp, side), spec.rstrip("/")
+                why = _diff_read_tree(repo, rev, path, directory)
+                if why is not None:
+                    print(f"driftd: {side} {spec}: {why}", file=sys.stderr)
+                    return ExitCode.ERROR
+            bset, problems = load_set(directory, guardrails=rails)
+            if bset is None:
+                print(f"driftd: {side} {spec}: the set does not load, not diffing it:", file=sys.stderr)
+                for p in problems:
+                    if p.severity != "error":
+                        continue
+                    text = str(p)
+                    if label is not None and text.startswith(directory):
+                        text = label + text[len(directory):]
+                    print(text, file=sys.stderr)
+                return ExitCode.ERROR
+            sets.append(bset)
+    result = diff_sets(sets[0], sets[1])
+    if args.output == "json":
+        print(json.dumps(result.to_dict(args.old, args.new), indent=2))
+    else:
+        sys.stdout.write(render_text(result, args.old, args.new))
+    return ExitCode.DRIFT_REMAINED if result.changed else ExitCode.CLEAN
+
+
+def _diff_read_tree(repo: str, rev: str, path: str, dest: str) -> str | None:
+    """Write the git tree ``REV:PATH`` of ``repo`` (every blob below it, symlinks kept inside) into ``dest``; why not."""
+    import subprocess
+
+    def git(*argv: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["git", "-C", repo, *argv], input=stdin, capture_output=True, check=False)
+
+    try:
+        found = git("rev-parse", "--verify", "--quiet", f"{rev}:{path}")
+        if found.returncode != 0:
+            return f"no such revision or path in the git repository {repo} ({found.stderr.decode(errors='replace').strip() or 'not found'})"
+        oid = found.stdout.decode().strip()
+        kind = git("cat-file", "-t", oid).stdout.decode().strip()
+        if kind != "tree":
+            return f"{rev}:{path} is a {kind or 'missing object'}, not a directory"
+        listing = git("ls-tree", "-r", "-z", oid)
+        if listing.returncode != 0:
+            return f"git ls-tree failed: {listing.stderr.decode(errors='replace').strip()}"
+        entries: list[tuple[str, str, str]] = []  # (mode, blob id, relative path)
+        for item in listing.stdout.split(b"\0"):
+            if not item:
+                continue
+            meta, _, raw_name = item.partition(b"\t")
+            mode, otype, blob = meta.decode().split(" ")
+            if otype == "blob":  # submodules (commit) are not part of a set
+                entries.append((mode, blob, raw_name.decode("utf-8", "surrogateescape")))
+        batch = git("cat-file", "--batch", stdin="".join(f"{b}\n" for _, b, _ in entries).encode())
+        if batch.returncode != 0:
+            return f"git cat-file failed: {batch.stderr.decode(errors='replace').strip()}"
+    except FileNotFoundError:
+        return "git is not installed"
+    out, pos = batch.stdout, 0
+    os.makedirs(dest)
+    root = os.path.realpath(dest)
+    for mode, _blob, name in entries:
+        header_end = out.index(b"\n", pos)
+        size = int(out[pos:header_end].split(b" ")[2])
+        data = out[header_end + 1: header_end + 1 + size]
+        pos = header_end + 2 + size
+        if name.startswith("/") or ".." in name.split("/"):
+            return f"unsafe path in the tree: {name!r}"
+        target = os.path.join(dest, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if mode == "120000":  # a symlink: kept when it stays inside the tree (the loader follows links)
+            link = data.decode("utf-8", "surrogateescape")
+            resolved = os.path.normpath(os.path.join(os.path.dirname(os.path.join(root, name)), link))
+            if not link.startswith("/") and (resolved + "/").startswith(root + "/"):
+                os.symlink(link, target)
+            continue
+        with open(target, "wb") as f:
+            f.write(data)
+    return None
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from driftd.baselines.loader import json_schema
 
@@ -529,6 +639,21 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--allowed-signers", required=True, metavar="FILE", help="OpenSSH allowed_signers file")
     verify.add_argument("--config", help="settings file whose guardrails.extra_* apply (also $DRIFTD_CONFIG)")
     verify.set_defaults(func=cmd_verify)
+    bdiff = blsub.add_parser(
+        "diff", help="what changed between two baseline sets, field by field (exit 0 none, 3 differences, 1 invalid set)",
+        description="Compare two baseline sets: baselines added, removed and changed (by metadata.name), and inside "
+        "them rules (by what they govern, e.g. 'path /etc/ssh/sshd_config') and fields, as 'field: old -> new'. "
+        "Content of sensitive files is never shown.",
+        epilog="exit codes: 0 no differences; 3 differences found (driftd's 'drift found' code, not diff(1)'s 1); "
+        "1 a set does not load (its problems as FILE:LINE: field: reason) or a revision cannot be read; 2 usage")
+    for side in ("old", "new"):
+        bdiff.add_argument(side, metavar=side.upper(),
+                           help="a baselines directory, or REV:PATH of a git revision (e.g. HEAD~1:baselines, "
+                                "origin/main:baselines); an existing directory wins over a revision spelling")
+    bdiff.add_argument("--repo", metavar="DIR", help="git repository where REV:PATH is resolved (default: the current directory)")
+    bdiff.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    bdiff.add_argument("--config", help="settings file whose guardrails.extra_* apply (also $DRIFTD_CONFIG)")
+    bdiff.set_defaults(func=cmd_baseline_diff)
     schema = blsub.add_parser("schema", help="print the JSON Schema of baselines")
     schema.set_defaults(func=cmd_schema)
 
