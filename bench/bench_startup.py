@@ -55,12 +55,12 @@ def importtime(py: Path, cmd: list[str], env: dict[str, str]) -> tuple[dict[str,
     for line in r.stderr.splitlines():
         if not line.startswith("import time:") or "|" not in line or "self [us]" in line:
             continue
-        _, self_us, name = line.split("|")
+        self_part, _cumulative, name = line.split("|")
         name = name.strip()
         modules.append(name)
         top = name.split(".")[0]
         key = ".".join(name.split(".")[:2]) if top == "driftd" else top
-        by_pkg[key] = by_pkg.get(key, 0.0) + int(self_us.split(":")[-1]) / 1000
+        by_pkg[key] = by_pkg.get(key, 0.0) + int(self_part.split(":")[-1]) / 1000
     return dict(sorted(by_pkg.items(), key=lambda kv: -kv[1])), modules
 
 
