@@ -105,7 +105,8 @@ class SetDiff:
         return bool(self.baselines)
 
     def summary(self) -> dict[str, Any]:
-        """Counts, every one present: baselines and rules by change, and the other fields that changed."""
+        """Counts, every one present: baselines and rules (those of added/removed baselines too) by change, and
+        ``fields``: the other fields (settings, metadata) that changed in changed baselines."""
         bl = dict.fromkeys(_CHANGES, 0)
         rules = dict.fromkeys(_CHANGES, 0)
         fields = 0
@@ -113,7 +114,8 @@ class SetDiff:
             bl[b.change] += 1
             for r in b.rules:
                 rules[r.change] += 1
-            fields += len(b.fields)
+            if b.change == "changed":  # an added or removed baseline's settings are listed, not counted
+                fields += len(b.fields)
         return {"baselines": bl, "rules": rules, "fields": fields}
 
     def to_dict(self, old_ref: str | None = None, new_ref: str | None = None) -> dict[str, Any]:
@@ -177,10 +179,10 @@ class _Val:
 
 
 def _compare(old: dict[str, _Val], new: dict[str, _Val]) -> tuple[FieldChange, ...]:
-    """The fields whose values differ (a missing field is unset), in old order then the new-only ones."""
+    """The fields whose values differ (a missing field is unset), in the new order (old-only ones where they were)."""
     out: list[FieldChange] = []
     unset = _Val(None, None)
-    for key in [*old, *(k for k in new if k not in old)]:
+    for key in _merged(list(old), list(new)):
         a, b = old.get(key, unset), new.get(key, unset)
         if a.cmp == b.cmp:
             continue
@@ -189,6 +191,18 @@ def _compare(old: dict[str, _Val], new: dict[str, _Val]) -> tuple[FieldChange, .
         else:
             out.append(FieldChange(key, a.shown, b.shown))
     return tuple(out)
+
+
+def _merged(old: list[str], new: list[str]) -> list[str]:
+    """``new``'s keys in order, each key only in ``old`` right after the key it followed there."""
+    keys = list(new)
+    seen = set(new)
+    for i, key in enumerate(old):
+        if key not in seen:
+            at = keys.index(old[i - 1]) + 1 if i else 0
+            keys.insert(at, key)
+            seen.add(key)
+    return keys
 
 
 def _vals(flat: dict[str, Any]) -> dict[str, _Val]:
