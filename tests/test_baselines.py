@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -360,3 +361,69 @@ def _write_at(root: Path, files: dict[str, str | bytes]) -> Path:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(text if isinstance(text, bytes) else text.encode())
     return root
+
+
+class TestConfigMapVolume:
+    """A ConfigMap volume (``..<timestamp>/``, ``..data`` -> it, top-level symlinks) swapped by the kubelet mid-load."""
+
+    @staticmethod
+    def version(root: Path, stamp: str, word: str) -> None:
+        d = root / stamp
+        (d / "files").mkdir(parents=True)
+        for name in ("a", "b"):
+            (d / f"{name}.yaml").write_text(host_baseline(name, f"""
+                files:
+                  - {{path: /etc/{name}, content: "{word}\\n"}}
+                  - {{path: /etc/{name}.src, source: files/{name}.txt}}
+            """))
+            (d / "files" / f"{name}.txt").write_text(f"{word} from source\n")
+
+    @staticmethod
+    def swap(root: Path, stamp: str) -> None:
+        tmp = root / "..data_tmp"
+        tmp.symlink_to(stamp)
+        os.rename(tmp, root / "..data")  # what the kubelet's AtomicWriter does
+
+    def mounted(self, tmp_path: Path) -> Path:
+        root = tmp_path / "vol"
+        self.version(root, "..2026_12_02_00_00_00.000000001", "one")
+        self.version(root, "..2026_12_02_00_01_00.000000002", "two")
+        (root / "..data").symlink_to("..2026_12_02_00_00_00.000000001")
+        for top in ("a.yaml", "b.yaml", "files"):
+            (root / top).symlink_to(Path("..data") / top)
+        return root
+
+    @pytest.mark.parametrize("swap_after", ["the first YAML file", "the YAML files"])
+    def test_a_swap_while_loading_never_mixes_two_versions(self, tmp_path, monkeypatch, swap_after):
+        """The set comes whole from the version ..data named when loading began: YAML and source files alike."""
+        import driftd.baselines.loader as loader
+
+        root = self.mounted(tmp_path)
+        real_read, reads = loader._read, []
+
+        def read_then_swap(path, *a, **kw):
+            out = real_read(path, *a, **kw)
+            reads.append(path)
+            if len(reads) == (1 if swap_after == "the first YAML file" else 2):
+                self.swap(root, "..2026_12_02_00_01_00.000000002")
+            return out
+
+        monkeypatch.setattr(loader, "_read", read_then_swap)
+        bset, problems = load_set(root)
+        assert bset is not None, problems
+        assert (root / "a.yaml").read_text().count('"two\\n"') == 1  # the swap did happen during the load
+        contents = {r.path: r.content for b in bset.baselines for r in b.spec.files if r.content}
+        assert contents == {"/etc/a": "one\n", "/etc/b": "one\n"}
+        assert set(bset.sources.values()) == {b"one from source\n"}
+        assert bset.directory == str(root)  # named as the user gave it, not by the version read
+
+    def test_after_the_swap_the_next_load_is_the_new_version_whole_and_problems_name_the_volume(self, tmp_path):
+        root = self.mounted(tmp_path)
+        self.swap(root, "..2026_12_02_00_01_00.000000002")
+        bset, problems = load_set(root)
+        assert bset is not None, problems
+        assert {r.content for b in bset.baselines for r in b.spec.files if r.content} == {"two\n"}
+        (root / "..2026_12_02_00_01_00.000000002" / "b.yaml").write_text("kind: HostBaseline\nspec: [\n")
+        bset, problems = load_set(root)
+        assert bset is None
+        assert [p.file for p in problems if p.field == "(yaml)"] == [str(root / "b.yaml")]

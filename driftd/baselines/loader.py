@@ -725,10 +725,11 @@ def load_set(
 def _load_set(directory: str | os.PathLike[str], max_file_bytes: int, guardrails: Guardrails,
               allowed_signers: str | os.PathLike[str] | None = None,
               cache_dir: str | os.PathLike[str] | None = None) -> tuple[BaselineSet | None, list[Problem]]:
-    root = Path(directory)
+    shown_root = Path(directory)
     problems: list[Problem] = []
-    if not root.is_dir():
-        return None, [Problem(str(root), 1, "(directory)", "baselines directory not found or not a directory")]
+    if not shown_root.is_dir():
+        return None, [Problem(str(shown_root), 1, "(directory)", "baselines directory not found or not a directory")]
+    root = one_version(shown_root)  # every byte below comes from this one directory
     try:
         paths = _yaml_files(root)
     except OSError as e:
@@ -738,7 +739,7 @@ def _load_set(directory: str | os.PathLike[str], max_file_bytes: int, guardrails
     texts: list[tuple[str, str, bytes]] = []  # (relative path, shown path, bytes) of every YAML file read
     for path in paths:
         rel = str(path.relative_to(root))
-        shown = str(path)
+        shown = str(shown_root / rel)
         raw = _read(path, shown, max_file_bytes, problems)
         if raw is None:
             continue
@@ -747,9 +748,9 @@ def _load_set(directory: str | os.PathLike[str], max_file_bytes: int, guardrails
         texts.append((rel, shown, raw))
     entry_key = None
     if cache_dir is not None and not problems:
-        entry_key = _cache_key(root, texts, digests, max_file_bytes, guardrails, allowed_signers)
+        entry_key = _cache_key(shown_root, texts, digests, max_file_bytes, guardrails, allowed_signers)
         hit = None if entry_key is None else _from_cache(root, cache_dir, entry_key, set_digest, digests,
-                                                          max_file_bytes, allowed_signers)
+                                                          max_file_bytes, allowed_signers, shown_root)
         if hit is not None:
             return hit
     docs: list[_Doc] = []
@@ -768,14 +769,14 @@ def _load_set(directory: str | os.PathLike[str], max_file_bytes: int, guardrails
         _load_sources(doc, reader, problems, sources, set_digest, digests, root, read)
     signed_by = None
     if allowed_signers is not None and not any(p.severity == "error" for p in problems):
-        signed_by = _check_signature(root, digests, set_digest.hexdigest()[:12], allowed_signers, problems)
+        signed_by = _check_signature(root, digests, set_digest.hexdigest()[:12], allowed_signers, problems, shown_root)
     errors = sorted(p for p in problems if p.severity == "error")
     if errors:
         return None, sorted(problems)
     hashes = _baseline_hashes(valid, sources.digests)
     files = {d.model.metadata.name: d.file for d in valid if d.model is not None}
     bset = BaselineSet(
-        directory=str(root),
+        directory=str(shown_root),
         baselines=tuple(d.model for d in valid if d.model is not None),
         sources=sources,
         files=files,
@@ -793,6 +794,27 @@ def _load_set(directory: str | os.PathLike[str], max_file_bytes: int, guardrails
     return bset, sorted(problems)
 
 
+def one_version(directory: Path) -> Path:
+    """The directory to read a whole set from: for a ConfigMap volume, the version ``..data`` names right now.
+
+    The kubelet updates a ConfigMap volume by writing a new ``..<timestamp>/`` directory and swapping the
+    ``..data`` symlink to it in one rename; the top-level names are symlinks through ``..data``.  Reading
+    through them while a swap happens can mix files of two versions, so the loader resolves ``..data``
+    once and reads every YAML, ``source:`` and signature file below that one target.  A directory
+    without ``..data`` (a git checkout, a hostPath) is read as it is.
+    """
+    data = directory / "..data"
+    try:
+        target = os.readlink(data)
+    except OSError:
+        return directory
+    resolved = Path(os.path.normpath(directory / target))
+    # the kubelet writes a sibling: anything else (absolute, above the volume) is not this layout
+    if resolved.parent != Path(os.path.normpath(directory)) or not resolved.is_dir():
+        return directory
+    return resolved
+
+
 def _cache_key(root: Path, texts: list[tuple[str, str, bytes]], digests: dict[str, str], max_file_bytes: int,
                guardrails: Guardrails, allowed_signers: str | os.PathLike[str] | None) -> str | None:
     """The cache key of this load: the YAML files read (names, digests, order), the options and the signature's inputs."""
@@ -808,7 +830,7 @@ def _cache_key(root: Path, texts: list[tuple[str, str, bytes]], digests: dict[st
 
 def _from_cache(root: Path, cache_dir: str | os.PathLike[str], entry_key: str, yaml_digest: Any,
                 yaml_digests: dict[str, str], max_file_bytes: int,
-                allowed_signers: str | os.PathLike[str] | None) -> tuple[BaselineSet, list[Problem]] | None:
+                allowed_signers: str | os.PathLike[str] | None, shown_root: Path) -> tuple[BaselineSet, list[Problem]] | None:
     """The set of a cache entry, if every ``source:`` it lists reads (same checks) to the same sha256; else None (miss).
 
     The YAML files were read and are in the key; the sources are read here again exactly as a full
@@ -837,14 +859,14 @@ def _from_cache(root: Path, cache_dir: str | os.PathLike[str], entry_key: str, y
         return None
     signed_by = None
     if allowed_signers is not None:
-        signed_by = _check_signature(root, digests, version, allowed_signers, problems)
+        signed_by = _check_signature(root, digests, version, allowed_signers, problems, shown_root)
         if problems:
             return None  # the full load says why
     baselines = entry.baselines()
     if baselines is None:
         return None
     warnings = tuple(Problem(*w) for w in entry.warnings)
-    bset = BaselineSet(directory=str(root), baselines=baselines, sources=sources, files=entry.files,
+    bset = BaselineSet(directory=str(shown_root), baselines=baselines, sources=sources, files=entry.files,
                        hashes=entry.hashes, version=version, warnings=warnings, file_digests=digests,
                        signed_by=signed_by, source_digests=sources.digests)
     return bset, list(warnings)
@@ -877,13 +899,17 @@ def _record(digests: dict[str, str], rel: str, hexdigest: str, root: Path, probl
 
 
 def _check_signature(root: Path, digests: dict[str, str], version: str, allowed_signers: str | os.PathLike[str],
-                     problems: list[Problem]) -> str | None:
+                     problems: list[Problem], shown_root: Path | None = None) -> str | None:
     from driftd.baselines import signing  # cryptography is imported only when signatures are checked
 
     try:
         return str(signing.verify_set(root, digests, version, allowed_signers))
     except signing.SignatureError as e:
-        problems.extend(Problem(file, 1, "(signature)", reason) for file, reason in e.problems)
+        def shown(file: str) -> str:  # named below the directory the user gave, not the version read
+            if shown_root is not None and (file == str(root) or file.startswith(str(root) + "/")):
+                return str(shown_root) + file[len(str(root)):]
+            return file
+        problems.extend(Problem(shown(file), 1, "(signature)", reason) for file, reason in e.problems)
         return None
 
 
