@@ -620,7 +620,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     run.set_defaults(func=cmd_run)
 
-    bl = sub.add_parser("baseline", help="baselines as code: lint, sign, verify, schema")
+    bl = sub.add_parser("baseline", help="baselines as code: lint, diff, sign, verify, schema")
     blsub = bl.add_subparsers(dest="baseline_command", required=True)
     lint = blsub.add_parser("lint", help="validate a baselines directory (FILE:LINE: field: reason)")
     lint.add_argument("directory")

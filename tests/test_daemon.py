@@ -834,3 +834,50 @@ class TestScheduler:
         finally:
             daemon.stop()
         assert (host_root / "etc/motd").read_text() == "hello\n"
+
+
+class TestEventDrivenReload:
+    """A changed baselines directory is loaded on its inotify event, not at the next reload_interval_seconds."""
+
+    def test_an_edit_is_in_force_without_waiting_for_the_reload_job(self, make_runtime, baselines_dir):
+        daemon = make_daemon(make_runtime, baselines_dir, reload_interval_seconds=3600)
+        daemon.start()
+        try:
+            bdir = daemon.settings.baselines
+            write_atomic(bdir / "motd.yaml", MOTD_CHANGED)
+            want = load_set(bdir)[0].version
+            poll(lambda: daemon.engine.baselines.version == want, "the edited set in force", POLL_TIMEOUT)
+        finally:
+            daemon.stop()
+
+    def test_a_configmap_swap_is_in_force_and_a_broken_one_is_not(self, make_runtime, tmp_path):
+        """The kubelet's ..data rename loads the new version whole; a broken version keeps the good set."""
+        vol = tmp_path / "vol"
+        for stamp, text in (("..v1", MOTD), ("..v2", MOTD_CHANGED), ("..v3", MOTD_TYPO)):
+            (vol / stamp).mkdir(parents=True)
+            (vol / stamp / "motd.yaml").write_text(textwrap.dedent(text))
+        (vol / "..data").symlink_to("..v1")
+        (vol / "motd.yaml").symlink_to("..data/motd.yaml")
+        rt = make_runtime(vol, reload_interval_seconds=3600)
+        manager = BaselineManager(rt.settings, rt.engine, rt.metrics, rt.engine.clock)
+        manager.prime()
+        daemon = Daemon(settings=rt.settings, engine=rt.engine, queue=KeyedQueue(), metrics=rt.metrics, manager=manager)
+
+        def swap(stamp: str) -> None:
+            (vol / "..data_tmp").symlink_to(stamp)
+            os.rename(vol / "..data_tmp", vol / "..data")
+
+        first = rt.engine.baselines.version
+        daemon.start()
+        try:
+            swap("..v2")
+            want = load_set(vol)[0].version
+            assert want != first
+            poll(lambda: daemon.engine.baselines.version == want, "the swapped-in version in force", POLL_TIMEOUT)
+            with capture_logs() as logs:
+                swap("..v3")
+                poll(lambda: any(e["event"] == "baseline.rejected" for e in logs), "the broken version rejected",
+                     POLL_TIMEOUT)
+            assert daemon.engine.baselines.version == want  # the last good set keeps enforcing
+        finally:
+            daemon.stop()

@@ -155,6 +155,7 @@ class Daemon:
         self._watchers: list[tuple[Any, threading.Thread]] = []
         self._scheduler: Any = None
         self.host_watcher = self._host_watcher()
+        self._reload_lock = threading.Lock()  # the reload job and the baselines watcher never check at once
 
     def _host_watcher(self) -> HostWatcher | None:
         """The inotify watcher over the host target's files and directories (None: scan only)."""
@@ -207,6 +208,10 @@ class Daemon:
             self._scan_lock.release()
 
     def reload(self) -> None:
+        with self._reload_lock:
+            self._reload()
+
+    def _reload(self) -> None:
         try:
             if self.manager.check():
                 if self.host_watcher is not None:
@@ -262,6 +267,15 @@ class Daemon:
         )
         sched.start()
         self._scheduler = sched
+        if self.settings.scan.inotify:  # a changed set is loaded within a second; the reload job stays the fallback
+            from driftd.targets.inotify import BaselineWatcher
+
+            bw = BaselineWatcher(self.settings.baselines)
+            t = threading.Thread(target=bw.watch, args=(self.reload, self.stop_event), name="driftd-watch-baselines",
+                                 daemon=True)
+            t.start()
+            self._watchers.append((bw, t))
+            bw.armed.wait(timeout=5.0)  # a change made once start() returned is seen
         for target in self.engine.targets.values():
             if isinstance(target, EventSource):
                 self._start_source(target)

@@ -435,3 +435,67 @@ class HostWatcher:
         self.metrics.inotify_degraded.labels(reason).inc()
         self.log.warning(Event.INOTIFY_DEGRADED, reason=reason, root=self.root, **fields)
 
+
+
+class BaselineWatcher:
+    """Event-driven hot reload: calls ``on_change`` soon after anything in the baselines directory changes.
+
+    Watches the directory and each of its (non-dot) subdirectories; a ConfigMap update is one rename of
+    ``..data`` in the top directory, a git checkout a few writes below it.  Events are debounced
+    (``debounce`` seconds of quiet), the watches re-armed after each change (a new subdirectory).  Without
+    inotify it returns at once: the daemon's periodic check (``reload_interval_seconds``) stays the
+    fallback either way, and ``on_change`` only asks for that same check sooner.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, debounce: float = 0.3) -> None:
+        self.directory = os.fspath(directory)
+        self.debounce = debounce
+        self.available: bool | None = None
+        self.armed = threading.Event()  # set once the watches are in place (or inotify is known unavailable)
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def _arm(self, ino: _Inotify, wds: dict[int, str]) -> None:
+        """Watch every directory of the tree now (adding a watch twice returns the same descriptor)."""
+        seen: dict[int, str] = {}
+        for dirpath, dirnames, _ in os.walk(self.directory, followlinks=True):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            try:
+                seen[ino.add_watch(dirpath, _CHILD | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)] = dirpath
+            except OSError:
+                continue  # gone, or no watches left: the periodic check covers it
+        for wd in set(wds) - set(seen):
+            with contextlib.suppress(OSError):
+                ino.rm_watch(wd)
+        wds.clear()
+        wds.update(seen)
+
+    @staticmethod
+    def _changes(events: list[Any]) -> bool:
+        """Anything but the kernel's IN_IGNORED for a watch removed (ours, or of a directory gone)."""
+        return any(int(ev.mask) & ~IN_IGNORED for ev in events)
+
+    def watch(self, on_change: Callable[[], None], stop: threading.Event) -> None:
+        try:
+            ino = _open_inotify()
+        except (ImportError, OSError):
+            self.available = False
+            self.armed.set()
+            return
+        self.available = True
+        wds: dict[int, str] = {}
+        try:
+            self._arm(ino, wds)
+            self.armed.set()
+            while not (stop.is_set() or self._closed.is_set()):
+                if not self._changes(ino.read(timeout=1000)):
+                    continue
+                while ino.read(timeout=int(self.debounce * 1000)):  # until the writer is done
+                    if stop.is_set() or self._closed.is_set():
+                        return
+                self._arm(ino, wds)
+                on_change()
+        finally:
+            ino.close()
