@@ -14,6 +14,7 @@ import gc
 import json
 import os
 import signal
+import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -83,6 +84,59 @@ def _load_baselines(settings: Any) -> Any:
             log.warning(Event.BASELINE_DANGEROUS_ALLOWED, file=p.file, line=p.line, field=p.field, reason=p.reason,
                         version=bset.version)
     return bset
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """``driftd plan``: what ``run --once`` would do with the ``--baselines`` set here, acting on nothing.
+
+    The set is loaded whole (no start-up cache: the agent's is not touched); the engine runs in plan mode over a
+    copy of the state directory with audit, Events and the PolicyReport off.  Exit 0: nothing would change or be
+    held; 3: the plan changes or holds something; 1: the set is invalid or a target is down.
+    """
+    import tempfile
+
+    from driftd.baselines import guardrails
+    from driftd.baselines.loader import load_set
+    from driftd.engine import preview
+    from driftd.engine.once import run_once
+    from driftd.engine.state import StateError
+    from driftd.observability.logging import configure_logging
+
+    settings = _settings(args)
+    configure_logging(settings.log.format, "error")  # the plan is the output; driftd's own lines stay off it
+    bset, problems = load_set(settings.baselines, max_file_bytes=settings.baseline_file_max_bytes,
+                              guardrails=guardrails.configured(settings.guardrails), allowed_signers=settings.baseline_signers)
+    if bset is None:
+        print(f"driftd: baselines in {settings.baselines} are invalid; no plan:", file=sys.stderr)
+        for p in problems:
+            print(str(p), file=sys.stderr)
+        return ExitCode.ERROR
+    with tempfile.TemporaryDirectory(prefix="driftd-plan-") as tmp:
+        try:
+            preview.copy_state(settings.state_dir, Path(tmp))
+            planned = settings.model_copy(update={
+                "state_dir": Path(tmp), "dry_run": False,
+                "audit": settings.audit.model_copy(update={"enabled": False}),
+                "kubernetes": settings.kubernetes.model_copy(update={"events": False, "policy_report": False}),
+            })
+            rt = build_runtime(planned, metrics_enabled=False, plan_only=True)
+        except (StateError, OSError, sqlite3.Error) as e:
+            print(f"driftd: cannot plan over the state in {settings.state_dir}: {e}", file=sys.stderr)
+            return ExitCode.ERROR
+        rt.engine.set_baselines(bset)
+        summary = run_once(rt.engine, rt.queue, attempts=1)
+        rt.state.close()
+    plan = preview.build(summary, node=rt.engine.node.name, baselines=bset.version)
+    if args.output == "json":
+        print(json.dumps(plan, indent=2, default=str))
+    elif args.output == "markdown":
+        print(preview.render_markdown(plan, max_rows=args.max_rows), end="")
+    else:
+        print(preview.render_text(plan))
+    if summary.targets_down or plan["summary"]["by_outcome"]["error"]:
+        return ExitCode.ERROR
+    o = plan["summary"]["by_outcome"]
+    return ExitCode.DRIFT_REMAINED if any(o[k] for k in ("change", "held", "blocked", "failed", "retired")) else ExitCode.CLEAN
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -619,6 +673,18 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=["auto", "json", "console"])
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     run.set_defaults(func=cmd_run)
+
+    pl = sub.add_parser("plan", help="what a baseline set would do here: every stage and gate of run, acting on nothing")
+    _common(pl)
+    pl.add_argument("--node-name", help="node name for baseline selectors")
+    pl.add_argument("--docker", action="store_true", help="plan for this host's Docker containers too")
+    pl.add_argument("--docker-url", help="Docker Engine endpoint (default unix:///var/run/docker.sock)")
+    pl.add_argument("--kubernetes", action="store_true", help="plan for the pods on this node too")
+    pl.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account)")
+    pl.add_argument("-o", "--output", choices=["text", "json", "markdown"], default="text",
+                    help="markdown: a pull-request comment, at most --max-rows rows")
+    pl.add_argument("--max-rows", type=int, default=50, help="rows of the markdown table before 'and N more'")
+    pl.set_defaults(func=cmd_plan)
 
     bl = sub.add_parser("baseline", help="baselines as code: lint, diff, sign, verify, schema")
     blsub = bl.add_subparsers(dest="baseline_command", required=True)

@@ -24,11 +24,13 @@ class Runtime:
     metrics: Any
 
 
-def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, metrics_enabled: bool = True) -> Runtime:
+def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, metrics_enabled: bool = True,
+                  plan_only: bool = False) -> Runtime:
     """Wire every part from the settings (tests call this with their own registry/clock).
 
     ``metrics_enabled=False`` (``run --once``: nothing scrapes it) records no metrics and
-    leaves ``prometheus_client`` unimported.
+    leaves ``prometheus_client`` unimported.  ``plan_only`` (``driftd plan``): the engine plans
+    and gates but never acts, and the targets are built in dry-run besides.
     """
     from driftd.engine.clock import SystemClock
     from driftd.engine.queue import Backoff, KeyedQueue
@@ -53,7 +55,7 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, met
             stop_timeout=d.stop_timeout_seconds,
             file_snapshot_max_bytes=d.file_snapshot_max_bytes,
             skip_kubelet_containers=d.skip_kubelet_containers,
-            dry_run=settings.dry_run,
+            dry_run=settings.dry_run or plan_only,
         )
     node_name = settings.resolved_node_name()
     if settings.kubernetes.enabled:
@@ -124,6 +126,7 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, met
         safety=settings.safety,
         overrides=OverrideStore(settings.state_dir, max_ttl=settings.safety.break_glass.max_ttl_seconds),
         audit=audit,
+        plan_only=plan_only,
     )
     if metrics_enabled:
         from driftd.observability.metrics import StateCollector

@@ -187,8 +187,12 @@ class Engine:
         safety: SafetySettings | None = None,
         overrides: OverrideStore | None = None,
         audit: AuditLog | None = None,
+        plan_only: bool = False,
     ) -> None:
         self.targets = targets
+        # ``driftd plan``: every stage and gate runs as in ``run`` (a warn baseline still only reports), but a plan
+        # every gate allows is recorded as done in the plan's throwaway state instead of acted on (_planned)
+        self.plan_only = plan_only
         self.state = state
         self.metrics = metrics
         self.node = node
@@ -554,9 +558,20 @@ class Engine:
         if self.audit is not None and (why := self.audit.writable()) is not None:  # no action without its record
             return self._held(d, rec, p, out, Verdict("audit", f"the audit log cannot be written ({why}); not acting "
                                                       "until it can", until=now + 30.0, retry=True), now, log)
+        if self.plan_only:
+            return self._planned(d, rec, p, out, now)
         return self._act_and_verify(d, target, observed, drift, fields, p, rec, out, now, log)
 
     # ------------------------------------------------------------------ stages
+    def _planned(self, d: DesiredResource, rec: DriftRecord, p: Plan, out: Outcome, now: float) -> Outcome:
+        """``driftd plan``: what ``run`` would do now.  Counted as done (in the plan's copy of the state, never the
+        agent's), so the budgets, the breaker's share and the flap limit meet the later plans of the pass as they
+        would meet the actions."""
+        self.state.record_action(rec, now=now, action="+".join(a.action.value for a in p.actions), result="succeeded",
+                                 error="planned, not done", kind=action_class(p))
+        out.mode = "plan"
+        return out
+
     def _outcome(self, d: DesiredResource, status: OutcomeStatus, **kw: Any) -> Outcome:
         out = Outcome(key=d.key, status=status, address=d.address, baseline=d.baseline, target=d.target, **kw)
         self.outcomes[d.key] = out
