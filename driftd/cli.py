@@ -234,6 +234,7 @@ def _daemon(rt: Runtime, loaded_from: str | None = None) -> int:
             healthy=lambda: daemon.healthy() if daemon else (False, "starting"),
             ready=lambda: daemon.ready() if daemon else (False, "starting"),
             drifts=drifts,
+            baselines=rt.engine.baseline_set_info,
         )
     except (OSError, ValueError) as e:  # an address in use, a TLS file, no API client for the auth
         print(f"driftd: http: {e}", file=sys.stderr)
@@ -458,6 +459,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         state = StateStore(settings.state_dir, readonly=True)  # a read-only command creates nothing
         active = sorted(state.active().values(), key=lambda r: r.first_seen)
+        in_force = state.meta("baseline_set")
         state.close()
     except StateError as e:
         print(f"driftd: {e}", file=sys.stderr)
@@ -468,6 +470,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         import time
 
         now = time.time()
+        if in_force:
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(in_force.get("since", 0))))
+            signed = f", signed by {in_force['signed_by']}" if in_force.get("signed_by") else ""
+            print(f"baseline set {in_force.get('version')} in force since {since} "
+                  f"({len(in_force.get('hashes') or {})} baselines{signed})")
+        else:
+            print("baseline set: none recorded (driftd has not run with this state directory)")
         for line in _safety_lines(settings, now):
             print(line)
         if not active:

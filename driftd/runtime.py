@@ -138,7 +138,8 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, met
     return Runtime(settings=settings, engine=engine, queue=queue, state=state, metrics=metrics)
 
 
-def build_api_server(settings: Any, *, registry: Any, healthy: Any, ready: Any, drifts: Any, reviews: Any = None) -> Any:
+def build_api_server(settings: Any, *, registry: Any, healthy: Any, ready: Any, drifts: Any, reviews: Any = None,
+                     baselines: Any = None) -> Any:
     """The HTTP listeners (``driftd.api.http.ApiServer``) from ``settings.http``.
 
     With ``http.api_auth`` or ``http.metrics_auth`` set to ``kubernetes``, requests are
@@ -179,6 +180,7 @@ def build_api_server(settings: Any, *, registry: Any, healthy: Any, ready: Any, 
         healthy=healthy,
         ready=ready,
         drifts=drifts,
+        baselines=baselines,
         api_address=h.api_host_port,
         api_authorize=authorize if h.api_auth == "kubernetes" else None,
         metrics_authorize=authorize if h.metrics_auth == "kubernetes" else None,

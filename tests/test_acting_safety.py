@@ -484,6 +484,17 @@ class TestReadOnlyCommands:
         assert main(["status", "--state-dir", str(state)]) == 3
         assert digest() == before
 
+    def test_status_names_the_baseline_set_in_force(self, tmp_path, host_root, baselines_dir, make_runtime, capsys):
+        """The set a pass ran with (version, baselines) is recorded in the state and shown by status."""
+        rt = make_runtime(baselines_dir({"b.yaml": MOTD_BASELINE}), dry_run=True)
+        run(rt)
+        version = rt.engine.baselines.version
+        rt.state.close()
+        capsys.readouterr()
+        main(["status", "--state-dir", str(rt.settings.state_dir)])
+        first = capsys.readouterr().out.splitlines()[0]
+        assert first.startswith(f"baseline set {version} in force since ") and first.endswith("(1 baselines)")
+
 
 # --------------------------------------------------------------------------- 7. snapshot ids
 

@@ -245,8 +245,11 @@ class TestDaemonProcess:
         assert d.get("/api/v1/drifts")[0] == 404  # not on the metrics listener: on its own (loopback) one
         code, ctype, body = http_get(d.api_port, "/api/v1/drifts")
         assert code == 200 and ctype == "application/json"
-        drifts = json.loads(body)["drifts"]
+        doc = json.loads(body)
+        drifts = doc["drifts"]
         assert [(x["key"], x["baseline"], x["resolved_at"]) for x in drifts] == [("host:file:/etc/issue", "warned", None)]
+        # the set in force, as metrics, logs, status and the PolicyReport name it
+        assert (doc["baselines"]["version"], doc["baselines"]["hashes"]) == (bset.version, bset.hashes)
         assert {f["field"] for f in drifts[0]["fields"]} == {"content"}
         # sensitive content: neither the secret nor its digest is served
         digest = hashlib.sha256(SECRET.encode()).hexdigest()

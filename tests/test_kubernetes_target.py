@@ -608,6 +608,7 @@ class TestPolicyReport:
         assert [r["result"] for r in rep["results"]] == ["fail", "fail", "pass"]
         assert rep["summary"]["fail"] == 2 and rep["summary"]["pass"] == 3
         assert rep["metadata"]["annotations"]["driftd.io/truncated"] == "2"
+        assert rep["metadata"]["annotations"]["driftd.io/baseline-set"] == rt.engine.baselines.version  # the set judged by
 
     def test_report_is_replaced_not_duplicated_on_the_next_pass(self, setup):
         """A second pass updates the same PolicyReport (one per node) with the new state."""

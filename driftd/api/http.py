@@ -330,6 +330,7 @@ class ApiServer:
         healthy: Callable[[], tuple[bool, str]],
         ready: Callable[[], tuple[bool, str]],
         drifts: Callable[[], list[dict[str, Any]]],
+        baselines: Callable[[], dict[str, Any]] | None = None,
         api_address: tuple[str, int] | None = None,
         api_authorize: Authorize | None = None,
         metrics_authorize: Authorize | None = None,
@@ -341,6 +342,7 @@ class ApiServer:
         self.healthy = healthy
         self.ready = ready
         self.drifts = drifts
+        self.baselines = baselines  # the set in force (version, per-baseline hashes), beside the drifts
         self.tls = tls is not None
         self.api_auth = api_authorize is not None
         self.metrics_auth = metrics_authorize is not None
@@ -357,7 +359,7 @@ class ApiServer:
             "/readyz": Route(probe(lambda: self.ready())),
         }
         api_routes = {
-            DRIFTS_PATH: Route(lambda: (200, json.dumps({"drifts": self.drifts()}, default=str).encode(), "application/json"),
+            DRIFTS_PATH: Route(lambda: (200, json.dumps(self._drifts_doc(), default=str).encode(), "application/json"),
                                api_authorize, private=True),
         }
         opts: dict[str, Any] = {"tls": tls, "request_timeout": request_timeout, "max_connections": max_connections}
@@ -393,6 +395,12 @@ class ApiServer:
 
     def _listeners(self) -> list[_Listener]:
         return [self._metrics, *([self._api] if self._api else [])]
+
+    def _drifts_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"drifts": self.drifts()}
+        if self.baselines is not None:
+            doc["baselines"] = self.baselines()
+        return doc
 
     def start(self) -> None:
         for listener in self._listeners():

@@ -209,6 +209,7 @@ class Engine:
         self.log = get_logger()
         self.baselines = BaselineSet.empty()
         self._desired: DesiredTable = DesiredTable()
+        self._set_info: dict[str, Any] = {"version": "none", "hashes": {}}
         self._swap = threading.Lock()
         self.outcomes: dict[str, Outcome] = {}
         self._last_full = -float("inf")
@@ -349,9 +350,22 @@ class Engine:
             self._desired = desired
             self._watching_since = dict.fromkeys(self.targets, self.clock.time())
         set_baseline_version(bset.version)
+        info: dict[str, Any] = {"version": bset.version, "hashes": dict(sorted(bset.hashes.items())),
+                                "since": self.clock.time(), **({"signed_by": bset.signed_by} if bset.signed_by else {})}
+        with self._swap:
+            self._set_info = info
+        try:  # what `driftd status` shows as in force; a failure here must not keep the new set out
+            self.state.set_meta("baseline_set", info)
+        except StateError as e:
+            self.log.warning(Event.STATE_FAILED, error=f"baseline set not recorded: {e}")
         self.metrics.set_baselines(
             bset.version, ((b.metadata.name, b.kind, bset.hashes[b.metadata.name]) for b in bset.baselines), self.clock.time()
         )
+
+    def baseline_set_info(self) -> dict[str, Any]:
+        """The set in force as the drifts API, ``status`` and the PolicyReport name it: version, per-baseline hashes."""
+        with self._swap:
+            return dict(self._set_info)
 
     def target_name(self, key: str) -> str:
         """The name of the target a key belongs to."""
@@ -844,7 +858,7 @@ class Engine:
             self._report_dirty = False
         for r in self.reporters:
             try:
-                r.publish_report(rows)
+                r.publish_report(rows, baseline_set=self.baselines.version)
             except Exception as e:  # a report failure must not stop enforcement
                 self.log.warning(Event.OBSERVE_FAILED, error=f"report not published: {e}")
 

@@ -599,3 +599,20 @@ class StateStore:
     def clear_guard(self, scope: str) -> None:
         with self._one("clear a guard") as c:
             c.execute("DELETE FROM guards WHERE scope=?", (scope,))
+
+    def set_meta(self, key: str, value: dict[str, Any]) -> None:
+        """Record a fact about the agent (``baseline_set``: the set in force) for read-only readers (``status``)."""
+        with self._one("record agent metadata") as c:
+            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value, sort_keys=True)))
+
+    def meta(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            try:
+                row = self._conn.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
+            except sqlite3.Error as e:
+                raise StateError(f"cannot read agent metadata: {e}") from e
+        try:
+            value = json.loads(row[0]) if row is not None else None
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None

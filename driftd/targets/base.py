@@ -72,7 +72,7 @@ class Notifier(Protocol):
 class Reporter(Protocol):
     """Publishes the results of a full scan (one PolicyReport per node)."""
 
-    def publish_report(self, results: Sequence[ResourceResult]) -> None: ...
+    def publish_report(self, results: Sequence[ResourceResult], *, baseline_set: str = "") -> None: ...
 
 
 @runtime_checkable

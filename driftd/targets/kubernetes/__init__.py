@@ -235,9 +235,9 @@ class KubernetesTarget:
         self.events.notify(reason, desired, message, warning=warning)
 
     # ------------------------------------------------------------------ Reporter (policyreport.py)
-    def publish_report(self, results: Sequence[ResourceResult]) -> None:
+    def publish_report(self, results: Sequence[ResourceResult], *, baseline_set: str = "") -> None:
         """Replace this node's PolicyReport with ``results`` (failures first, capped), only when it changed."""
-        self.report.publish(results)
+        self.report.publish(results, baseline_set=baseline_set)
 
     # ------------------------------------------------------------------ NodeRetirer (retirement.py)
     def retire_node(self, reason: str) -> dict[str, Any]:

@@ -73,7 +73,7 @@ class PolicyReportWriter:
         self.last_report: dict[str, Any] | None = None
         self._written: tuple[str, float] | None = None  # (content, monotonic time it was known on the server)
 
-    def publish(self, resources: Sequence[ResourceResult]) -> None:
+    def publish(self, resources: Sequence[ResourceResult], *, baseline_set: str = "") -> None:
         """Replace this node's PolicyReport with ``results`` (failures first, capped), only when it changed.
 
         Row timestamps change on every scan and are not a change: a report whose content is what
@@ -94,8 +94,11 @@ class PolicyReportWriter:
             "scope": {"apiVersion": "v1", "kind": "Node", "name": self.node_name},
             "summary": summary, "results": ordered[: self.max_results],
         }
+        annotations = {"driftd.io/baseline-set": baseline_set} if baseline_set else {}  # the set the results are of
         if len(ordered) > self.max_results:
-            report["metadata"]["annotations"] = {"driftd.io/truncated": f"{len(ordered) - self.max_results}"}
+            annotations["driftd.io/truncated"] = f"{len(ordered) - self.max_results}"
+        if annotations:
+            report["metadata"]["annotations"] = annotations
         content = report_content(report)
         written = self._written
         if written is not None and written[0] == content and time.monotonic() - written[1] < self.resync_seconds:
