@@ -19,8 +19,7 @@ from driftd.models.pod import PodBaseline
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "baselines"
-# node-agents ships disabled (not *.yaml) until the rest of the suite accepts two PodBaselines in baselines/;
-# once renamed to node-agents.yaml it is part of the shipped set and these tests use it from there.
+# node-agents is part of the shipped set (node-agents.yaml); a copy that disables it (.disabled) is accepted too.
 NODE_AGENTS_NAMES = ("node-agents.yaml", "node-agents.yaml.disabled")
 CIS_FILES = ("sshd.yaml", "sysctl.yaml", "system-files.yaml")
 RULE_LISTS = ("files", "directories", "sysctls")
@@ -66,10 +65,10 @@ class TestTheDirectory:
         assert bset is not None, problems
         assert list(problems) == [] and list(bset.warnings) == []
         assert {b.metadata.name for b in bset.baselines} == {
-            "cis-sshd", "cis-sysctl", "cis-system-files", "hardened-container", "pod-restricted"}
+            "cis-sshd", "cis-sysctl", "cis-system-files", "hardened-container", "pod-restricted", "node-agents"}
 
     def test_readme_and_the_disabled_profile_are_not_read(self):
-        """Markdown and the .disabled profile sit in baselines/ without the loader reading (or hashing) them."""
+        """Markdown (and a .disabled copy, if an operator keeps one) sit in baselines/ without the loader reading them."""
         assert (SHIPPED / "README.md").is_file()
         bset, _ = load_set(SHIPPED)
         assert bset is not None
@@ -320,6 +319,6 @@ class TestNodeAgentsProfile:
         assert not selects(agents, compliant_pod("apps")) and selects(restricted, compliant_pod("apps"))
 
     def test_the_chart_copy_carries_the_profile(self):
-        """The disabled profile is copied with the rest (the chart renders only *.yaml, so it stays off there too)."""
+        """The node-agents profile is copied with the rest into the chart."""
         src = node_agents_file()
         assert (REPO / "charts/driftd/baselines" / src.name).read_bytes() == src.read_bytes()
