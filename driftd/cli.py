@@ -111,6 +111,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for p in problems:
             print(str(p), file=sys.stderr)
         return ExitCode.ERROR
+    if args.state:
+        fleet = _plan_captured(settings, bset, args.state)
+        if fleet is None:
+            return ExitCode.ERROR
+        return _show_plan(args, fleet, down=bool(fleet["summary"]["targets_down"]))
     with tempfile.TemporaryDirectory(prefix="driftd-plan-") as tmp:
         try:
             preview.copy_state(settings.state_dir, Path(tmp))
@@ -127,16 +132,118 @@ def cmd_plan(args: argparse.Namespace) -> int:
         summary = run_once(rt.engine, rt.queue, attempts=1)
         rt.state.close()
     plan = preview.build(summary, node=rt.engine.node.name, baselines=bset.version)
+    return _show_plan(args, plan, down=bool(summary.targets_down))
+
+
+def _show_plan(args: argparse.Namespace, plan: dict[str, Any], *, down: bool) -> int:
+    from driftd.engine import preview
+
     if args.output == "json":
         print(json.dumps(plan, indent=2, default=str))
     elif args.output == "markdown":
         print(preview.render_markdown(plan, max_rows=args.max_rows), end="")
     else:
         print(preview.render_text(plan))
-    if summary.targets_down or plan["summary"]["by_outcome"]["error"]:
+    if down or plan["summary"]["by_outcome"]["error"]:
         return ExitCode.ERROR
     o = plan["summary"]["by_outcome"]
     return ExitCode.DRIFT_REMAINED if any(o[k] for k in ("change", "held", "blocked", "failed", "retired")) else ExitCode.CLEAN
+
+
+def _plan_captured(settings: Any, bset: Any, files: list[str]) -> dict[str, Any] | None:
+    """``plan --state FILE...``: one plan per export (its node, labels and drift records), merged into the fleet's."""
+    import tempfile
+
+    from driftd.engine import preview
+    from driftd.engine.state import StateError
+    from driftd.targets.captured import ExportError, load
+
+    plans: list[dict[str, Any]] = []
+    labels: dict[str, dict[str, str]] = {}
+    for f in files:
+        try:
+            doc = load(Path(f).read_text(encoding="utf-8"), source=f)
+        except ExportError as e:
+            print(f"driftd: {e}", file=sys.stderr)
+            return None
+        except (OSError, UnicodeDecodeError) as e:
+            print(f"driftd: cannot read {f}: {e}", file=sys.stderr)
+            return None
+        node = str(doc["node"]["name"])
+        if node in labels:
+            print(f"driftd: {f}: node {node} is in two exports; plan one export per node", file=sys.stderr)
+            return None
+        if doc.get("baselines") and doc.get("driftd") != __version__:
+            print(f"driftd: note: {f} was exported by driftd {doc.get('driftd')} (this is {__version__})", file=sys.stderr)
+        labels[node] = dict(doc["node"].get("labels") or {})
+        with tempfile.TemporaryDirectory(prefix="driftd-plan-") as tmp:
+            try:
+                summary = preview.plan_captured(settings, bset, doc, Path(tmp))
+            except (StateError, OSError, sqlite3.Error, KeyError, TypeError, ValueError) as e:
+                print(f"driftd: cannot plan over {f}: {e}", file=sys.stderr)
+                return None
+        plans.append(preview.build(summary, node=node, baselines=bset.version))
+    return preview.merge(plans, labels=labels)
+
+
+def cmd_state_export(args: argparse.Namespace) -> int:
+    """``driftd state export``: what driftd observes here of the baselines in force, secrets hashed, as one JSON file.
+
+    Read-only: the targets observe (no act, no recovery of an interrupted recreate: they are built in plan mode),
+    the state directory is read, never written (the targets get a throwaway one).  Exit 0: written; 1: the set is
+    invalid, the file cannot be written, or a target was down (the export is written, without its resources).
+    """
+    import tempfile
+    import time
+
+    from driftd.baselines import guardrails
+    from driftd.baselines.loader import load_set
+    from driftd.engine import preview
+    from driftd.engine.state import StateError
+    from driftd.observability.logging import configure_logging
+    from driftd.safety.durable import write_all
+    from driftd.targets.captured import capture
+
+    settings = _settings(args)
+    configure_logging(settings.log.format, "error")
+    bset, problems = load_set(settings.baselines, max_file_bytes=settings.baseline_file_max_bytes,
+                              guardrails=guardrails.configured(settings.guardrails), allowed_signers=settings.baseline_signers)
+    if bset is None:
+        print(f"driftd: baselines in {settings.baselines} are invalid; no export:", file=sys.stderr)
+        for p in problems:
+            print(str(p), file=sys.stderr)
+        return ExitCode.ERROR
+    now = time.time()
+    with tempfile.TemporaryDirectory(prefix="driftd-export-") as tmp:
+        try:
+            state = preview.read_state(settings.state_dir, now)
+            quiet = settings.model_copy(update={
+                "state_dir": Path(tmp), "dry_run": True,
+                "audit": settings.audit.model_copy(update={"enabled": False}),
+                "kubernetes": settings.kubernetes.model_copy(update={"events": False, "policy_report": False}),
+            })
+            rt = build_runtime(quiet, metrics_enabled=False, plan_only=True)
+        except (StateError, OSError, sqlite3.Error) as e:
+            print(f"driftd: cannot read the state in {settings.state_dir}: {e}", file=sys.stderr)
+            return ExitCode.ERROR
+        doc = capture(rt.engine.targets, bset, rt.engine.node, state=state, now=now, version=__version__)
+        rt.state.close()
+    text = json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n"
+    if args.out in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        try:
+            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                write_all(fd, text.encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            print(f"driftd: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
+            return ExitCode.ERROR
+    for name, err in sorted(doc["targets_down"].items()):
+        print(f"driftd: target {name} unreachable, its resources are not in the export: {err}", file=sys.stderr)
+    return ExitCode.ERROR if doc["targets_down"] else ExitCode.CLEAN
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -234,7 +341,6 @@ def _daemon(rt: Runtime, loaded_from: str | None = None) -> int:
             healthy=lambda: daemon.healthy() if daemon else (False, "starting"),
             ready=lambda: daemon.ready() if daemon else (False, "starting"),
             drifts=drifts,
-            baselines=rt.engine.baseline_set_info,
         )
     except (OSError, ValueError) as e:  # an address in use, a TLS file, no API client for the auth
         print(f"driftd: http: {e}", file=sys.stderr)
@@ -693,7 +799,22 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("-o", "--output", choices=["text", "json", "markdown"], default="text",
                     help="markdown: a pull-request comment, at most --max-rows rows")
     pl.add_argument("--max-rows", type=int, default=50, help="rows of the markdown table before 'and N more'")
+    pl.add_argument("--state", action="append", metavar="FILE",
+                    help="plan against a node's `driftd state export` instead of this host (repeat for a fleet)")
     pl.set_defaults(func=cmd_plan)
+
+    stg = sub.add_parser("state", help="the agent's state: export what driftd observes here").add_subparsers(
+        dest="state_command", required=True)
+    exp = stg.add_parser("export", help="what driftd observes here of the baselines in force (secrets hashed), as JSON "
+                                        "for `driftd plan --state`; read-only")
+    _common(exp)
+    exp.add_argument("-o", "--output", dest="out", metavar="FILE", help="write here (mode 0600) instead of stdout")
+    exp.add_argument("--node-name", help="node name for baseline selectors")
+    exp.add_argument("--docker", action="store_true", help="capture this host's Docker containers too")
+    exp.add_argument("--docker-url", help="Docker Engine endpoint (default unix:///var/run/docker.sock)")
+    exp.add_argument("--kubernetes", action="store_true", help="capture the pods on this node too")
+    exp.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account)")
+    exp.set_defaults(func=cmd_state_export)
 
     bl = sub.add_parser("baseline", help="baselines as code: lint, diff, sign, verify, schema")
     blsub = bl.add_subparsers(dest="baseline_command", required=True)

@@ -16,6 +16,7 @@ from test_signing import allowed, sign
 from driftd.baselines import cache, loader
 from driftd.baselines.guardrails import DEFAULT
 from driftd.baselines.loader import BaselineSet, load_set
+from driftd.core.compile import compile_host
 
 HOST = host_baseline("host", spec="""
     files:
@@ -111,8 +112,13 @@ def same(a: tuple[BaselineSet | None, list[loader.Problem]], b: tuple[BaselineSe
     assert (sa is None) == (sb is None)
     if sa is None or sb is None:
         return
-    assert sa.baselines == sb.baselines
-    assert [b.model_fields_set for b in sa.baselines] == [b.model_fields_set for b in sb.baselines]
+    # a hit keeps a HostBaseline's rules as lines (compiled one at a time), a full load in the model: the same set
+    whole_a, whole_b = (tuple(cache.join(b, s.rule_lines.get(b.metadata.name, ())) for b in s.baselines) for s in (sa, sb))
+    assert whole_a == whole_b
+    assert [b.model_fields_set for b in whole_a] == [b.model_fields_set for b in whole_b]
+    node = ("node-a", {"role": "web"})
+    assert compile_host(sa.baselines, sa.sources, *node, sa.rule_lines) == compile_host(sb.baselines, sb.sources, *node,
+                                                                                         sb.rule_lines)
     for field in ("directory", "hashes", "version", "file_digests", "warnings", "sources", "source_digests", "files",
                   "signed_by"):
         assert getattr(sa, field) == getattr(sb, field), field
@@ -141,8 +147,37 @@ class TestHit:
         raw = entries(cdir)[0].read_bytes()
         head, body = raw.split(b"\n", 1)
         assert json.loads(head)["format"] == cache.FORMAT
-        assert all(json.loads(line) for line in body.splitlines())
+        # a baseline's line is its JSON; a HostBaseline's rules follow it as "field TAB sort key TAB sort key TAB JSON"
+        assert all(json.loads(line.split(b"\t", 3)[3] if b"\t" in line else line) for line in body.splitlines())
         assert b"binary" not in raw and b"own\n" not in raw
+
+    def test_a_hit_holds_host_rules_as_lines_not_models(self, bdir, cdir):
+        """The rules of a HostBaseline stay JSON lines on a hit (the agent never holds them all as models)."""
+        from driftd.models.baseline import HostBaseline
+
+        full, _ = load_set(bdir)
+        load_set(bdir, cache_dir=cdir)
+        hit, _ = load_set(bdir, cache_dir=cdir)
+        assert full is not None and hit is not None and full.rule_lines == {}
+        for b in hit.baselines:
+            if isinstance(b, HostBaseline):
+                assert list(b.spec.rules()) == []
+                n_full = len(list(next(f for f in full.baselines if f.metadata.name == b.metadata.name).spec.rules()))
+                assert len(hit.rule_lines[b.metadata.name]) == n_full > 0
+
+    def test_a_damaged_rule_line_is_a_miss(self, bdir, cdir):
+        load_set(bdir, cache_dir=cdir)
+        entry = entries(cdir)[0]
+        raw = entry.read_bytes()
+        head, body = raw.split(b"\n", 1)
+        damaged = body.replace(b"files\t", b"filez\t", 1)
+        assert damaged != body
+        h = json.loads(head)
+        import hashlib
+
+        h["body"] = hashlib.sha256(damaged).hexdigest()  # consistent header: only the rule line is wrong
+        entry.write_bytes(json.dumps(h).encode() + b"\n" + damaged)
+        same(load_set(bdir, cache_dir=cdir), load_set(bdir))
 
     def test_the_hit_compiles_to_the_same_desired_resources(self, bdir, cdir):
         from driftd.core.compile import compile_host
@@ -151,7 +186,8 @@ class TestHit:
         load_set(bdir, cache_dir=cdir)
         hit, _ = load_set(bdir, cache_dir=cdir)
         assert full is not None and hit is not None
-        assert compile_host(hit.baselines, hit.sources, "n", {}) == compile_host(full.baselines, full.sources, "n", {})
+        assert compile_host(hit.baselines, hit.sources, "n", {}, hit.rule_lines) == compile_host(
+            full.baselines, full.sources, "n", {})
 
 
 def change_yaml_byte(bdir: Path) -> None:

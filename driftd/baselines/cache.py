@@ -4,8 +4,9 @@ Pipeline position: baseline loading.  :func:`driftd.baselines.loader.load_set` g
 reads and hashes every YAML file as always, then asks for the entry of :func:`key` (every YAML
 file's name and sha256 in the order found, the directory, the loader's options, the signature and
 ``allowed_signers`` bytes, the driftd version and :func:`code_fingerprint`).  An entry holds what
-a full load computed (each baseline's dump, the ``source:`` files with their sha256, hashes,
-version, warnings); the loader re-reads every listed source through its own checks and
+a full load computed (each baseline's dump — a HostBaseline's rules as lines of their own, which a hit keeps
+as JSON for compile to validate one at a time, :data:`RuleLine` — the ``source:`` files with their sha256,
+hashes, version, warnings); the loader re-reads every listed source through its own checks and
 compares digests before it trusts one, so any changed byte is a miss and a full load.  An entry
 that is corrupt, truncated, foreign or unreadable is a miss, never an error; writing one is atomic
 (temp file, rename) and never fails a load; only the newest :data:`MAX_ENTRIES` are kept.
@@ -22,6 +23,7 @@ import secrets
 import stat
 import sys
 import time
+import typing
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -34,9 +36,11 @@ import yaml
 
 import driftd
 from driftd.baselines.guardrails import Guardrails
+from driftd.core import kinds
+from driftd.models.baseline import HostBaseline, HostSpec, Rule
 from driftd.models.kinds import BASELINE_KINDS, AnyBaseline
 
-FORMAT = 1
+FORMAT = 2  # 2: a HostBaseline's rules as lines of their own (RuleLine), not inside its model
 MAX_ENTRIES = 4  # a daemon and a few one-shot runs over other directories; never grows past this
 MAX_ENTRY_BYTES = 1 << 30
 _PREFIX, _SUFFIX, _TMP = "baselines-", ".json", ".tmp-"
@@ -75,6 +79,22 @@ def key(*, directory: str, yaml_files: Sequence[tuple[str, str]], max_file_bytes
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+RuleLine = tuple[str, tuple[int, int], bytes]
+"""One rule of a HostBaseline kept as JSON: (its ``spec`` field, its kind handler's sort key, the rule's JSON).
+
+A hit does not build the rules as models (10,000 files: 7.4 MiB of pydantic objects the agent would hold for
+its life); compile validates each line as it reaches it (``core.compile.iter_host``), so one rule at a time
+exists as a model."""
+
+
+RULE_FIELDS = HostSpec.rule_fields()
+
+
+def rule_of(line: RuleLine) -> Rule:
+    """The rule model of a cached rule line (validated from its JSON, in pydantic-core)."""
+    return RULE_FIELDS[line[0]].model_validate_json(line[2])
+
+
 Source = tuple[str, str, str, str]
 """One ``source:`` file a set read, in the order read: (baseline, its file's directory, source, sha256 hex)."""
 
@@ -91,6 +111,7 @@ class Entry:
     warnings: tuple[tuple[str, int, str, str, str], ...]  # Problem fields: file, line, field, reason, severity
     kinds: tuple[str, ...]
     lines: tuple[bytes, ...] = ()
+    rules: tuple[tuple[RuleLine, ...], ...] = ()  # per baseline (HostBaseline: its rules; others: none)
 
     def sources(self) -> Iterator[Source]:
         for baseline, base_dir, flat in self.groups:
@@ -114,21 +135,50 @@ def _encode(o: object) -> object:
     raise TypeError(f"{type(o).__name__} is not cached")
 
 
-def _line(model: AnyBaseline) -> bytes:
+def _line(model: Any) -> bytes:
     return json.dumps(model.model_dump(mode="python", by_alias=True, exclude_unset=True), default=_encode,
                       separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _dump(model: AnyBaseline) -> bytes | None:
-    """One model as the JSON line it is rebuilt from, if that rebuilds exactly it (else the set is not cached).
+def split(model: AnyBaseline) -> tuple[AnyBaseline, tuple[RuleLine, ...]]:
+    """A HostBaseline as its shell (every rule field emptied) and its rules as lines; any other kind as it is."""
+    if not isinstance(model, HostBaseline):
+        return model, ()
+    emptied: dict[str, Any] = {}
+    rules: list[RuleLine] = []
+    for name in RULE_FIELDS:
+        value = getattr(model.spec, name)
+        if value:  # only the fields that hold rules: an unset field stays unset
+            emptied[name] = [] if isinstance(value, list) else None
+            for rule in (value if isinstance(value, list) else [value]):
+                rules.append((name, kinds.rule_handler(rule).sort_key(rule), _line(rule)))
+    shell = model.model_copy(update={"spec": model.spec.model_copy(update=emptied)}) if emptied else model
+    return shell, tuple(rules)
+
+
+def join(shell: AnyBaseline, rules: Sequence[RuleLine]) -> AnyBaseline:
+    """The whole model again (to check a split before it is stored; a hit never builds it)."""
+    if not rules or not isinstance(shell, HostBaseline):
+        return shell
+    by_field: dict[str, list[Rule]] = {}
+    for line in rules:
+        by_field.setdefault(line[0], []).append(rule_of(line))
+    update: dict[str, Any] = {n: (v if typing.get_origin(HostSpec.model_fields[n].annotation) is list else v[0])
+                              for n, v in by_field.items()}
+    return shell.model_copy(update={"spec": shell.spec.model_copy(update=update)})
+
+
+def _dump(model: AnyBaseline) -> tuple[bytes, tuple[RuleLine, ...]] | None:
+    """One model as the JSON line (and rule lines) it is rebuilt from, if that rebuilds exactly it (else no entry).
 
     Exactly: equal, and with the same fields set all the way down (the rebuilt model dumps to the same line).
     """
     try:
-        line = _line(model)
-        back = type(model).model_validate_json(line)  # exactly as a hit rebuilds it
-        return line if back == model and _line(back) == line else None
-    except (TypeError, ValueError):
+        shell, rules = split(model)
+        line = _line(shell)
+        back = join(type(model).model_validate_json(line), rules)  # as a hit rebuilds the shell, and compile the rules
+        return (line, rules) if back == model and _line(back) == _line(model) else None
+    except (TypeError, ValueError, LookupError):
         return None
 
 
@@ -169,10 +219,18 @@ def _decode(raw: bytes, k: str) -> Entry | None:
         return None
     if h["body"] != hashlib.sha256(body).hexdigest():  # truncated or altered after the header was written
         return None
-    *lines, last = body.split(b"\n")
+    *all_lines, last = body.split(b"\n")
     kinds = tuple(_str(x) for x in h["kinds"])
-    if last or len(lines) != len(kinds):
+    counts = [_int(n) for n in h["rules"]]
+    if last or len(counts) != len(kinds) or len(all_lines) != len(kinds) + sum(counts):
         return None
+    lines: list[bytes] = []
+    rules: list[tuple[RuleLine, ...]] = []
+    i = 0
+    for n in counts:
+        lines.append(all_lines[i])
+        rules.append(tuple(_rule_line(x) for x in all_lines[i + 1:i + 1 + n]))
+        i += 1 + n
     groups = []
     for baseline, base_dir, flat in h["sources"]:
         if not isinstance(flat, list) or len(flat) % 2 or not all(isinstance(x, str) for x in flat):
@@ -182,8 +240,21 @@ def _decode(raw: bytes, k: str) -> Entry | None:
         key=k, version=_str(h["version"]), groups=tuple(groups),
         hashes=_str_dict(h["hashes"]), files=_str_dict(h["files"]),
         warnings=tuple((_str(w[0]), _int(w[1]), _str(w[2]), _str(w[3]), _str(w[4])) for w in h["warnings"]),
-        kinds=kinds, lines=tuple(lines),
+        kinds=kinds, lines=tuple(lines), rules=tuple(rules),
     )
+
+
+_FIELD_OF = {name.encode(): name for name in RULE_FIELDS}
+_SORT_KEYS: dict[tuple[int, int], tuple[int, int]] = {}
+
+
+def _rule_line(raw: bytes) -> RuleLine:
+    field, k0, k1, body = raw.split(b"\t", 3)
+    name = _FIELD_OF.get(field)
+    if name is None:
+        raise TypeError("not a rule field")
+    key = (int(k0), int(k1))
+    return name, _SORT_KEYS.setdefault(key, key), body  # one field name and sort key object for all lines
 
 
 def _str(v: object) -> str:
@@ -209,11 +280,16 @@ def store(cache_dir: str | os.PathLike[str], k: str, *, version: str, baselines:
           warnings: Iterable[tuple[str, int, str, str, str]]) -> bool:
     """Write the entry of ``k`` atomically and keep the newest MAX_ENTRIES; False (nothing written) on any failure."""
     lines = []
+    counts = []
     for b in baselines:
-        line = _dump(b)
-        if line is None:
+        dumped = _dump(b)
+        if dumped is None:
             return False
+        line, rules = dumped
         lines.append(line + b"\n")
+        # a rule line: field TAB sort key TAB sort key TAB JSON (JSON has no raw tab or newline)
+        lines.extend(b"%s\t%d\t%d\t%s\n" % (f.encode(), k[0], k[1], j) for f, k, j in rules)
+        counts.append(len(rules))
     body = b"".join(lines)
     groups: list[list[Any]] = []
     for baseline, base_dir, source, sha in sources:  # consecutive sources of one baseline file share a group
@@ -222,7 +298,7 @@ def store(cache_dir: str | os.PathLike[str], k: str, *, version: str, baselines:
         groups[-1][2] += (source, sha)
     head = json.dumps({
         "format": FORMAT, "key": k, "version": version, "body": hashlib.sha256(body).hexdigest(),
-        "kinds": [b.kind for b in baselines],
+        "kinds": [b.kind for b in baselines], "rules": counts,
         "sources": groups, "hashes": hashes, "files": files, "warnings": [list(w) for w in warnings],
     }, separators=(",", ":"), ensure_ascii=False).encode()
     try:

@@ -75,6 +75,9 @@ class BaselineSet:
     file_digests: dict[str, str] = field(default_factory=dict)  # every file read: relative path -> sha256
     signed_by: str | None = None  # who signed it, when the signature was verified
     source_digests: dict[tuple[str, str], str] = field(default_factory=dict)  # key of ``sources`` -> sha256 hex
+    # a set from the start-up cache: each HostBaseline's rules as JSON lines (its model holds none), compiled one
+    # at a time (``core.compile.iter_host``); empty for a full load, whose models hold their rules
+    rule_lines: dict[str, tuple[tuple[str, tuple[int, int], bytes], ...]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, directory: str = "") -> BaselineSet:
@@ -667,7 +670,8 @@ class _SourceReader:
 
 def _manifest_rel(base_dir: str, source: str) -> str:
     """A source's manifest path: relative to the directory, as written, ``..`` folded."""
-    return posixpath.normpath(posixpath.join(Path(base_dir).as_posix(), source))
+    rel = posixpath.normpath(posixpath.join(Path(base_dir).as_posix(), source))
+    return source if rel == source else rel  # the one string when they are equal (10,000 sources: 0.6 MiB)
 
 
 def _load_sources(
@@ -866,9 +870,10 @@ def _from_cache(root: Path, cache_dir: str | os.PathLike[str], entry_key: str, y
     if baselines is None:
         return None
     warnings = tuple(Problem(*w) for w in entry.warnings)
+    rule_lines = {b.metadata.name: rules for b, rules in zip(baselines, entry.rules, strict=True) if rules}
     bset = BaselineSet(directory=str(shown_root), baselines=baselines, sources=sources, files=entry.files,
                        hashes=entry.hashes, version=version, warnings=warnings, file_digests=digests,
-                       signed_by=signed_by, source_digests=sources.digests)
+                       signed_by=signed_by, source_digests=sources.digests, rule_lines=rule_lines)
     return bset, list(warnings)
 
 

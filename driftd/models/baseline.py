@@ -8,6 +8,7 @@ fields are rejected everywhere so a typo never silently weakens a baseline.
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Iterator
 from datetime import timedelta
 from enum import StrEnum
@@ -270,6 +271,9 @@ class Timing(Strict):
         return self
 
 
+_RULE_FIELDS: dict[type, dict[str, type[Rule]]] = {}
+
+
 class HostSpec(Timing):
     selector: HostSelector = Field(default_factory=HostSelector)
     files: list[ManagedFile] = Field(default_factory=list)
@@ -281,6 +285,20 @@ class HostSpec(Timing):
         alias="retireOnFailure",
         description="Retire the node when a remediation of this baseline keeps failing (a file that cannot be restored).",
     )
+
+    @classmethod
+    def rule_fields(cls) -> dict[str, type[Rule]]:
+        """Each field that holds rules and its rule model (files -> ManagedFile, kernel -> KernelRule, ...)."""
+        found = _RULE_FIELDS.get(cls)
+        if found is None:
+            found = {}
+            for name, info in cls.model_fields.items():
+                for t in (info.annotation, *typing.get_args(info.annotation)):
+                    for c in typing.get_args(t) or (t,):
+                        if isinstance(c, type) and issubclass(c, Rule):
+                            found[name] = c
+            _RULE_FIELDS[cls] = found
+        return found
 
     def rules(self) -> Iterator[tuple[str, int | None, Rule]]:
         """Every rule with its field's YAML name and list index, found from the fields (no list of kinds)."""

@@ -104,7 +104,7 @@ class HostTarget:
         """The host resources of this node in order, each compiled as the caller reaches it (the engine keeps rows)."""
         users = self._id_db("/etc/passwd")
         groups = self._id_db("/etc/group")
-        for r in iter_host(baselines.baselines, baselines.sources, node.name, node.labels):
+        for r in iter_host(baselines.baselines, baselines.sources, node.name, node.labels, baselines.rule_lines):
             exp = r.expected
             owner, group = exp.get("owner"), exp.get("group")
             if isinstance(owner, str) or isinstance(group, str):
