@@ -8,7 +8,7 @@ value of every field that baseline names, as literals or matchers (``core.matche
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -20,6 +20,7 @@ from driftd.models.keys import ResourceKey
 from driftd.models.resources import ContainerPayload, DesiredResource, UngovernedPayload
 
 OLD_SUFFIX = "-driftd-old-"
+KUBELET_LABEL = "io.kubernetes.pod.uid"  # a container the kubelet runs (its pod is governed as a pod)
 _STRICTNESS = {Ungoverned.IGNORE: 0, Ungoverned.REPORT: 1, Ungoverned.RETIRE: 2}
 
 
@@ -156,6 +157,26 @@ def compile_ungoverned(c: ContainerSummary, policy: Ungoverned, *, target: str =
         content=None,
         payload=UngovernedPayload(policy=policy.value, container_id=c.id),
     )
+
+
+def desired_container(
+    baselines: Iterable[ContainerBaseline], policy: Ungoverned, c: ContainerSummary,
+    approved: Callable[[ContainerBaseline], list[str]], *, target: str = "docker", skip_kubelet: bool = True,
+) -> DesiredResource | None:
+    """Desired state of one listed container, or None when driftd leaves it alone (a container a recreate parked,
+    a kubelet's container with ``skip_kubelet``, an ungoverned one under ``ungoverned: ignore``).
+
+    ``approved`` resolves a baseline's approved image references to ids on this runtime (the adapter's I/O, or a
+    captured image table when ``driftd plan --state`` replays an export).
+    """
+    if OLD_SUFFIX in c.name or (skip_kubelet and KUBELET_LABEL in c.labels):
+        return None
+    b = governing(baselines, c)
+    if b is not None:
+        return compile_container(b, c, approved(b), target=target)
+    if policy is Ungoverned.IGNORE:
+        return None
+    return compile_ungoverned(c, policy, target=target)
 
 
 def plan_actions(drifted_fields: Iterable[str], actions: Mapping[str, str]) -> RuleAction:

@@ -250,3 +250,28 @@ def recreate_config(ins: dict[str, Any], runtime: dict[str, Any], image: str,
         config["NetworkingConfig"] = {"EndpointsConfig": {mode: {
             k: ep[k] for k in ("Aliases", "IPAMConfig", "Links", "DriverOpts") if ep.get(k)}}}
     return config
+
+
+# what normalize, mount_points and change_time read of an inspect document (and a listing needs to pick a baseline)
+_OBSERVED_TOP = ("Id", "Name", "Image", "Created", "AppArmorProfile", "Mounts")
+_OBSERVED_CONFIG = ("User", "Env", "Labels", "Volumes", "Image")
+_OBSERVED_HOST = (
+    "Privileged", "CapAdd", "CapDrop", "ReadonlyRootfs", "SecurityOpt", "PidMode", "IpcMode", "NetworkMode",
+    "PortBindings", "Memory", "NanoCpus", "PidsLimit", "RestartPolicy", "Tmpfs", "Mounts", "Binds",
+)
+
+
+def observed_subset(ins: dict[str, Any]) -> dict[str, Any]:
+    """The part of an inspect document that :func:`normalize`, :func:`mount_points` and :func:`change_time` read.
+
+    ``driftd state export`` keeps this (never the command line, entrypoint, health check or networks): the same
+    observed fields come out of it, so another baseline set can be evaluated against it later.
+    """
+    cfg = ins.get("Config") or {}
+    hc = ins.get("HostConfig") or {}
+    state = ins.get("State") or {}
+    out: dict[str, Any] = {k: copy.deepcopy(ins[k]) for k in _OBSERVED_TOP if k in ins}
+    out["Config"] = {k: copy.deepcopy(cfg[k]) for k in _OBSERVED_CONFIG if k in cfg}
+    out["HostConfig"] = {k: copy.deepcopy(hc[k]) for k in _OBSERVED_HOST if k in hc}
+    out["State"] = {k: state[k] for k in ("Running", "StartedAt") if k in state}
+    return out

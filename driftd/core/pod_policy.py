@@ -219,3 +219,23 @@ def compile_pod(b: PodBaseline, pod: Mapping[str, Any]) -> DesiredResource:
             name=name,
         ),
     )
+
+
+def desired_pod(baselines: Iterable[PodBaseline], pod: Mapping[str, Any], *, node_name: str,
+                exclude_namespaces: Iterable[str] = ()) -> DesiredResource | None:
+    """Desired state of one listed pod of ``node_name``, or None when no baseline governs it here.
+
+    Never another node's pod, a mirror pod, one terminating or finished, nor one in a namespace of
+    ``kubernetes.exclude_namespaces`` (whatever a baseline selects).  The pods adapter calls this on every
+    listing; ``driftd plan --state`` on the pods an export captured.
+    """
+    meta = _meta(pod)
+    if (pod.get("spec") or {}).get("nodeName") != node_name:
+        return None
+    if is_mirror(pod) or meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return None
+    if selectors.globs(tuple(exclude_namespaces), meta.get("namespace", ""), empty=False):
+        return None
+    b = governing(baselines, pod)
+    return None if b is None else compile_pod(b, pod)
+

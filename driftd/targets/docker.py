@@ -40,9 +40,8 @@ from driftd.core import kinds
 from driftd.core.compile_container import (
     OLD_SUFFIX,
     ContainerSummary,
-    compile_container,
-    compile_ungoverned,
     container_key,
+    desired_container,
     governing,
     ungoverned_policy,
 )
@@ -62,7 +61,6 @@ from driftd.targets.streams import Reconnecting
 # exec_die: an exec's writes are done only when it ends (exec_start comes before them)
 WATCHED_ACTIONS = frozenset({"create", "start", "restart", "update", "exec_create", "exec_start", "exec_die", "rename",
                              "unpause"})
-KUBELET_LABEL = "io.kubernetes.pod.uid"
 
 
 @dataclass(frozen=True)
@@ -228,25 +226,34 @@ class DockerTarget:
         return [pinned[r] for r in b.spec.images.approved if r in pinned]
 
     def _desired_for(self, c: ContainerSummary) -> DesiredResource | None:
-        if OLD_SUFFIX in c.name or (self.skip_kubelet_containers and KUBELET_LABEL in c.labels):
-            return None
-        b = governing(self._baselines, c)
-        if b is not None:
-            return compile_container(b, c, self._approved(b), target=self.name)
-        if self._policy is Ungoverned.IGNORE:
-            return None
-        return compile_ungoverned(c, self._policy, target=self.name)
+        return desired_container(self._baselines, self._policy, c, self._approved, target=self.name,
+                                 skip_kubelet=self.skip_kubelet_containers)
+
+    def listing(self) -> list[ContainerSummary]:
+        """Every container of the engine (parked ones too), as the listing gives them."""
+        rows = self._call(self.api().containers, all=True)
+        return [ContainerSummary(id=row["Id"], name=names[0].lstrip("/"), image_id=row.get("ImageID", ""),
+                                 labels=row.get("Labels") or {})
+                for row in rows if (names := row.get("Names") or [])]
+
+    def port(self) -> _Port:
+        """The container kinds' port, read side (inspect, changes, event times): ``driftd state export`` reads through it."""
+        return _Port(self, self.api())
+
+    def image_ids(self) -> dict[str, str]:
+        """Every local image reference (repo tags and digests) and id -> the image id (what ``_approved`` resolves)."""
+        out: dict[str, str] = {}
+        for img in self._call(self.api().images) or []:
+            iid = img.get("Id") or ""
+            for ref in [iid, *(img.get("RepoTags") or []), *(img.get("RepoDigests") or [])]:
+                if ref and not ref.startswith("<none>"):
+                    out[ref] = iid
+        return out
 
     def discover(self) -> list[DesiredResource]:
         api = self.api()
-        rows = self._call(api.containers, all=True)
         out = []
-        summaries = []
-        for row in rows:
-            names = row.get("Names") or []
-            if names:
-                summaries.append(ContainerSummary(id=row["Id"], name=names[0].lstrip("/"), image_id=row.get("ImageID", ""),
-                                                  labels=row.get("Labels") or {}))
+        summaries = self.listing()
         names_now = {c.name for c in summaries}
         # interrupted recreates first: a recovered original is governed in this very pass
         for c in sorted((c for c in summaries if OLD_SUFFIX in c.name), key=lambda c: c.name):

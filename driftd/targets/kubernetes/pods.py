@@ -33,8 +33,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from driftd.baselines.loader import BaselineSet
-from driftd.core import kinds, selectors
-from driftd.core.pod_policy import compile_pod, evaluate, governing, is_mirror, pod_key
+from driftd.core import kinds
+from driftd.core.pod_policy import desired_pod, evaluate, pod_key
 from driftd.models.keys import ResourceKey
 from driftd.models.pod import PodBaseline
 from driftd.models.resources import (
@@ -121,21 +121,13 @@ class PodAdapter:
         return []
 
     def _governed(self, pod: dict[str, Any]) -> DesiredResource | None:
-        meta = pod.get("metadata") or {}
-        if (pod.get("spec") or {}).get("nodeName") != self.node_name:
-            return None  # never another node's pod
-        if is_mirror(pod) or meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in (
-                "Succeeded", "Failed"):
+        # never another node's pod; kubernetes.exclude_namespaces: never governed, whatever a baseline selects
+        d = desired_pod(self._baselines.values(), pod, node_name=self.node_name, exclude_namespaces=self.exclude_namespaces)
+        if d is None:
             return None
-        if selectors.globs(self.exclude_namespaces, meta.get("namespace", ""), empty=False):
-            return None  # kubernetes.exclude_namespaces: never governed, whatever a baseline selects
-        b = governing(self._baselines.values(), pod)
-        if b is None:
-            return None
-        key = pod_key(meta.get("namespace", ""), meta.get("name", ""))
-        self._pods[key] = pod
-        self._note_glass(key, pod)
-        return compile_pod(b, pod)
+        self._pods[d.key] = pod
+        self._note_glass(d.key, pod)
+        return d
 
     def _note_glass(self, key: str, pod: dict[str, Any]) -> None:
         meta = pod.get("metadata") or {}
