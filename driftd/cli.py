@@ -751,6 +751,123 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.dir), baselines=Path(args.baselines) if args.baselines else None)
 
 
+def _capture_write(args: argparse.Namespace, cap: Any, header: list[str]) -> int:
+    """Write a capture under ``-o OUT`` and prove the directory loads: exit 0, or 1 naming the problem."""
+    from driftd.baselines.capture import render
+    from driftd.targets.capture_io import CaptureIOError, write_capture
+
+    header = [*header, f"enforcement: {args.enforcement} (review this file, then set enforce)"]
+    try:
+        res = write_capture(args.out, cap, render(cap, header), force=args.force)
+    except CaptureIOError as e:
+        print(f"driftd: capture: {e}", file=sys.stderr)
+        return ExitCode.ERROR
+    for what, why in cap.skipped:
+        print(f"driftd: capture: left out {what}: {why}", file=sys.stderr)
+    for note in cap.notes:
+        print(f"driftd: capture: note: {note}", file=sys.stderr)
+    if res.errors:
+        print(f"driftd: capture: {args.out} would not load; nothing was kept:", file=sys.stderr)
+        for err in res.errors:
+            print(err, file=sys.stderr)
+        return ExitCode.ERROR
+    for w in res.warnings:
+        print(w, file=sys.stderr)
+    print(f"{os.path.join(args.out, cap.name + '.yaml')}: {cap.doc['kind']} {cap.name} captured "
+          f"({len(res.written)} files written; the directory loads clean)")
+    return ExitCode.CLEAN
+
+
+def _capture_label_pairs(values: list[str] | None) -> dict[str, str] | None:
+    pairs: dict[str, str] = {}
+    for v in values or []:
+        key, sep, value = v.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--match-label {v!r}: expected KEY=VALUE")
+        pairs[key] = value
+    return pairs or None
+
+
+def cmd_capture_host(args: argparse.Namespace) -> int:
+    """``driftd baseline capture host PATH...``: a HostBaseline of the files and directories as they are."""
+    from driftd.baselines.capture import CaptureError, host_capture
+    from driftd.targets.capture_io import CaptureIOError, observe_host
+
+    try:
+        observed, unread, (users, groups) = observe_host(args.host_root, args.paths, recursive=args.recursive,
+                                                         max_files=args.max_files)
+        for what, why in unread:
+            print(f"driftd: capture: left out {what}: {why}", file=sys.stderr)
+        cap = host_capture(args.name, observed, users=users, groups=groups, sensitive=args.sensitive or (),
+                           inline_max=args.inline_max, allow_dangerous=args.allow_dangerous,
+                           enforcement=args.enforcement)
+    except (CaptureError, CaptureIOError) as e:
+        print(f"driftd: capture: {e}", file=sys.stderr)
+        return ExitCode.ERROR
+    cap.skipped[:0] = unread
+    return _capture_write(args, cap, [f"Captured by `driftd baseline capture host` from {' '.join(args.paths)} "
+                                      f"under host root {args.host_root}."])
+
+
+def cmd_capture_container(args: argparse.Namespace) -> int:
+    """``driftd baseline capture container NAME_OR_ID``: a ContainerBaseline of a running container as it is."""
+    from driftd.baselines.capture import CaptureError, container_capture
+    from driftd.core.container_engine import leaf_changes, mount_points
+    from driftd.targets.base import TargetError
+    from driftd.targets.docker import image_config, inspect_container
+
+    try:
+        ins, changes = inspect_container(args.docker_url, args.container)
+        digests = image_config(args.docker_url, ins["Image"]).get("RepoDigests") or []
+        cap = container_capture(args.name, ins, repo_digests=digests, fs_changes=leaf_changes(changes, mount_points(ins)),
+                                match_labels=args.match_label or (), enforcement=args.enforcement)
+    except (CaptureError, TargetError) as e:
+        print(f"driftd: capture: {e}", file=sys.stderr)
+        return ExitCode.ERROR
+    cname = str(ins.get("Name") or "").lstrip("/")
+    return _capture_write(args, cap, [f"Captured by `driftd baseline capture container` from container {cname} "
+                                      f"({str(ins.get('Id'))[:12]}) on {args.docker_url}."])
+
+
+def cmd_capture_image(args: argparse.Namespace) -> int:
+    """``driftd baseline capture image REF``: a ContainerBaseline from an image's configuration (+ its files)."""
+    from driftd.baselines.capture import CaptureError, image_capture
+    from driftd.baselines.loader import DEFAULT_MAX_FILE_BYTES
+    from driftd.targets.base import TargetError
+    from driftd.targets.docker import image_config, read_image_files
+
+    try:
+        labels = _capture_label_pairs(args.match_label)
+        doc = image_config(args.docker_url, args.image)
+        files = read_image_files(args.docker_url, doc["Id"], args.file, DEFAULT_MAX_FILE_BYTES) if args.file else {}
+        cap = image_capture(args.name, doc, files=files, match_labels=labels, names=args.select_name or (),
+                            enforcement=args.enforcement)
+    except (CaptureError, TargetError, ValueError) as e:
+        print(f"driftd: capture: {e}", file=sys.stderr)
+        return ExitCode.ERROR
+    return _capture_write(args, cap, [f"Captured by `driftd baseline capture image` from image {args.image} "
+                                      f"({doc.get('Id')!s}) on {args.docker_url}, without running it."])
+
+
+def cmd_capture_pod(args: argparse.Namespace) -> int:
+    """``driftd baseline capture pod NAMESPACE/NAME``: a PodBaseline whose rules hold for the pod as it is."""
+    from driftd.baselines.capture import CaptureError, pod_capture
+    from driftd.targets.base import TargetError
+    from driftd.targets.kubernetes.client import get_pod
+
+    ns, sep, pod_name = args.pod.partition("/")
+    if not sep or not ns or not pod_name:
+        print(f"driftd: capture: {args.pod!r}: expected NAMESPACE/NAME", file=sys.stderr)
+        return ExitCode.USAGE
+    try:
+        pod = get_pod(args.kubeconfig, ns, pod_name)
+        cap = pod_capture(args.name, pod, enforcement=args.enforcement)
+    except (CaptureError, TargetError) as e:
+        print(f"driftd: capture: {e}", file=sys.stderr)
+        return ExitCode.ERROR
+    return _capture_write(args, cap, [f"Captured by `driftd baseline capture pod` from pod {ns}/{pod_name}."])
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (also $DRIFTD_CONFIG)")
     p.add_argument("--host-root", help="where the host filesystem is mounted (default /)")
@@ -852,6 +969,56 @@ def parser() -> argparse.ArgumentParser:
     bdiff.set_defaults(func=cmd_baseline_diff)
     schema = blsub.add_parser("schema", help="print the JSON Schema of baselines")
     schema.set_defaults(func=cmd_schema)
+    capture = blsub.add_parser(
+        "capture", help="write a baseline from what runs today: host paths, a container, an image, a pod",
+        description="Capture a known-good host tree, container, image or pod as a baseline: OUT/<name>.yaml plus "
+        "any OUT/files/... sources. Existing files are never overwritten without --force; the directory is loaded "
+        "afterwards and nothing is kept unless it loads without errors (exit 1 naming the problem).")
+    capsub = capture.add_subparsers(dest="capture_command", required=True)
+
+    def _capture_common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--name", required=True, help="metadata.name of the baseline (a DNS-1123 name)")
+        p.add_argument("-o", "--output", dest="out", required=True, metavar="OUT", help="baselines directory to write into")
+        p.add_argument("--force", action="store_true", help="replace files that exist")
+        p.add_argument("--enforcement", choices=["enforce", "warn", "dryrun"], default="warn",
+                       help="spec.enforcement of the capture (default warn: review it, then enforce)")
+
+    cap_host = capsub.add_parser("host", help="files and directories under a host root as they are")
+    cap_host.add_argument("paths", nargs="+", metavar="PATH", help="absolute paths on the host")
+    cap_host.add_argument("--host-root", default="/", help="where the host filesystem is mounted (default /)")
+    cap_host.add_argument("--sensitive", action="append", metavar="GLOB",
+                          help="paths whose bytes are secret ('*' crosses '/'): source + sensitive, never inline "
+                               "(/etc/shadow, /etc/gshadow, *.key, /etc/ssh/ssh_host_*_key always are)")
+    cap_host.add_argument("--inline-max", type=int, default=4096, metavar="BYTES",
+                          help="UTF-8 text under this size is inline content, else a source file (default 4096)")
+    cap_host.add_argument("--recursive", action="store_true", help="also capture everything below each directory")
+    cap_host.add_argument("--max-files", type=int, default=1000, help="files below directories with --recursive at most")
+    cap_host.add_argument("--allow-dangerous", metavar="REASON",
+                          help="keep rules the guardrails deny, with this allowDangerous reason (else left out)")
+    _capture_common(cap_host)
+    cap_host.set_defaults(func=cmd_capture_host)
+    cap_ctr = capsub.add_parser("container", help="a Docker container's runtime configuration as it runs")
+    cap_ctr.add_argument("container", metavar="NAME_OR_ID")
+    cap_ctr.add_argument("--docker-url", default="unix:///var/run/docker.sock", help="Docker Engine endpoint")
+    cap_ctr.add_argument("--match-label", action="append", metavar="KEY",
+                         help="select by this label with the container's value (repeatable; default: its exact name)")
+    _capture_common(cap_ctr)
+    cap_ctr.set_defaults(func=cmd_capture_container)
+    cap_img = capsub.add_parser("image", help="an image's configuration (and files read from it), without running it")
+    cap_img.add_argument("image", metavar="REF")
+    cap_img.add_argument("--file", action="append", metavar="PATH",
+                         help="copy this file out of the image into OUT/files/<name>/ (repeatable)")
+    cap_img.add_argument("--docker-url", default="unix:///var/run/docker.sock", help="Docker Engine endpoint")
+    cap_img.add_argument("--match-label", action="append", metavar="KEY=VALUE",
+                         help="select containers with this label (repeatable; default driftd.io/baseline=<name>)")
+    cap_img.add_argument("--select-name", action="append", metavar="GLOB", help="select containers by name (repeatable)")
+    _capture_common(cap_img)
+    cap_img.set_defaults(func=cmd_capture_image)
+    cap_pod = capsub.add_parser("pod", help="a pod's security, host and image settings as it runs")
+    cap_pod.add_argument("pod", metavar="NAMESPACE/NAME")
+    cap_pod.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account)")
+    _capture_common(cap_pod)
+    cap_pod.set_defaults(func=cmd_capture_pod)
 
     st = sub.add_parser("status", help="show active drifts from the state directory")
     _common(st)

@@ -19,16 +19,21 @@ the Docker target is enabled.
   Anonymous volumes are re-attached by name, and no mount point is filesystem drift.
 * watch: the events stream enqueues a container as soon as it is created, started,
   updated or exec'd into; it reconnects with backoff when the engine restarts.
+* capture: read-only helpers for ``driftd baseline capture`` (:func:`inspect_container`,
+  :func:`image_config`, :func:`read_image_files`: an image's files read from a container
+  created and removed, never started).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import secrets
 import tarfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -600,3 +605,102 @@ class DockerTarget:
 
     def close(self) -> None:
         self._streams.close()  # unblocks a pending read of the events stream
+
+
+# --------------------------------------------------------------------------- capture (``driftd baseline capture``)
+# Small read-only helpers, independent of a DockerTarget: one client per call, closed after it.
+
+CAPTURE_LABEL = "driftd.io/capture"  # on the never-started container an image file is read through
+
+
+@contextlib.contextmanager
+def _client(url: str, timeout: float = 30.0) -> Iterator[Any]:
+    try:
+        api = docker.APIClient(base_url=url, timeout=timeout)
+        api.ping()
+    except Exception as e:
+        raise TargetError(f"docker engine unreachable at {url}: {e}") from None
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+def inspect_container(url: str, name: str) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """A container's inspect document and its filesystem changes against its image (``docker diff``)."""
+    with _client(url) as api:
+        try:
+            ins: dict[str, Any] = api.inspect_container(name)
+            changes: list[dict[str, Any]] | None = api.diff(ins["Id"])
+        except docker_errors.NotFound:
+            raise TargetError(f"no container {name!r} on {url}", transient=False) from None
+        except docker_errors.APIError as e:
+            raise TargetError(f"inspect {name}: {e}") from None
+    return ins, changes
+
+
+def image_config(url: str, ref: str) -> dict[str, Any]:
+    """An image's inspect document (``Id``, ``RepoDigests``, ``Config``: user, labels, env, exposed ports ...)."""
+    with _client(url) as api:
+        try:
+            doc: dict[str, Any] = api.inspect_image(ref)
+        except docker_errors.NotFound:
+            raise TargetError(f"no image {ref!r} on {url} (pull it first)", transient=False) from None
+        except docker_errors.APIError as e:
+            raise TargetError(f"inspect image {ref}: {e}") from None
+    return doc
+
+
+def read_image_files(url: str, ref: str, paths: list[str], max_bytes: int) -> dict[str, bytes | str]:
+    """The bytes of each path in the image ``ref`` (or why not), read without running it.
+
+    One container is created from the image (never started, no network, labelled
+    ``driftd.io/capture``), each path is copied out of it (``get_archive``) and the container is
+    removed whatever happens.  Only a regular file is returned; a symlink, a directory or a file
+    over ``max_bytes`` gives the reason instead.
+    """
+    out: dict[str, bytes | str] = {}
+    with _client(url) as api:
+        try:
+            cid = api.create_container(
+                ref, command=["/driftd-capture-never-started"], network_disabled=True, labels={CAPTURE_LABEL: "1"},
+                host_config=api.create_host_config(network_mode="none"),
+                name=f"driftd-capture-{secrets.token_hex(6)}")["Id"]
+        except docker_errors.NotFound:
+            raise TargetError(f"no image {ref!r} on {url} (pull it first)", transient=False) from None
+        except docker_errors.APIError as e:
+            raise TargetError(f"create a container of {ref} to read files from: {e}") from None
+        try:
+            for path in paths:
+                out[path] = _archive_file(api, cid, path, max_bytes)
+        finally:
+            with contextlib.suppress(docker_errors.NotFound):
+                api.remove_container(cid, force=True, v=True)
+    return out
+
+
+def _archive_file(api: Any, cid: str, path: str, max_bytes: int) -> bytes | str:
+    try:
+        stream, stat = api.get_archive(cid, path)
+    except docker_errors.NotFound:
+        return "not found in the image"
+    except docker_errors.APIError as e:
+        return f"cannot read it from the image: {e}"
+    if stat.get("linkTarget"):
+        for _ in stream:
+            pass
+        return f"a symlink in the image (-> {stat['linkTarget']}): name its target instead"
+    if int(stat.get("size") or 0) > max_bytes:
+        for _ in stream:
+            pass
+        return f"{stat.get('size')} bytes, over the {max_bytes}-byte limit"
+    raw = b"".join(stream)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+            member = tar.next()
+            if member is None or not member.isfile():
+                return "not a regular file in the image"
+            fh = tar.extractfile(member)
+            return fh.read() if fh else b""
+    except tarfile.TarError as e:
+        return f"unreadable archive from the engine: {e}"

@@ -158,3 +158,21 @@ def pod_path(ns: str, name: str) -> str:
 def node_pods(node: str) -> tuple[str, dict[str, str]]:
     """The list (and watch) of one node's pods: never cluster-wide."""
     return "/api/v1/pods", {"fieldSelector": f"spec.nodeName={node}"}
+
+
+def get_pod(kubeconfig: str | None, ns: str, name: str) -> dict[str, Any]:
+    """One pod object (``driftd baseline capture pod``): a single GET, with its own client."""
+    try:
+        api_client = load_api_client(kubeconfig)
+    except Exception as e:  # a missing or malformed kubeconfig, no service account
+        raise TargetError(f"kubernetes client: {e}", transient=False) from None
+    try:
+        pod: dict[str, Any] = Kube(api_client).request("GET", pod_path(ns, name))
+    except KubeError as e:
+        if e.status == 404:
+            raise TargetError(f"no pod {ns}/{name}", transient=False) from None
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            api_client.close()
+    return pod
