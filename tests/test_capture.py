@@ -9,9 +9,12 @@ kube-apiserver (``k8s_support``).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
+import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -280,3 +283,163 @@ def test_pod_capture_pure_rules_hold_for_the_pod() -> None:
     worse = json.loads(json.dumps(pod))
     worse["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
     assert any(evaluate(b, worse).values())
+
+
+# --------------------------------------------------------------------------- Docker (real engine)
+
+
+def _enforce(rt: Any) -> Any:
+    from driftd.engine.once import run_once as one_pass
+
+    return one_pass(rt.engine, rt.queue, attempts=rt.settings.retry.attempts_per_pass)
+
+
+def _image_file_oracle(docker_client: Any, image: str, path: str) -> bytes:
+    """The bytes of ``path`` in ``image`` from ``docker image save`` (its layer tars), independent of capture."""
+    raw = b"".join(docker_client.images.get(image).save())
+    want = {path.lstrip("/"), "." + path}
+    with tarfile.open(fileobj=io.BytesIO(raw)) as outer:
+        for m in outer.getmembers():
+            fh = outer.extractfile(m) if m.isfile() else None
+            if fh is None:
+                continue
+            try:
+                with tarfile.open(fileobj=io.BytesIO(fh.read()), mode="r:*") as layer:
+                    for lm in layer.getmembers():
+                        if lm.name in want and lm.isfile():
+                            inner = layer.extractfile(lm)
+                            assert inner is not None
+                            return inner.read()
+            except tarfile.TarError:
+                continue  # a JSON blob
+    raise AssertionError(f"{path} not in {image}")
+
+
+@pytest.mark.real
+class TestDockerCapture:
+    def test_container_round_trip_then_one_drift(self, docker_client: Any, make: Any, make_runtime: Any, scope: str,
+                                                 tmp_path: Path) -> None:
+        """Capture a running container → the Docker target finds it compliant; a changed restart policy is the drift."""
+        from docker_support import SCOPE
+
+        c = make("cap", environment={"API_TOKEN": "s3cr3t-v4lue"}, user="1000", cap_drop=["ALL"], read_only=True,
+                 security_opt=["no-new-privileges"], mem_limit="64m", pids_limit=64,
+                 restart_policy={"Name": "on-failure", "MaximumRetryCount": 2})
+        out = tmp_path / "out"
+        assert capture("container", c.name, "--name", "cap", "--match-label", SCOPE, "-o", str(out)) == ExitCode.CLEAN
+        text, doc = _yaml(out, "cap")
+        assert "s3cr3t-v4lue" not in text and "API_TOKEN" in text and "env:" not in text
+        spec = doc["spec"]
+        assert spec["selector"] == {"matchLabels": {SCOPE: scope}}
+        assert spec["images"]["approved"] == [c.attrs["Image"]]
+        rt_rules = spec["runtime"]
+        assert {k: rt_rules[k] for k in ("user", "nonRoot", "privileged", "capDrop", "readOnlyRootFilesystem",
+                                         "noNewPrivileges", "networkMode", "restartPolicy")} == {
+            "user": "1000", "nonRoot": True, "privileged": False, "capDrop": ["ALL"], "readOnlyRootFilesystem": True,
+            "noNewPrivileges": True, "networkMode": "none", "restartPolicy": {"name": "on-failure", "maximumRetryCount": 2}}
+        assert rt_rules["resources"] == {"memory": 64 * 1024 * 1024, "pidsLimit": 64}
+
+        rt = make_runtime(out, docker={"enabled": True}, dry_run=True)
+        first = _enforce(rt)
+        assert [o for o in first.outcomes if o.key == f"docker:{c.name}"] == []
+        assert first.exit_code == ExitCode.CLEAN, first.outcomes
+
+        docker_client.api.update_container(c.id, restart_policy={"Name": "always", "MaximumRetryCount": 0})
+        second = _enforce(rt)
+        mine = [o for o in second.outcomes if o.key == f"docker:{c.name}"]
+        assert len(mine) == 1 and [d["field"] for d in mine[0].drift] == ["restartPolicy"]
+        assert second.exit_code == ExitCode.DRIFT_REMAINED
+        assert docker_client.containers.get(c.name).id == c.id  # dry run: not recreated
+
+    def test_container_selected_by_name_by_default(self, make: Any, tmp_path: Path) -> None:
+        c = make("byname")
+        out = tmp_path / "out"
+        assert capture("container", c.id[:12], "--name", "byname", "-o", str(out)) == ExitCode.CLEAN
+        spec = _yaml(out, "byname")[1]["spec"]
+        assert spec["selector"] == {"names": [c.name]}
+        assert "nonRoot" not in spec["runtime"]  # busybox runs as root: never written as a requirement
+        bset, problems = load_set(out)
+        assert bset is not None, problems
+
+    def test_missing_container_is_an_error(self, docker_client: Any, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+        out = tmp_path / "out"
+        assert capture("container", "driftd-no-such-container-x", "--name", "x", "-o", str(out)) == ExitCode.ERROR
+        assert "no container 'driftd-no-such-container-x'" in capsys.readouterr().err
+        assert not out.exists()
+
+    def test_image_capture_reads_files_without_running_it(self, docker_client: Any, image_ids: dict[str, str],
+                                                          make: Any, make_runtime: Any, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+        from docker_support import IMAGE_V1
+
+        capture_filter = {"label": "driftd.io/capture"}
+        assert docker_client.containers.list(all=True, filters=capture_filter) == []
+        since = int(time.time()) - 1
+        out = tmp_path / "out"
+        rc = capture("image", IMAGE_V1, "--name", "img", "--file", "/etc/driftd-image-version", "--file", "/bin/busybox",
+                     "--file", "/bin/sh", "--file", "/no/such", "-o", str(out))
+        until = int(time.time()) + 1
+        assert rc == ExitCode.CLEAN
+        err = capsys.readouterr().err
+        assert "left out /bin/sh: a symlink in the image (-> /bin/busybox)" in err
+        assert "left out /no/such: not found in the image" in err
+        assert (out / "files/img/etc/driftd-image-version").read_bytes() == b"1.0\n"
+        assert (out / "files/img/bin/busybox").read_bytes() == _image_file_oracle(docker_client, IMAGE_V1, "/bin/busybox")
+
+        # one container was created and removed, never started
+        assert docker_client.containers.list(all=True, filters=capture_filter) == []
+        actions = [e["Action"] for e in docker_client.events(since=since, until=until, decode=True,
+                                                             filters={"type": "container", **capture_filter})]
+        assert "create" in actions and "destroy" in actions and "start" not in actions, actions
+
+        text, doc = _yaml(out, "img")
+        assert doc["spec"]["images"]["approved"] == [image_ids[IMAGE_V1]]
+        assert doc["spec"]["selector"] == {"matchLabels": {"driftd.io/baseline": "img"}}
+        assert doc["spec"]["runtime"]["labels"] == {"driftd-test.image-version": "1.0", "driftd-test.recipe": "1"}
+        assert "# note: image file /bin/busybox:" in text and "PATH=" not in text
+
+        # a container run from it with the documented label is compliant
+        c = make("fromimg", labels={"driftd.io/baseline": "img"})
+        rt = make_runtime(out, docker={"enabled": True}, dry_run=True)
+        s = _enforce(rt)
+        assert [o for o in s.outcomes if o.key == f"docker:{c.name}"] == [] and s.exit_code == ExitCode.CLEAN
+
+
+# --------------------------------------------------------------------------- Kubernetes (real kube-apiserver)
+
+
+@pytest.mark.real
+def test_pod_capture_round_trip(k8s_cluster: Any, k8s_kubeconfig: str, tmp_path: Path) -> None:
+    """Capture a running compliant pod → its namespace and labels selected, every captured rule holds for it,
+    and a privileged pod breaks the captured rules."""
+    from driftd.core.pod_policy import evaluate
+    from driftd.core.selectors import labels as labels_match
+    from driftd.models.pod import PodBaseline
+
+    node = k8s_cluster.make_node()
+    k8s_cluster.make_pod("api", node, labels={"app": "api", "tier": "back"})
+    out = tmp_path / "out"
+    rc = capture("pod", f"{k8s_cluster.ns}/api", "--name", "api", "--kubeconfig", k8s_kubeconfig, "-o", str(out))
+    assert rc == ExitCode.CLEAN
+    bset, problems = load_set(out)
+    assert bset is not None, problems
+    b = bset.baselines[0]
+    assert isinstance(b, PodBaseline)
+    live = k8s_cluster.rest.get(k8s_cluster.pod_path("api"))
+    assert b.spec.selector.namespaces == [k8s_cluster.ns]
+    assert labels_match(b.spec.selector.match_labels, live["metadata"]["labels"])
+    assert b.spec.images is not None and len(b.spec.images.approved) == 1
+    result = evaluate(b, live)
+    assert result and not any(result.values()), result
+
+    k8s_cluster.make_pod("api-priv", node, labels={"app": "api", "tier": "back"}, privileged=True)
+    broken = evaluate(b, k8s_cluster.rest.get(k8s_cluster.pod_path("api-priv")))
+    assert any(broken.values()), broken
+
+
+@pytest.mark.real
+def test_pod_capture_missing_pod(k8s_cluster: Any, k8s_kubeconfig: str, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    rc = capture("pod", f"{k8s_cluster.ns}/nope", "--name", "nope", "--kubeconfig", k8s_kubeconfig, "-o", str(tmp_path / "o"))
+    assert rc == ExitCode.ERROR and f"no pod {k8s_cluster.ns}/nope" in capsys.readouterr().err
