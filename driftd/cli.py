@@ -341,6 +341,7 @@ def _daemon(rt: Runtime, loaded_from: str | None = None) -> int:
             healthy=lambda: daemon.healthy() if daemon else (False, "starting"),
             ready=lambda: daemon.ready() if daemon else (False, "starting"),
             drifts=drifts,
+            baselines=rt.engine.baseline_set_info,
         )
     except (OSError, ValueError) as e:  # an address in use, a TLS file, no API client for the auth
         print(f"driftd: http: {e}", file=sys.stderr)
