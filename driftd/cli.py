@@ -86,6 +86,16 @@ def _load_baselines(settings: Any) -> Any:
     return bset
 
 
+def _quiet_settings(settings: Any, state_dir: Path, *, dry_run: bool) -> Any:
+    """The settings of a pass that must leave no trace outside ``state_dir`` (a throwaway copy): no audit log,
+    no Kubernetes Events, no PolicyReport (``plan``, ``state export``)."""
+    return settings.model_copy(update={
+        "state_dir": state_dir, "dry_run": dry_run,
+        "audit": settings.audit.model_copy(update={"enabled": False}),
+        "kubernetes": settings.kubernetes.model_copy(update={"events": False, "policy_report": False}),
+    })
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     """``driftd plan``: what ``run --once`` would do with the ``--baselines`` set here, acting on nothing.
 
@@ -119,11 +129,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="driftd-plan-") as tmp:
         try:
             preview.copy_state(settings.state_dir, Path(tmp))
-            planned = settings.model_copy(update={
-                "state_dir": Path(tmp), "dry_run": False,
-                "audit": settings.audit.model_copy(update={"enabled": False}),
-                "kubernetes": settings.kubernetes.model_copy(update={"events": False, "policy_report": False}),
-            })
+            planned = _quiet_settings(settings, Path(tmp), dry_run=False)
             rt = build_runtime(planned, metrics_enabled=False, plan_only=True)
         except (StateError, OSError, sqlite3.Error) as e:
             print(f"driftd: cannot plan over the state in {settings.state_dir}: {e}", file=sys.stderr)
@@ -217,11 +223,7 @@ def cmd_state_export(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="driftd-export-") as tmp:
         try:
             state = preview.read_state(settings.state_dir, now)
-            quiet = settings.model_copy(update={
-                "state_dir": Path(tmp), "dry_run": True,
-                "audit": settings.audit.model_copy(update={"enabled": False}),
-                "kubernetes": settings.kubernetes.model_copy(update={"events": False, "policy_report": False}),
-            })
+            quiet = _quiet_settings(settings, Path(tmp), dry_run=True)
             rt = build_runtime(quiet, metrics_enabled=False, plan_only=True)
         except (StateError, OSError, sqlite3.Error) as e:
             print(f"driftd: cannot read the state in {settings.state_dir}: {e}", file=sys.stderr)

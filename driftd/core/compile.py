@@ -61,3 +61,20 @@ def iter_host(
     for _key, _seq, b, item in order:
         rule = fields[item[0]].model_validate_json(item[1]) if isinstance(item, tuple) else item
         yield kinds.rule_handler(rule).compile(b, rule, sources)
+
+
+def with_ids(resources: Iterable[DesiredResource], users: Mapping[str, int],
+             groups: Mapping[str, int]) -> Iterator[DesiredResource]:
+    """Owner and group names resolved to the node's ids (its passwd and group); a name it does not know stays
+    a string, which plan reports as blocked."""
+    for r in resources:
+        exp = r.expected
+        owner, group = exp.get("owner"), exp.get("group")
+        if isinstance(owner, str) or isinstance(group, str):
+            exp = dict(exp)
+            if isinstance(owner, str) and owner in users:
+                exp["owner"] = users[owner]
+            if isinstance(group, str) and group in groups:
+                exp["group"] = groups[group]
+            r = r.model_copy(update={"expected": exp})
+        yield r

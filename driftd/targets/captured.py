@@ -34,7 +34,7 @@ from typing import Any
 
 from driftd.baselines.loader import BaselineSet
 from driftd.core import kinds
-from driftd.core.compile import iter_host
+from driftd.core.compile import iter_host, with_ids
 from driftd.core.compile_container import ContainerSummary, desired_container, ungoverned_policy
 from driftd.core.container_engine import observed_subset
 from driftd.core.pod_policy import desired_pod
@@ -304,17 +304,9 @@ class CapturedHost(_Captured):
     def desired(self, baselines: BaselineSet, node: NodeInfo) -> Iterable[DesiredResource]:
         ids = self.doc.get("host") or {}
         users, groups = ids.get("users") or {}, ids.get("groups") or {}
-        for r in iter_host(baselines.baselines, baselines.sources, node.name, node.labels):
-            exp = r.expected
-            owner, group = exp.get("owner"), exp.get("group")
-            if isinstance(owner, str) or isinstance(group, str):  # names resolved as the node resolves them
-                exp = dict(exp)
-                if isinstance(owner, str) and owner in users:
-                    exp["owner"] = users[owner]
-                if isinstance(group, str) and group in groups:
-                    exp["group"] = groups[group]
-                r = r.model_copy(update={"expected": exp})
-            yield r
+        # names resolved as the node resolves them
+        yield from with_ids(iter_host(baselines.baselines, baselines.sources, node.name, node.labels,
+                                      baselines.rule_lines), users, groups)
 
     def discover(self) -> list[DesiredResource]:
         self._down()

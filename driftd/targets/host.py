@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 from driftd.baselines.loader import BaselineSet
 from driftd.core import kinds
-from driftd.core.compile import iter_host
+from driftd.core.compile import iter_host, with_ids
 from driftd.core.kinds.ports import StatLike
 from driftd.models.keys import sysctl_path
 from driftd.models.resources import Action, ActResult, DesiredResource, ObservedResource, Plan
@@ -104,18 +104,8 @@ class HostTarget:
         """The host resources of this node in order, each compiled as the caller reaches it (the engine keeps rows)."""
         users = self._id_db("/etc/passwd")
         groups = self._id_db("/etc/group")
-        for r in iter_host(baselines.baselines, baselines.sources, node.name, node.labels, baselines.rule_lines):
-            exp = r.expected
-            owner, group = exp.get("owner"), exp.get("group")
-            if isinstance(owner, str) or isinstance(group, str):
-                exp = dict(exp)
-                # unresolvable names stay strings: plan reports them as blocked
-                if isinstance(owner, str) and owner in users:
-                    exp["owner"] = users[owner]
-                if isinstance(group, str) and group in groups:
-                    exp["group"] = groups[group]
-                r = r.model_copy(update={"expected": exp})
-            yield r
+        yield from with_ids(iter_host(baselines.baselines, baselines.sources, node.name, node.labels,
+                                      baselines.rule_lines), users, groups)
 
     def discover(self) -> list[DesiredResource]:
         """Nothing to list (host resources are static, all from ``desired``), but a missing root is a target down."""
