@@ -884,3 +884,16 @@ class TestEventDrivenReload:
             assert daemon.engine.baselines.version == want  # the last good set keeps enforcing
         finally:
             daemon.stop()
+
+
+class TestDaemonHoldsNoOutcomes:
+    def test_a_reconciled_key_leaves_no_outcome_behind(self, make_runtime, baselines_dir):
+        """The pass summary's per-key outcomes are not kept by a daemon (they would grow with every key that drifts)."""
+        daemon = make_daemon(make_runtime, baselines_dir, reload_interval_seconds=3600)
+        motd = Path(daemon.settings.host_root) / "etc/motd"
+        daemon.start()
+        try:
+            poll(lambda: motd.exists() and motd.read_text() == "hello\n", "the missing motd written", POLL_TIMEOUT)
+            poll(lambda: not daemon.queue.processing and daemon.engine.outcomes == {}, "no outcome kept", 5.0)
+        finally:
+            daemon.stop()

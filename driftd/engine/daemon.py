@@ -232,7 +232,12 @@ class Daemon:
                 if self.stop_event.is_set():
                     return
                 continue
-            self.engine.work(self.queue, key)
+            try:
+                self.engine.work(self.queue, key)
+            finally:
+                # the pass summary of run --once reads outcomes; a daemon keeping one per key it ever reconciled would
+                # hold the drift details of every resource that ever drifted (10,000 files: megabytes, for its life)
+                self.engine.outcomes.pop(key, None)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
