@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import host_baseline
+from conftest import host_baseline, need
 from test_signing import allowed, sign
 
 from driftd.baselines import cache, loader
@@ -390,8 +390,7 @@ class TestEntries:
 
 class TestSigned:
     def test_a_signed_set_hits_and_a_signature_change_is_a_miss(self, bdir, cdir, tmp_path, capsys, monkeypatch):
-        if shutil.which("ssh-keygen") is None:
-            pytest.skip("ssh-keygen is not installed")
+        need(shutil.which("ssh-keygen") is not None, "ssh-keygen (openssh-client) is not installed")
         key_a, key_b = tmp_path / "a", tmp_path / "b"
         for k in (key_a, key_b):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", k.name, "-f", str(k)], check=True)
