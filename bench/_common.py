@@ -1,4 +1,4 @@
-"""Helpers the change-to-revert benchmarks share (bench/bench_revert_docker.py, bench/bench_revert_pods.py).
+"""Helpers the benchmarks share (bench_revert_docker.py, bench_revert_pods.py, bench_host.py, bench_vs_cfengine.py, ...).
 
 Loopback only: ``free_port`` binds 127.0.0.1, ``http_get`` uses no proxy.
 """
@@ -51,6 +51,16 @@ def stats(xs: list[float]) -> dict[str, Any]:
     q = statistics.quantiles(xs, n=100, method="inclusive") if len(xs) >= 2 else xs * 99
     return {"n": len(xs), "p50_s": round(statistics.median(xs), 4), "p95_s": round(q[94], 4),
             "p99_s": round(q[98], 4), "min_s": round(min(xs), 4), "max_s": round(max(xs), 4)}
+
+
+def run_stats(samples: list[float]) -> dict[str, Any]:
+    """Median, min, max and the samples of repeated whole-process runs (bench_host.py, bench_vs_cfengine.py)."""
+    return {
+        "median": round(statistics.median(samples), 4),
+        "min": round(min(samples), 4),
+        "max": round(max(samples), 4),
+        "samples": [round(s, 4) for s in samples],
+    }
 
 
 def stop_daemon(proc: subprocess.Popen[Any]) -> int:

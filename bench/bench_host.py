@@ -47,6 +47,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from _common import run_stats  # noqa: E402  (beside this file)
+
 VENV_BIN = Path(sys.executable).parent
 DRIFTD = VENV_BIN / "driftd"
 
@@ -166,22 +169,13 @@ def run_child(cmd: list[str], *, env: dict[str, str] | None = None) -> dict[str,
     }
 
 
-def stats(samples: list[float]) -> dict[str, Any]:
-    return {
-        "median": round(statistics.median(samples), 4),
-        "min": round(min(samples), 4),
-        "max": round(max(samples), 4),
-        "samples": [round(s, 4) for s in samples],
-    }
-
-
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
-        "wall_s": stats([r["wall_s"] for r in runs]),
-        "cpu_s": stats([r["cpu_s"] for r in runs]),
-        "user_s": stats([r["user_s"] for r in runs]),
-        "sys_s": stats([r["sys_s"] for r in runs]),
-        "maxrss_mib": stats([r["maxrss_mib"] for r in runs]),
+        "wall_s": run_stats([r["wall_s"] for r in runs]),
+        "cpu_s": run_stats([r["cpu_s"] for r in runs]),
+        "user_s": run_stats([r["user_s"] for r in runs]),
+        "sys_s": run_stats([r["sys_s"] for r in runs]),
+        "maxrss_mib": run_stats([r["maxrss_mib"] for r in runs]),
         "exit_codes": sorted({r["rc"] for r in runs}),
     }
 
@@ -291,10 +285,10 @@ def bench_daemon_scan(workdir: Path, host: Path, bdir: Path, repeat: int) -> dic
     d = json.loads(r["stdout"])
     return {
         "resources": d["resources"],
-        "warm_scan_cpu_s": stats(d["warm_scan_cpu_s"]),
+        "warm_scan_cpu_s": run_stats(d["warm_scan_cpu_s"]),
         "warm_scan_files_hashed": d["warm_scan_hashed"],
         "warm_scan_drift_or_queued": d["warm_scan_drift_or_queued"],
-        "full_rehash_scan_cpu_s": stats(d["full_rehash_scan_cpu_s"]),
+        "full_rehash_scan_cpu_s": run_stats(d["full_rehash_scan_cpu_s"]),
         "full_rehash_scan_files_hashed": d["full_rehash_scan_hashed"],
         "first_pass_cpu_s": round(d["first_pass_cpu_s"], 4),
         "first_pass_files_hashed": d["first_pass_hashed"],
@@ -402,8 +396,8 @@ def bench_imports(host: Path, bdir: Path, workdir: Path, repeat: int) -> dict[st
         "importtime_total_ms": round(driftd_total / 1000, 1),
         "importtime_top_level_ms": {name: round(c / 1000, 1) for name, _, c, _ in top[:15]},
         "importtime_self_by_package_ms": {name: round(us / 1000, 1) for name, us in packages[:20]},
-        "python_startup_wall_s": stats(startup),
-        "python_import_driftd_cli_wall_s": stats(cli_import),
+        "python_startup_wall_s": run_stats(startup),
+        "python_import_driftd_cli_wall_s": run_stats(cli_import),
     }
 
 

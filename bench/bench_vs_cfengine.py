@@ -106,7 +106,6 @@ import platform
 import random
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -117,6 +116,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from _common import run_stats  # noqa: E402  (beside this file)
+
 VENV_BIN = Path(sys.executable).parent
 DRIFTD_PY: Path = VENV_BIN / "python"  # replaced in main() by the runtime venv's python (see runtime_venv)
 CF_AGENT = shutil.which("cf-agent") or "/usr/bin/cf-agent"
@@ -550,21 +552,12 @@ class CFEngine:
 # --------------------------------------------------------------------------- one cell
 
 
-def stats(samples: list[float]) -> dict[str, Any]:
-    return {
-        "median": round(statistics.median(samples), 4),
-        "min": round(min(samples), 4),
-        "max": round(max(samples), 4),
-        "samples": [round(s, 4) for s in samples],
-    }
-
-
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
-        "wall_s": stats([r["wall_s"] for r in runs]),
-        "maxrss_mib": stats([r["maxrss_mib"] for r in runs]),
-        "user_s": stats([r["user_s"] for r in runs]),
-        "sys_s": stats([r["sys_s"] for r in runs]),
+        "wall_s": run_stats([r["wall_s"] for r in runs]),
+        "maxrss_mib": run_stats([r["maxrss_mib"] for r in runs]),
+        "user_s": run_stats([r["user_s"] for r in runs]),
+        "sys_s": run_stats([r["sys_s"] for r in runs]),
         "exit_codes": sorted({r["rc"] for r in runs}),
     }
 
