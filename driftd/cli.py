@@ -878,6 +878,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", help="state directory (default /var/lib/driftd)")
 
 
+def _targets(p: argparse.ArgumentParser, *, docker: str, kubernetes: str) -> None:
+    """The node and target flags of the commands that observe this node (run, plan, state export)."""
+    p.add_argument("--node-name", help="node name for baseline selectors")
+    p.add_argument("--docker", action="store_true", help=docker)
+    p.add_argument("--docker-url", help="Docker Engine endpoint (default unix:///var/run/docker.sock)")
+    p.add_argument("--kubernetes", action="store_true", help=kubernetes)
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account)")
+
+
 def _reset_parser(sub: Any, name: str, help_: str, reset_help: str, func: Any) -> argparse.ArgumentParser:
     """``driftd <name> reset``: the parser of a command that clears a safety mark."""
     group = sub.add_parser(name, help=help_).add_subparsers(dest=f"{name}_command", required=True)
@@ -897,25 +906,17 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--once", action="store_true", help="run one pass and exit (see exit codes)")
     run.add_argument("--dry-run", action="store_true", help="change nothing; report what would be done")
     run.add_argument("--output", choices=["text", "json"], default="text", help="--once summary format")
-    run.add_argument("--node-name", help="node name for baseline selectors")
     run.add_argument("--listen", help="metrics/probes address host:port (default 127.0.0.1:9808)")
     run.add_argument("--api-listen", help="drifts API address host:port (default 127.0.0.1:9809)")
     run.add_argument("--interval", type=float, help="seconds between full scans (default 300)")
-    run.add_argument("--docker", action="store_true", help="enable the Docker target")
-    run.add_argument("--kubernetes", action="store_true", help="enable the Kubernetes target (pods on this node)")
-    run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account)")
-    run.add_argument("--docker-url", help="Docker Engine endpoint (default unix:///var/run/docker.sock)")
+    _targets(run, docker="enable the Docker target", kubernetes="enable the Kubernetes target (pods on this node)")
     run.add_argument("--log-format", choices=["auto", "json", "console"])
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     run.set_defaults(func=cmd_run)
 
     pl = sub.add_parser("plan", help="what a baseline set would do here: every stage and gate of run, acting on nothing")
     _common(pl)
-    pl.add_argument("--node-name", help="node name for baseline selectors")
-    pl.add_argument("--docker", action="store_true", help="plan for this host's Docker containers too")
-    pl.add_argument("--docker-url", help="Docker Engine endpoint (default unix:///var/run/docker.sock)")
-    pl.add_argument("--kubernetes", action="store_true", help="plan for the pods on this node too")
-    pl.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account)")
+    _targets(pl, docker="plan for this host's Docker containers too", kubernetes="plan for the pods on this node too")
     pl.add_argument("-o", "--output", choices=["text", "json", "markdown"], default="text",
                     help="markdown: a pull-request comment, at most --max-rows rows")
     pl.add_argument("--max-rows", type=int, default=50, help="rows of the markdown table before 'and N more'")
@@ -929,11 +930,7 @@ def parser() -> argparse.ArgumentParser:
                                         "for `driftd plan --state`; read-only")
     _common(exp)
     exp.add_argument("-o", "--output", dest="out", metavar="FILE", help="write here (mode 0600) instead of stdout")
-    exp.add_argument("--node-name", help="node name for baseline selectors")
-    exp.add_argument("--docker", action="store_true", help="capture this host's Docker containers too")
-    exp.add_argument("--docker-url", help="Docker Engine endpoint (default unix:///var/run/docker.sock)")
-    exp.add_argument("--kubernetes", action="store_true", help="capture the pods on this node too")
-    exp.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account)")
+    _targets(exp, docker="capture this host's Docker containers too", kubernetes="capture the pods on this node too")
     exp.set_defaults(func=cmd_state_export)
 
     bl = sub.add_parser("baseline", help="baselines as code: lint, diff, sign, verify, schema")
