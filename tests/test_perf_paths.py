@@ -340,6 +340,19 @@ def _fd_id(fd: int) -> tuple[int, int, bool]:
     return st.st_dev, st.st_ino, stat.S_ISDIR(st.st_mode)
 
 
+def _record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, bool]]:
+    """os.fsync, recording what each call made durable: (dev, inode, is a directory)."""
+    synced: list[tuple[int, int, bool]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append(_fd_id(fd))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
 def _dir_id(path: Path) -> tuple[int, int, bool]:
     st = os.stat(path)
     return st.st_dev, st.st_ino, True
@@ -463,14 +476,7 @@ def test_outside_a_pass_a_reconcile_returns_with_its_directory_synced(host_root:
     """The daemon's step (Engine.reconcile of one key) fsyncs the directory before it returns."""
     (host_root / "etc/motd").write_text("drifted\n")
     rt = make_runtime(baselines_dir({"b.yaml": host_baseline("b", 'files:\n  - {path: /etc/motd, content: "v\\n"}\n')}))
-    synced: list[tuple[int, int, bool]] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        real_fsync(fd)
-        synced.append(_fd_id(fd))
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced = _record_fsyncs(monkeypatch)
     out = rt.engine.reconcile("host:file:/etc/motd")
     monkeypatch.undo()
     assert out.status == "remediated" and (host_root / "etc/motd").read_text() == "v\n"
@@ -486,14 +492,7 @@ def test_a_directory_is_synced_when_the_last_key_writing_in_it_settles(host_root
 
     fs = SafeRoot(host_root)
     etc = _dir_id(host_root / "etc")
-    synced: list[tuple[int, int, bool]] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        real_fsync(fd)
-        synced.append(_fd_id(fd))
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced = _record_fsyncs(monkeypatch)
     with fs.deferring("host:file:/etc/a"):
         fs.write_atomic("/etc/a", b"a\n", mode=None, uid=None, gid=None)
     with fs.deferring("host:file:/etc/b"):
@@ -563,14 +562,7 @@ def test_a_snapshot_folder_is_fsynced_into_its_parent_once_when_created(tmp_path
     first = b"first drifted bytes\n"
     bucket = hashlib.sha256(first).hexdigest()[:2]
     same = next(b for i in range(100_000) if hashlib.sha256(b := f"x{i}".encode()).hexdigest()[:2] == bucket)
-    synced: list[tuple[int, int, bool]] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        real_fsync(fd)
-        synced.append(_fd_id(fd))
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced = _record_fsyncs(monkeypatch)
     store.put(first)
     dirs = [_dir_id(p) for p in (state, state / "snapshots", state / "snapshots/sha256", state / "snapshots/sha256" / bucket)]
     assert [s for s in synced if s[2]] == dirs  # each new folder into its parent, then the blob's folder
