@@ -22,6 +22,8 @@ RESULTS = tuple(r.value for r in RemediationResult)
 TARGETS = ("host",)
 # why the host file watcher fell back to the scan for some or all paths (driftd.targets.inotify)
 INOTIFY_DEGRADED_REASONS = ("unavailable", "watch_limit", "watch_failed", "queue_overflow", "error")
+# what the retention policy prunes (driftd_state_pruned_total{kind})
+PRUNED_KINDS = ("drift", "action", "snapshot", "outcome")
 TTR_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, 7200)
 
 
@@ -102,6 +104,14 @@ class Metrics:
             "Audit log writes that failed (disk full, I/O error); acting is held until the log is writable again.",
             registry=r,
         )
+        self.pruned = Counter(
+            "driftd_state_pruned_total",
+            "Records the retention policy removed, by kind (resolved drift rows, action rows, snapshots, outcomes).",
+            ["kind"],
+            registry=r,
+        )
+        for kind in PRUNED_KINDS:
+            self.pruned.labels(kind)
         for reason in INOTIFY_DEGRADED_REASONS:
             self.inotify_degraded.labels(reason)
         for t in targets:
@@ -189,6 +199,15 @@ class StateCollector(Collector):
         for target, n in self._per_target(s.get("flapping", {})):
             flapping.add_metric([target], n)
         yield flapping
+        store = s.get("snapshot_store")
+        if store is not None:
+            size = GaugeMetricFamily("driftd_snapshot_store_bytes",
+                                     "Bytes held in the snapshot store (drifted content kept before overwrites).")
+            size.add_metric([], float(store["bytes"]))
+            yield size
+            count = GaugeMetricFamily("driftd_snapshot_store_snapshots", "Snapshots held in the snapshot store.")
+            count.add_metric([], float(store["count"]))
+            yield count
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []

@@ -62,6 +62,7 @@ class NullMetrics:
     inotify_watches = _SERIES
     inotify_degraded = _SERIES
     audit_write_errors = _SERIES
+    pruned = _SERIES
 
     def set_baselines(self, version: str, baselines: Iterable[tuple[str, str, str]], when: float) -> None:
         pass
