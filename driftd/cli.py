@@ -24,6 +24,8 @@ from driftd import __version__
 from driftd.exitcodes import ExitCode
 from driftd.runtime import Runtime, build_runtime
 
+_OUTPUT_API = "driftd.io/v1"  # the apiVersion of every -o json|yaml document (driftd.presentation.documents)
+
 
 def _settings(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
@@ -66,19 +68,30 @@ def _settings(args: argparse.Namespace) -> Any:
 def _load_baselines(settings: Any) -> Any:
     from driftd.baselines import guardrails
     from driftd.baselines.loader import load_set
-    from driftd.observability.logging import Event, get_logger
+    from driftd.observability.logging import Event, get_logger, logs_json
 
     bset, problems = load_set(settings.baselines, max_file_bytes=settings.baseline_file_max_bytes,
                               guardrails=guardrails.configured(settings.guardrails), allowed_signers=settings.baseline_signers,
                               cache_dir=Path(settings.state_dir) / "cache")
-    if bset is None:
-        print(f"driftd: baselines in {settings.baselines} are invalid; not starting:", file=sys.stderr)
+    log = get_logger()  # (not engine.daemon's helper: a --once pass imports no prometheus_client)
+    if logs_json():  # every line of a JSON log stream is a JSON object: problems too
+        if bset is None:
+            log.error(Event.BASELINE_REJECTED, directory=str(settings.baselines),
+                      reason=f"baselines in {settings.baselines} are invalid; not starting",
+                      problems=[{"file": p.file, "line": p.line, "field": p.field, "reason": p.reason, "text": str(p)}
+                                for p in problems])
+            raise SystemExit(ExitCode.ERROR)
+        for p in problems:
+            log.warning(Event.BASELINE_WARNING, file=p.file, line=p.line, field=p.field, reason=p.reason,
+                        severity=p.severity)
+    else:
+        if bset is None:
+            print(f"driftd: baselines in {settings.baselines} are invalid; not starting:", file=sys.stderr)
+            for p in problems:
+                print(str(p), file=sys.stderr)
+            raise SystemExit(ExitCode.ERROR)
         for p in problems:
             print(str(p), file=sys.stderr)
-        raise SystemExit(ExitCode.ERROR)
-    for p in problems:
-        print(str(p), file=sys.stderr)
-    log = get_logger()  # (not engine.daemon's helper: a --once pass imports no prometheus_client)
     for p in bset.warnings:
         if p.severity == "allowed-dangerous":
             log.warning(Event.BASELINE_DANGEROUS_ALLOWED, file=p.file, line=p.line, field=p.field, reason=p.reason,
@@ -298,14 +311,13 @@ def _cmd_run(args: argparse.Namespace, *, gc_was_enabled: bool) -> int:
     rt.engine.set_baselines(bset)
     del bset  # the engine holds the set in force: a hot reload must free this one, not keep it for the daemon's life
     if args.once:
-        from driftd.engine.once import render_text, run_once
+        from driftd.engine.once import run_once
 
         summary = run_once(rt.engine, rt.queue, attempts=settings.retry.attempts_per_pass)
         rt.state.close()
-        if args.output == "json":
-            print(json.dumps(summary.as_dict(), indent=2, default=str))
-        else:
-            print(render_text(summary))
+        from driftd.presentation.render import show_pass
+
+        show_pass(summary, rt.engine, output=args.output, color=args.color)
         global _once_finished
         _once_finished = True
         return summary.exit_code
@@ -325,14 +337,16 @@ def _daemon(rt: Runtime, loaded_from: str | None = None) -> int:
     manager.prime(loaded_from)
 
     def drifts() -> list[dict[str, Any]]:
+        """``GET /api/v1/drifts``: the items of ``driftd status -o json`` (live → desired, status words)."""
+        from driftd.presentation.documents import dump, record_item
+
         out = []
         desired = rt.engine.desired
-        for r in rt.state.active().values():
-            row = r.as_dict()
+        now = rt.engine.clock.time()
+        for r in sorted(rt.state.active().values(), key=lambda r: r.first_seen):
             d = desired.get(r.key)
-            if d is not None:
-                row["snapshots"] = d.shown_snapshots(r.snapshots)
-            out.append(row)
+            shown = d.shown_snapshots(r.snapshots) if d is not None else ["<redacted>"] * len(r.snapshots)
+            out.append(dump(record_item(r, now, shown_snapshots=shown)))
         return out
 
     daemon: Daemon | None = None
@@ -562,7 +576,15 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """``driftd status``: the open drifts as a table (``-o wide`` adds columns), or the ``DriftList`` as JSON / YAML.
+
+    ``--baseline``, ``--target`` and ``--status`` filter (each may repeat).  Exit 0 when nothing listed is open,
+    3 when something is.
+    """
+    import time
+
     from driftd.engine.state import StateError, StateStore
+    from driftd.presentation import documents, render
 
     settings = _settings(args)
     try:
@@ -573,32 +595,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     except StateError as e:
         print(f"driftd: {e}", file=sys.stderr)
         return ExitCode.ERROR
-    if args.output == "json":
-        print(json.dumps([r.as_dict() for r in active], indent=2, default=str))
+    now = time.time()
+    doc = documents.status_document(active, now, in_force=in_force, guards=_guards(settings, now))
+    keep = [i for i in doc.items
+            if (not args.baseline or i.baseline in args.baseline) and (not args.target or i.target in args.target)
+            and (not args.status or i.status in args.status)]
+    if len(keep) != len(doc.items):
+        doc = doc.model_copy(update={"items": keep, "counts": {
+            w: sum(1 for i in keep if i.status == w) for w in documents.RECORD_WORDS}})
+    if args.output in ("json", "yaml"):
+        render.emit(doc, args.output)
     else:
-        import time
+        from driftd.presentation.terminal import Painter
 
-        now = time.time()
-        if in_force:
-            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(in_force.get("since", 0))))
-            signed = f", signed by {in_force['signed_by']}" if in_force.get("signed_by") else ""
-            print(f"baseline set {in_force.get('version')} in force since {since} "
-                  f"({len(in_force.get('hashes') or {})} baselines{signed})")
-        else:
-            print("baseline set: none recorded (driftd has not run with this state directory)")
-        for line in _safety_lines(settings, now):
-            print(line)
-        if not active:
-            print("no active drift")
-        for r in active:
-            left = r.deadline - now
-            print(
-                f"{r.key}  [{r.baseline}]  open {now - r.first_seen:.0f}s, "
-                f"{'deadline in ' + format(left, '.0f') + 's' if left > 0 else 'PAST DEADLINE'}, "
-                f"attempts {r.attempts}, last {r.last_action or '-'}: {r.last_result or '-'}"
-                + (f" ({r.last_error})" if r.last_error else "")
-            )
-    return ExitCode.CLEAN if not active else ExitCode.DRIFT_REMAINED
+        print(render.status_text(doc, wide=args.output == "wide", painter=Painter(sys.stdout, args.color)))
+    return ExitCode.CLEAN if not doc.items else ExitCode.DRIFT_REMAINED
 
 
 def _scope_text(data: dict[str, Any]) -> str:
@@ -610,34 +621,36 @@ def _scope_text(data: dict[str, Any]) -> str:
         return "?"
 
 
-def _safety_lines(settings: Any, now: float) -> list[str]:
+def _guards(settings: Any, now: float) -> list[Any]:
     """Active break-glass overrides, open breakers and quarantined resources, for ``status``."""
     from driftd.engine.state import StateError, StateStore
+    from driftd.presentation.documents import Guard
     from driftd.safety.breakglass import OverrideStore
 
-    lines = []
+    out: list[Guard] = []
     overrides, problems = OverrideStore(settings.state_dir, max_ttl=settings.safety.break_glass.max_ttl_seconds).load(now)
     for o in overrides:
-        lines.append(f"override {o.id}: {o.scope_text()} paused for {o.expires - now:.0f}s more: {o.reason}"
-                     + (f" (by {o.by})" if o.by else ""))
-    lines.extend(f"override REFUSED: {p}" for p in problems)
+        out.append(Guard(kind="override", scope=f"{o.id}: {o.scope_text()}", expires_in_seconds=round(o.expires - now),
+                         reason=o.reason + (f" (by {o.by})" if o.by else "")))
+    out.extend(Guard(kind="override-refused", scope="", reason=str(p)) for p in problems)
     try:
         state = StateStore(settings.state_dir, readonly=True)
         guards = state.guards("", now)
         state.close()
     except StateError:
-        return lines
+        return out
     for scope, data in sorted(guards.items()):
+        reason = str(data.get("reason"))
         if scope.startswith("breaker:"):
             _, kind, baseline = scope.split(":", 2)
-            lines.append(f"breaker OPEN ({kind}) for baseline {baseline}: {data.get('reason')}")
+            out.append(Guard(kind="breaker", scope=f"({kind}) for baseline {baseline}", reason=reason))
         elif scope.startswith("flap:"):
-            lines.append(f"flapping {scope.removeprefix('flap:')}: {data.get('reason')}")
+            out.append(Guard(kind="flapping", scope=scope.removeprefix("flap:"), reason=reason))
         elif scope.startswith("override:"):  # asked for by a pod's or the node's annotations
-            lines.append(f"override {data.get('id')}: {_scope_text(data)} paused for "
-                         f"{float(data.get('expires') or 0) - now:.0f}s more: {data.get('reason')}"
-                         + (f" (by {data.get('by')})" if data.get("by") else ""))
-    return lines
+            out.append(Guard(kind="override", scope=f"{data.get('id')}: {_scope_text(data)}",
+                             expires_in_seconds=round(float(data.get("expires") or 0) - now),
+                             reason=reason + (f" (by {data.get('by')})" if data.get("by") else "")))
+    return out
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
@@ -876,6 +889,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host-root", help="where the host filesystem is mounted (default /)")
     p.add_argument("--baselines", help="baselines directory (default /etc/driftd/baselines)")
     p.add_argument("--state-dir", help="state directory (default /var/lib/driftd)")
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                   help="colour (auto: on a terminal, unless NO_COLOR is set)")
 
 
 def _targets(p: argparse.ArgumentParser, *, docker: str, kubernetes: str) -> None:
@@ -898,14 +913,15 @@ def _reset_parser(sub: Any, name: str, help_: str, reset_help: str, func: Any) -
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="driftd", description="Configuration drift enforcement daemon.")
-    ap.add_argument("--version", action="version", version=f"driftd {__version__}")
+    ap.add_argument("--version", action="version", version=f"driftd {__version__} (output {_OUTPUT_API})")
     sub = ap.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="enforce baselines: as a daemon, or one pass with --once")
     _common(run)
     run.add_argument("--once", action="store_true", help="run one pass and exit (see exit codes)")
     run.add_argument("--dry-run", action="store_true", help="change nothing; report what would be done")
-    run.add_argument("--output", choices=["text", "json"], default="text", help="--once summary format")
+    run.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text",
+                     help="--once result: text, or the PassResult document (docs/output.md)")
     run.add_argument("--listen", help="metrics/probes address host:port (default 127.0.0.1:9808)")
     run.add_argument("--api-listen", help="drifts API address host:port (default 127.0.0.1:9809)")
     run.add_argument("--interval", type=float, help="seconds between full scans (default 300)")
@@ -1020,9 +1036,15 @@ def parser() -> argparse.ArgumentParser:
     _capture_common(cap_pod)
     cap_pod.set_defaults(func=cmd_capture_pod)
 
-    st = sub.add_parser("status", help="show active drifts from the state directory")
+    st = sub.add_parser("status", help="the open drifts, as a table (like kubectl get) or JSON / YAML")
     _common(st)
-    st.add_argument("--output", choices=["text", "json"], default="text")
+    st.add_argument("-o", "--output", choices=["text", "wide", "json", "yaml"], default="text",
+                    help="wide: more columns; json/yaml: the DriftList document (docs/output.md)")
+    st.add_argument("--baseline", action="append", metavar="NAME", help="only this baseline's drifts (repeatable)")
+    st.add_argument("--target", action="append", choices=["host", "docker", "kubernetes"],
+                    help="only this target's drifts (repeatable)")
+    st.add_argument("--status", action="append", choices=["detected", "reported", "held", "blocked", "failed", "retired"],
+                    help="only drifts with this status (repeatable)")
     st.set_defaults(func=cmd_status)
 
     snap = sub.add_parser("snapshot", help="print the bytes of a snapshot (drifted content kept before a revert)")

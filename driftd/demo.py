@@ -74,8 +74,9 @@ def build_tree(root: Path, desired: list[DesiredResource]) -> None:
 
 def run_demo(workdir: Path, baselines: Path | None = None) -> int:
     from driftd.baselines.loader import load_set
-    from driftd.engine.once import render_text, run_once
+    from driftd.engine.once import run_once
     from driftd.observability.logging import configure_logging
+    from driftd.presentation.render import show_pass
     from driftd.runtime import build_runtime
     from driftd.settings import load_settings
 
@@ -127,14 +128,14 @@ def run_demo(workdir: Path, baselines: Path | None = None) -> int:
         print("  - " + line)
     print()
     first = run_once(rt.engine, rt.queue, attempts=settings.retry.attempts_per_pass)
-    print(render_text(first))
+    show_pass(first, rt.engine)
     rewritten = [o for o in first.outcomes if "write_file" in o.actions and o.snapshots]
     snap = next((s for o in rewritten + first.outcomes for s in o.snapshots), None)
     if snap:
         print(f"\nthe drifted bytes were kept before the revert: driftd snapshot {snap} --state-dir {state}")
     print("\nsecond pass (idempotence: nothing left to do):")
     second = run_once(rt.engine, rt.queue, attempts=settings.retry.attempts_per_pass)
-    print(render_text(second))
+    show_pass(second, rt.engine)
     rt.state.close()
     return second.exit_code
 

@@ -23,8 +23,10 @@ from conftest import GROUP, PASSWD, host_baseline, need, need_root
 from structlog.testing import capture_logs
 
 from driftd.cli import main
-from driftd.engine.once import PassSummary, render_text, run_once
+from driftd.engine.once import PassSummary, run_once
 from driftd.engine.state import StateError, StateStore
+from driftd.presentation.documents import pass_document
+from driftd.presentation.render import pass_text
 from driftd.safety.snapshots import SnapshotError, SnapshotStore
 from driftd.targets.safefs import TMP_MARK
 
@@ -339,7 +341,7 @@ class TestSetIdBits:
               - {path: /usr/local/bin/tool, owner: root, group: root}
         """)}))
         s = run(rt)
-        assert s.exit_code == 0, render_text(s)
+        assert s.exit_code == 0, pass_text(pass_document(s, node="n"))
         st = f.stat()
         assert (st.st_uid, st.st_gid) == (0, 0)
         assert stat.S_IMODE(st.st_mode) & 0o6000 == 0, oct(st.st_mode)
@@ -358,7 +360,7 @@ class TestSetIdBits:
               - {path: /usr/bin/passwd, owner: root, mode: "4755", allowDangerous: "passwd is set-uid by design"}
         """)}))
         s = run(rt)
-        assert s.exit_code == 0, render_text(s)
+        assert s.exit_code == 0, pass_text(pass_document(s, node="n"))
         assert perm(f) == 0o4755 and f.stat().st_uid == 0
         assert run(rt).outcomes == []
 
@@ -492,8 +494,11 @@ class TestReadOnlyCommands:
         rt.state.close()
         capsys.readouterr()
         main(["status", "--state-dir", str(rt.settings.state_dir)])
-        first = capsys.readouterr().out.splitlines()[0]
-        assert first.startswith(f"baseline set {version} in force since ") and first.endswith("(1 baselines)")
+        (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("baseline set ")]
+        assert line.startswith(f"baseline set {version} in force since ") and line.endswith("(1 baselines)")
+        main(["status", "--state-dir", str(rt.settings.state_dir), "-o", "json"])
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["baselineSet"]["version"] == version and doc["baselineSet"]["baselines"] == 1
 
 
 # --------------------------------------------------------------------------- 7. snapshot ids
@@ -516,9 +521,9 @@ class TestSnapshotIds:
             (host_root / "etc/issue").write_bytes(drift + b"2")
             r = subprocess.run([str(DRIFTD), "run", "--once", "--output", out_fmt, *base], capture_output=True, text=True, timeout=60)
             assert r.returncode == 0, r.stdout + r.stderr
-            ids = set(re.findall(r"sha256:[0-9a-f]{12,64}", r.stdout)) - set(re.findall(r'"(?:expected|actual)": "(sha256:[0-9a-f]+)', r.stdout))
+            ids = set(re.findall(r"drifted content kept as (sha256:[0-9a-f]{12,64})", r.stdout))
             if out_fmt == "json":
-                ids = {x for o in json.loads(r.stdout)["outcomes"] for x in o["snapshots"]}
+                ids = {x for o in json.loads(r.stdout)["results"] for x in o["snapshots"]}
             assert len(ids) == 2, r.stdout
             for sid in ids:
                 printed[sid] = drift

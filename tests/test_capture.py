@@ -43,7 +43,7 @@ def run_once(host_root: Path, baselines: Path, state: Path) -> dict[str, Any]:
          "--state-dir", str(state), "--output", "json", "--log-level", "error"],
         capture_output=True, text=True, timeout=120)
     out: dict[str, Any] = json.loads(proc.stdout)
-    assert out["exit_code"] == proc.returncode, proc.stderr
+    assert out["exitCode"] == proc.returncode, proc.stderr
     return out
 
 
@@ -93,13 +93,13 @@ class TestHostCapture:
         assert {d.path: d.mode for d in b.spec.directories} == {"/etc/app": "0750", "/etc/app/conf.d": "0755"}
 
         clean = run_once(tree, out, tmp_path / "state")
-        assert clean["exit_code"] == ExitCode.CLEAN and clean["outcomes"] == [], clean
-        assert clean["counts"] == {"clean": 8}
+        assert clean["exitCode"] == ExitCode.CLEAN and clean["results"] == [], clean
+        assert {k: n for k, n in clean["counts"].items() if n} == {"clean": 8}
 
         (tree / "etc/app/conf.d/extra.conf").chmod(0o666)
         drift = run_once(tree, out, tmp_path / "state")
-        assert drift["exit_code"] == ExitCode.DRIFT_REMAINED
-        assert [(o["key"], [d["field"] for d in o["drift"]]) for o in drift["outcomes"]] == [
+        assert drift["exitCode"] == ExitCode.DRIFT_REMAINED
+        assert [(o["key"], [d["field"] for d in o["drift"]]) for o in drift["results"]] == [
             ("host:file:/etc/app/conf.d/extra.conf", ["mode"])]
         assert (tree / "etc/app/conf.d/extra.conf").stat().st_mode & 0o777 == 0o666  # dry run: untouched
 

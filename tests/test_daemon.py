@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -247,10 +248,11 @@ class TestDaemonProcess:
         assert code == 200 and ctype == "application/json"
         doc = json.loads(body)
         drifts = doc["drifts"]
-        assert [(x["key"], x["baseline"], x["resolved_at"]) for x in drifts] == [("host:file:/etc/issue", "warned", None)]
+        assert [(x["key"], x["baseline"], x["status"]) for x in drifts] == [("host:file:/etc/issue", "warned", "reported")]
+        assert drifts[0]["drift"][0]["text"] == "content: (redacted) → (redacted)"  # the baseline marks it sensitive
         # the set in force, as metrics, logs, status and the PolicyReport name it
         assert (doc["baselines"]["version"], doc["baselines"]["hashes"]) == (bset.version, bset.hashes)
-        assert {f["field"] for f in drifts[0]["fields"]} == {"content"}
+        assert {f["field"] for f in drifts[0]["drift"]} == {"content"}
         # sensitive content: neither the secret nor its digest is served
         digest = hashlib.sha256(SECRET.encode()).hexdigest()
         assert digest not in body.decode() and "s3cret" not in body.decode()
@@ -452,6 +454,19 @@ class TestBaselineManager:
 # --------------------------------------------------------------------------- start-up with a bad set
 
 
+def _problem_lines(stderr: str) -> list[str]:
+    """The FILE:LINE: field: reason texts of a refused start: plain lines, or inside the JSON baseline.rejected event."""
+    out = []
+    for line in stderr.splitlines():
+        try:
+            ev = json.loads(line)
+        except json.JSONDecodeError:
+            out.append(line)
+            continue
+        out += [p["text"] for p in ev.get("problems", [])]
+    return out
+
+
 class TestInvalidSetAtStartup:
     @pytest.mark.parametrize("mode", [["--once"], []], ids=["once", "daemon"])
     def test_invalid_set_exits_1_with_lint_messages(self, tmp_path, host_root, baselines_dir, mode):
@@ -460,11 +475,20 @@ class TestInvalidSetAtStartup:
         r = run_cli("run", *mode, "--host-root", str(host_root), "--baselines", str(bdir), "--state-dir",
                     str(tmp_path / "state"), "--listen", f"127.0.0.1:{free_port()}")
         assert r.returncode == 1, r.stderr
-        assert f"baselines in {bdir} are invalid; not starting" in r.stderr
-        assert f"{bdir}/motd.yaml:10: spec.files[0].mdoe: unknown field" in r.stderr.splitlines()
-        assert "Traceback" not in r.stderr
+        # stderr is not a terminal: JSON log lines, every one of them (the problems inside the event, not beside it)
+        (ev,) = [json.loads(line) for line in r.stderr.splitlines()]
+        assert ev["event"] == "baseline.rejected" and ev["level"] == "error"
+        assert ev["reason"] == f"baselines in {bdir} are invalid; not starting"
+        assert [p["text"] for p in ev["problems"]] == [f"{bdir}/motd.yaml:10: spec.files[0].mdoe: unknown field"]
+        assert (ev["problems"][0]["line"], ev["problems"][0]["field"]) == (10, "spec.files[0].mdoe")
         assert r.stdout == ""
         assert not (host_root / "etc/motd").exists()
+        console = run_cli("run", *mode, "--host-root", str(host_root), "--baselines", str(bdir), "--state-dir",
+                          str(tmp_path / "state"), "--listen", f"127.0.0.1:{free_port()}", "--log-format", "console")
+        assert console.returncode == 1
+        assert f"baselines in {bdir} are invalid; not starting" in console.stderr
+        assert f"{bdir}/motd.yaml:10: spec.files[0].mdoe: unknown field" in console.stderr.splitlines()
+        assert "Traceback" not in console.stderr
 
     @pytest.mark.parametrize(
         ("case", "reason"),
@@ -494,7 +518,7 @@ class TestInvalidSetAtStartup:
         r = run_cli("run", "--once", "--host-root", str(host_root), "--baselines", str(bdir), "--state-dir",
                     str(tmp_path / "state"), env=env)
         assert r.returncode == 1, r.stderr
-        assert f"{bad}:{line}: {reason}" in r.stderr.splitlines(), r.stderr
+        assert f"{bad}:{line}: {reason}" in _problem_lines(r.stderr), r.stderr
         assert "Traceback" not in r.stderr
 
     def test_huge_file_over_default_limit(self, tmp_path, host_root, baselines_dir):
@@ -506,7 +530,7 @@ class TestInvalidSetAtStartup:
         r = run_cli("run", "--once", "--host-root", str(host_root), "--baselines", str(bdir), "--state-dir",
                     str(tmp_path / "state"))
         assert r.returncode == 1, r.stderr
-        assert f"{bdir}/huge.yaml:1: (file): file is {size} bytes, over the {8 * 1024 * 1024}-byte limit" in r.stderr
+        assert f"{bdir}/huge.yaml:1: (file): file is {size} bytes, over the {8 * 1024 * 1024}-byte limit" in _problem_lines(r.stderr)
         assert "Traceback" not in r.stderr
 
     def test_missing_directory(self, tmp_path, host_root):
@@ -535,15 +559,15 @@ class TestOnceExitCodes:
         r = once(tmp_path, host_root, bdir, "--output", "json")
         assert r.returncode == 0, r.stderr
         s = json.loads(r.stdout)
-        assert (s["exit_code"], s["baseline_version"], s["dry_run"], s["resources"]) == (0, version, False, 1)
-        assert [(o["key"], o["status"]) for o in s["outcomes"]] == [("host:file:/etc/motd", "remediated")]
-        assert len(s["outcomes"][0]["snapshots"]) == 1
+        assert (s["exitCode"], s["baselineSet"], s["dryRun"], s["resources"]) == (0, version, False, 1)
+        assert [(o["key"], o["status"]) for o in s["results"]] == [("host:file:/etc/motd", "reverted")]
+        assert len(s["results"][0]["snapshots"]) == 1
         assert (host_root / "etc/motd").read_text() == "hello\n"
 
         r = once(tmp_path, host_root, bdir, "--output", "json")
         assert r.returncode == 0, r.stderr
         s = json.loads(r.stdout)
-        assert s["outcomes"] == [] and s["counts"]["clean"] == 1
+        assert s["results"] == [] and s["counts"]["clean"] == 1 and s["counts"]["failed"] == 0
 
     def test_dry_run_drift_remained_exit_3(self, tmp_path, host_root, baselines_dir):
         """--dry-run reports drift without touching it and exits 3."""
@@ -552,8 +576,8 @@ class TestOnceExitCodes:
         r = once(tmp_path, host_root, bdir, "--dry-run", "--output", "json")
         assert r.returncode == 3, r.stderr
         s = json.loads(r.stdout)
-        assert s["exit_code"] == 3 and s["dry_run"] is True
-        assert [(o["status"], o["actions"]) for o in s["outcomes"]] == [("reported", ["write_file"])]
+        assert s["exitCode"] == 3 and s["dryRun"] is True
+        assert [(o["status"], o["would"], o["did"]) for o in s["results"]] == [("reported", ["write_file"], [])]
         assert (host_root / "etc/motd").read_text() == "drifted\n"
 
     def test_remediation_failed_exit_4(self, tmp_path, host_root, baselines_dir):
@@ -566,8 +590,8 @@ class TestOnceExitCodes:
         r = once(tmp_path, host_root, bdir, "--output", "json", DRIFTD_RETRY__BASE_SECONDS="0.01")
         assert r.returncode == 4, r.stderr
         s = json.loads(r.stdout)
-        (o,) = s["outcomes"]
-        assert o["status"] == "failed" and "parent directory" in o["error"] and "/etc/nodir" in o["error"]
+        (o,) = s["results"]
+        assert o["status"] == "failed" and "parent directory" in o["reason"] and "/etc/nodir" in o["reason"]
         assert not (host_root / "etc/nodir").exists()
 
     def test_observe_error_exit_1(self, tmp_path, host_root, baselines_dir):
@@ -585,10 +609,10 @@ class TestOnceExitCodes:
         r = once(tmp_path, host_root, bdir, "--output", "json")
         assert r.returncode == 1, r.stderr
         s = json.loads(r.stdout)
-        by_key = {o["key"]: o for o in s["outcomes"]}
+        by_key = {o["key"]: o for o in s["results"]}
         assert by_key["host:file:/etc/ssh/sshd_config"]["status"] == "error"
-        assert "symlink" in by_key["host:file:/etc/ssh/sshd_config"]["error"]
-        assert by_key["host:file:/etc/motd"]["status"] == "remediated"  # the rest of the pass still ran
+        assert "symlink" in by_key["host:file:/etc/ssh/sshd_config"]["reason"]
+        assert by_key["host:file:/etc/motd"]["status"] == "reverted"  # the rest of the pass still ran
         assert list(real.iterdir()) == []
 
     def test_error_outranks_failure(self, tmp_path, host_root, baselines_dir):
@@ -605,7 +629,7 @@ class TestOnceExitCodes:
         """)})
         r = once(tmp_path, host_root, bdir, "--output", "json", DRIFTD_RETRY__BASE_SECONDS="0.01")
         assert r.returncode == 1, r.stderr
-        assert sorted(o["status"] for o in json.loads(r.stdout)["outcomes"]) == ["error", "failed"]
+        assert sorted(o["status"] for o in json.loads(r.stdout)["results"]) == ["error", "failed"]
 
     def test_text_output_is_human_readable(self, tmp_path, host_root, baselines_dir):
         """The default text summary names the set version, each outcome and the exit code in words."""
@@ -614,13 +638,20 @@ class TestOnceExitCodes:
         version = load_set(bdir)[0].version
         r = once(tmp_path, host_root, bdir, "--dry-run")
         assert r.returncode == 3
-        lines = r.stdout.splitlines()
-        assert lines[0].startswith(f"driftd pass: 1 resources, baseline set {version} (dry-run), ")
-        assert lines[1].split() == ["drift", "/etc/motd", "[motd]", "content:", "sha256:"
-                                    + hashlib.sha256(b"hello\n").hexdigest()[:8], "->", "sha256:"
-                                    + hashlib.sha256(b"drifted\n").hexdigest()[:8]]
-        assert lines[2].strip() == "would write_file (dryrun)"
-        assert lines[-1] == "result: 0 clean, 0 remediated, 1 reported, 0 blocked, 0 failed, 0 error -> exit 3 (drift remained)"
+        live, desired = (hashlib.sha256(b).hexdigest()[:12] for b in (b"drifted\n", b"hello\n"))
+        assert r.stdout.splitlines()[1:] == [  # golden: live value first, then what the baseline wants
+            f"  reported  /etc/motd  motd  content: sha256:{live} → sha256:{desired}",
+            "            would write_file (dry-run)",
+            "            --- /etc/motd (live)",
+            "            +++ /etc/motd (desired)",
+            "            @@ -1 +1 @@",
+            "            -drifted",
+            "            +hello",
+            "result: 0 clean, 0 reverted, 0 retired, 1 reported, 0 held, 0 blocked, 0 failed, 0 error; exit 3 (drift remained)",
+        ]
+        assert re.fullmatch(rf"driftd run on \S+: 1 resources, baseline set {version} \(dry-run: nothing changed\), "
+                            r"\d+\.\d{3} s", r.stdout.splitlines()[0])
+        assert "\x1b[" not in r.stdout  # no colour into a pipe
         with pytest.raises(json.JSONDecodeError):
             json.loads(r.stdout)
 

@@ -21,8 +21,8 @@ class TestDemo:
         r = driftd("demo", "--dir", "demo", cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         first, second = r.stdout.split("second pass")
-        assert re.search(r"result: \d+ clean, [1-9]\d* remediated, 0 reported, 0 blocked, 0 failed, 0 error", first)
-        assert re.search(r"result: \d+ clean, 0 remediated, 0 reported, 0 blocked, 0 failed, 0 error -> exit 0", second)
+        assert re.search(r"result: \d+ clean, [1-9]\d* reverted, 0 retired, 0 reported, 0 held, 0 blocked, 0 failed, 0 error;", first)
+        assert re.search(r"result: \d+ clean, 0 reverted, 0 retired, 0 reported, 0 held, 0 blocked, 0 failed, 0 error; exit 0", second)
         assert "PermitRootLogin yes" not in (tmp_path / "demo/host/etc/ssh/sshd_config").read_text()
         assert not (tmp_path / "demo/host/etc/hosts.equiv").exists()
 

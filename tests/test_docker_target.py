@@ -301,7 +301,7 @@ class TestPassSemantics:
         assert proc.returncode == ExitCode.DRIFT_REMAINED, proc.stderr
         out = json.loads(proc.stdout)
         assert out["dry_run"] is True
-        assert sorted(o["address"] for o in out["outcomes"]) == sorted(before)
+        assert sorted(o["resource"] for o in out["results"]) == sorted(before)
         assert {n: state(docker_client, n) for n in before} == before
 
     def test_second_pass_is_a_no_op(self, docker_client, make, docker_runtime, image_ids, scope):

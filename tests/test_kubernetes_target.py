@@ -779,5 +779,5 @@ def test_cli_once_against_the_api_server(setup, k8s_kubeconfig, tmp_path, host_r
                        capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr
     out = yaml.safe_load(r.stdout)
-    assert [(o["key"], o["status"]) for o in out["outcomes"]] == [(key(ns, "web-1"), "remediated")]
+    assert [(o["key"], o["status"]) for o in out["results"]] == [(key(ns, "web-1"), "reverted")]
     assert terminating_or_gone(c.pod("web-1"))

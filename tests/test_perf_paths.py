@@ -196,11 +196,11 @@ def test_console_fast_exit_keeps_exit_code_and_output(host_root: Path, baselines
            "--state-dir", str(tmp_path / "state"), "--log-level", "info", "--log-format", "json"]
     dry = subprocess.run([*cmd, "--dry-run", "--output", "json"], capture_output=True, text=True, timeout=60)
     assert dry.returncode == 3, dry.stderr
-    assert json.loads(dry.stdout)["exit_code"] == 3
+    assert json.loads(dry.stdout)["exitCode"] == 3
     assert any(json.loads(line)["event"] == "scan.finished" for line in dry.stderr.splitlines())
     fixed = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert fixed.returncode == 0, fixed.stderr
-    assert fixed.stdout.rstrip().endswith("-> exit 0 (clean)")
+    assert fixed.stdout.rstrip().endswith("; exit 0 (clean)")
     assert (host_root / "etc/motd").read_text() == "hello\n"
 
 

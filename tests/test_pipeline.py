@@ -18,9 +18,11 @@ from structlog.testing import capture_logs
 
 from driftd.cli import main
 from driftd.engine.clock import FakeClock
-from driftd.engine.once import PassSummary, render_text, run_once
+from driftd.engine.once import PassSummary, run_once
 from driftd.models.resources import REDACTED
 from driftd.observability.logging import configure_logging
+from driftd.presentation.documents import pass_document
+from driftd.presentation.render import pass_text
 from driftd.safety.snapshots import SnapshotError, SnapshotStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -427,7 +429,9 @@ class TestFailures:
         }
         assert s.exit_code == 4
         assert s.counts == {"blocked": 1, "failed": 1, "remediated": 1, "clean": 0}
-        assert "FAILED" in render_text(s) and "BLOCKED" in render_text(s)
+        text = pass_text(pass_document(s, node="n"))
+        assert "  failed " in text and "  blocked " in text and "  reverted " in text
+        assert "result: 0 clean, 1 reverted, 0 retired, 0 reported, 0 held, 1 blocked, 1 failed, 0 error; exit 4" in text
 
 
 # --------------------------------------------------------------------------- secrets
@@ -487,7 +491,7 @@ class TestSecrets:
         assert {e["event"] for e in logs} >= {"drift.detected", "remediation.succeeded", "snapshot.saved", "drift.resolved"}
         _assert_clean("logs", json.dumps(_without_snapshot_ids(logs), default=str))
         _assert_clean("summary", json.dumps(_without_snapshot_ids(s.as_dict()), default=str))
-        _assert_clean("text summary", render_text(s))
+        _assert_clean("text summary", pass_text(pass_document(s, node="n")))
         rec = record(rt, "host:file:/etc/app/token")
         assert {f["field"]: f["actual"] for f in rec.fields}["content"] == REDACTED
         _assert_clean("state record", json.dumps(_without_snapshot_ids(rec.as_dict()), default=str))
@@ -511,6 +515,8 @@ class TestSecrets:
             _assert_clean(f"{output} stdout", out)
             _assert_clean(f"{output} stderr", err)
             if output == "json":
-                (o,) = json.loads(out)["outcomes"]
-                assert {d["field"]: d["expected"] for d in o["drift"]}["content"] == REDACTED
+                (o,) = json.loads(out)["results"]
+                assert {d["field"]: d["desired"] for d in o["drift"]}["content"] == REDACTED
+                assert {d["field"]: d["live"] for d in o["drift"]}["content"] == REDACTED
+                assert o["diff"] is None  # a sensitive file's content is never diffed
         assert (host_root / "etc/app/token").read_bytes() == DRIFTED_SECRET

@@ -47,6 +47,7 @@ from driftd.models.resources import (
     ResourceResult,
 )
 from driftd.models.table import DesiredTable
+from driftd.models.wording import drifts_text
 from driftd.observability.audit import AuditLog, drift_digests
 from driftd.observability.logging import Event, get_logger, set_baseline_version
 from driftd.safety.breaker import Threshold, evaluate
@@ -148,6 +149,7 @@ class Outcome:
     retry: bool = False
     urgent: bool = False  # at or near its deadline: the queue takes it before other keys
     until: float | None = None  # a gate's hold lifts by itself then: come back at that time
+    retired: bool = False  # the verified action retired the instance (a container, a pod) rather than reverting it
 
 
 @dataclass
@@ -446,7 +448,7 @@ class Engine:
                     to_enqueue.append(key)
             if self.reporters:
                 rows[key] = self._row(d, ReportResult.FAIL if drift else ReportResult.PASS,
-                                      ", ".join(f.field for f in drift) or "compliant")
+                                      ("drifted: " + drifts_text(reportable(d, drift))) if drift else "compliant")
         self._evaluate_breakers({REVERT: {b: (c[0], c[1]) for b, c in per_baseline.items()},
                                  RETIREMENT: {b: (c[0], c[2]) for b, c in per_baseline.items()}},
                                 set(per_baseline) - bad_baselines)
@@ -640,8 +642,7 @@ class Engine:
                 self.metrics.time_to_detect.labels(d.target).observe(max(0.0, now - rec.changed_at))
             log.warning(Event.DRIFT_DETECTED, address=d.address, drift=fields, deadline=rec.deadline,
                         window_s=d.window.total_seconds())
-            self._notify("DriftDetected", d, "drifted: " + ", ".join(
-                f"{f['field']}" + (f" ({'; '.join(f['changes'])})" if f.get("changes") else "") for f in fields))
+            self._notify("DriftDetected", d, "drifted: " + drifts_text(fields))
         if now > rec.deadline and not rec.breached:
             self.state.mark_breached(rec, now)
             self.metrics.window_breaches.labels(d.target, d.baseline).inc()
@@ -809,15 +810,16 @@ class Engine:
             self.metrics.remediations.labels(d.target, done.value, RemediationResult.SUCCEEDED).inc()
         log.info(Event.REMEDIATION_SUCCEEDED, action=action_names, snapshots=shown, drift=fields)
         if node_retired:
-            self._notify("NodeRetired", d, f"node retired: {', '.join(f['field'] for f in fields)} drifted")
+            self._notify("NodeRetired", d, f"node retired: drifted: {drifts_text(fields)}")
             out.status, out.snapshots = OutcomeStatus.RETIRED, shown
             return out  # the record stays open: the drift is still there, on a node taken out of service
         retired = {Action.RETIRE, Action.EVICT} & set(result.applied) and kind == RETIREMENT
         self._notify("DriftRetired" if retired else "DriftReverted", d,
-                     f"{action_names}: {', '.join(f['field'] for f in fields)}", warning=False)
+                     f"{'retired' if retired else 'reverted'} ({action_names}): {drifts_text(fields)}", warning=False)
         self._resolve(rec, d, done_at, "remediated", log, recorded=True)
-        self._update_row(d, ReportResult.PASS, f"{action_names} done; was: {', '.join(f['field'] for f in fields)}")
-        out.status, out.snapshots = OutcomeStatus.REMEDIATED, shown
+        self._update_row(d, ReportResult.PASS,
+                         f"{'retired' if retired else 'reverted'} ({action_names}); was: {drifts_text(fields)}")
+        out.status, out.snapshots, out.retired = OutcomeStatus.REMEDIATED, shown, bool(retired)
         return out
 
     def _fingerprint(self, d: DesiredResource, drift: tuple[FieldDrift, ...]) -> str:

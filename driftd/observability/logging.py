@@ -42,6 +42,7 @@ class Event(StrEnum):
     BASELINE_LOADED = "baseline.loaded"
     BASELINE_REJECTED = "baseline.rejected"
     BASELINE_DANGEROUS_ALLOWED = "baseline.dangerous_allowed"
+    BASELINE_WARNING = "baseline.warning"
     DAEMON_STARTED = "daemon.started"
     DAEMON_STOPPING = "daemon.stopping"
     DAEMON_STOPPED = "daemon.stopped"
@@ -56,6 +57,12 @@ class Event(StrEnum):
 
 
 _context: dict[str, str] = {"baseline_version": "none"}
+_json = {"on": False}
+
+
+def logs_json() -> bool:
+    """Whether the configured log stream is JSON lines (then every line on it must be one)."""
+    return _json["on"]
 
 
 def set_baseline_version(version: str) -> None:
@@ -75,6 +82,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     """Configure structlog once, in the composition root."""
     out = stream or sys.stderr
     as_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    _json["on"] = as_json
     renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
