@@ -612,6 +612,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return ExitCode.CLEAN if not doc.items else ExitCode.DRIFT_REMAINED
 
 
+def cmd_output_schema(args: argparse.Namespace) -> int:
+    from driftd.presentation.documents import schema
+
+    print(json.dumps(schema(), indent=2, sort_keys=True))
+    return ExitCode.CLEAN
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """A completion script for bash (zsh through ``bashcompinit``), generated from this parser."""
+    from driftd.presentation.completion import script
+
+    print(script(parser(), args.shell), end="")
+    return ExitCode.CLEAN
+
+
 def _scope_text(data: dict[str, Any]) -> str:
     from driftd.safety.breakglass import Override
 
@@ -1035,6 +1050,12 @@ def parser() -> argparse.ArgumentParser:
     cap_pod.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account)")
     _capture_common(cap_pod)
     cap_pod.set_defaults(func=cmd_capture_pod)
+
+    osch = sub.add_parser("output-schema", help="print the JSON Schema of the -o json|yaml documents (docs/output.schema.json)")
+    osch.set_defaults(func=cmd_output_schema)
+    comp = sub.add_parser("completion", help="print a shell completion script: eval \"$(driftd completion bash)\"")
+    comp.add_argument("shell", choices=["bash", "zsh"])
+    comp.set_defaults(func=cmd_completion)
 
     st = sub.add_parser("status", help="the open drifts, as a table (like kubectl get) or JSON / YAML")
     _common(st)

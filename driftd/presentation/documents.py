@@ -30,7 +30,7 @@ RECORD_WORDS: tuple[str, ...] = ("detected", "reported", "held", "blocked", "fai
 
 
 class _Doc(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, json_schema_serialization_defaults_required=True)
 
 
 class DriftItem(_Doc):
