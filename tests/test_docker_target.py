@@ -300,7 +300,7 @@ class TestPassSemantics:
         )
         assert proc.returncode == ExitCode.DRIFT_REMAINED, proc.stderr
         out = json.loads(proc.stdout)
-        assert out["dry_run"] is True
+        assert out["dryRun"] is True
         assert sorted(o["resource"] for o in out["results"]) == sorted(before)
         assert {n: state(docker_client, n) for n in before} == before
 

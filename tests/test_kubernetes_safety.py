@@ -52,10 +52,10 @@ class TestBreakGlassAnnotations:
         assert not terminating_or_gone(c.pod("web-1")) and driftd_writes(c, "web-1") == []
         assert "RemediationHeld" in reasons(c.events("web-1"))
         assert rt.metrics.registry.get_sample_value("driftd_overrides_active") == 1
-        from driftd.cli import _safety_lines  # `driftd status` lists it from the state directory
+        from driftd.cli import _guards  # `driftd status` lists it from the state directory
 
-        assert any(f"annotation:pod:{ns}/web-1" in line and "INC-42" in line
-                   for line in _safety_lines(rt.settings, clock.time()))
+        assert any(f"annotation:pod:{ns}/web-1" in g.scope and "INC-42" in g.reason
+                   for g in _guards(rt.settings, clock.time()))
         clock.advance(601)  # expired: enforced again
         s2 = run_once(rt.engine, rt.queue, attempts=1)
         assert [(o.key, o.status) for o in s2.outcomes] == [(key(ns, "web-1"), "remediated")]

@@ -305,7 +305,7 @@ class TestCliLogLines:
             events.append(e["event"])
         assert {"scan.started", "scan.finished", "drift.detected", "snapshot.saved", "remediation.succeeded",
                 "drift.resolved"} <= set(events)
-        assert r.stdout.startswith(f"driftd pass: 4 resources, baseline set {version}")  # the summary: stdout only
+        assert r.stdout.startswith("driftd run on node-a: 4 resources, baseline set " + version)  # the summary: stdout only
 
     def test_level_filter(self, tmp_path, host_root, baselines_dir):
         """At level warning only warnings and errors are written (drift.detected is a warning), and the audit

@@ -293,7 +293,7 @@ class TestCommands:
         assert r.returncode == 0, r.stderr
         oid = r.stdout.split()[1].rstrip(":")
         r = cli("run", "--once", *common)
-        assert r.returncode == 3 and "HELD" in r.stdout and "INC-9 hotfix" in r.stdout, r.stdout
+        assert r.returncode == 3 and "  held  " in r.stdout and "INC-9 hotfix" in r.stdout, r.stdout
         assert (host_root / "etc/app/f00.conf").read_text() == "drifted 0\n"
         assert "INC-9 hotfix" in cli("status", "--state-dir", st).stdout
         assert cli("resume", "--state-dir", st, oid).returncode == 0

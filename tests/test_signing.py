@@ -410,11 +410,12 @@ def test_start_up_refuses_an_unsigned_set(tmp_path, capsys, keys, monkeypatch):
     key = keys("ed25519")
     signers = allowed(tmp_path, ("a", key))
     settings = load_settings(baselines=bdir, require_signature=True, allowed_signers=signers)
+    monkeypatch.setattr("driftd.observability.logging._json", {"on": False})  # console logs: problems as text lines
     with pytest.raises(SystemExit) as exc:
         cli._load_baselines(settings)
     assert exc.value.code == 1
     err = capsys.readouterr().err
-    assert "are invalid; not starting" in err and f"{bdir / SIG}:1: (signature): unsigned:" in err
+    assert "are invalid; not starting" in err and f"{bdir / SIG}:1: (signature): unsigned:" in err  # JSON or text
     sign(capsys, bdir, key)
     assert cli._load_baselines(settings).signed_by.startswith("a (ssh-ed25519 key SHA256:")
 
