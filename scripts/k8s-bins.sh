@@ -3,11 +3,11 @@
 #   kube-apiserver, kubectl  (k8s.io/kubernetes via a wrapper Go module, see shared docs k8s-test-infra.md)
 #   etcd                     (go.etcd.io/etcd/server/v3 via a wrapper Go module)
 #   helm, kubeconform        (go install)
-#   promtool                 (Debian's `prometheus` package, unpacked with dpkg -x; no daemon installed)
+#   promtool, prometheus     (Debian's `prometheus` package, unpacked with dpkg -x; nothing installed or started)
 #
 # Usage: bash scripts/k8s-bins.sh            (idempotent, non-interactive; safe under CI=true)
 # Cache: ${DRIFTD_BIN_CACHE:-$HOME/.cache/driftd-bin}/<name>-<version>/<name>
-# Writes ${DRIFTD_BIN_CACHE}/env.sh with `export KUBE_APISERVER=... ETCD=... KUBECTL=... HELM=... KUBECONFORM=... PROMTOOL=...`
+# Writes ${DRIFTD_BIN_CACHE}/env.sh with `export KUBE_APISERVER=... ETCD=... KUBECTL=... HELM=... KUBECONFORM=... PROMTOOL=... PROMETHEUS=...`
 # Only package registries are used (Go module proxy, Debian apt). Go build/module caches stay in their defaults.
 #
 # Overrides (all optional): K8S_VERSIONS="1.37.2 1.36.3 1.35.4" (tried in order), ETCD_VERSIONS="3.6.16 3.6.15",
@@ -184,7 +184,9 @@ build_kubeconform() {
     || die "kubeconform v$V failed"
 }
 
-# ---------------------------------------------------------------- promtool
+# ---------------------------------------------------------------- promtool + prometheus
+# Both from the same Debian `prometheus` deb (same version); nothing is installed, no daemon is started here.
+# tests/test_prometheus_e2e.py runs the server on 127.0.0.1 against a real driftd.
 promtool_fetch() {
   local tmp ver
   tmp=$(mktemp -d); trap 'rm -rf "$tmp"' RETURN
@@ -196,23 +198,30 @@ promtool_fetch() {
   local deb; deb=$(ls prometheus_*.deb | head -n1)
   ver=$(dpkg-deb -f "$deb" Version | sed 's/[^A-Za-z0-9.+~-]/_/g')
   dpkg -x "$deb" x
-  mkdir -p "$CACHE/promtool-$ver"
+  mkdir -p "$CACHE/promtool-$ver" "$CACHE/prometheus-$ver"
   install -m 0755 x/usr/bin/promtool "$CACHE/promtool-$ver/promtool"
+  install -m 0755 x/usr/bin/prometheus "$CACHE/prometheus-$ver/prometheus"
   echo "$ver" >"$CACHE/.promtool-version"
 }
 
+# prom_cached V: promtool and prometheus of version V are both in the cache
+prom_cached() { [ -x "$CACHE/promtool-$1/promtool" ] && [ -x "$CACHE/prometheus-$1/prometheus" ]; }
+
 build_promtool() {
-  local c
+  local c v
   if [ -f "$CACHE/.promtool-version" ]; then
     PROMTOOL_V=$(cat "$CACHE/.promtool-version")
-    [ -x "$CACHE/promtool-$PROMTOOL_V/promtool" ] && { log "promtool $PROMTOOL_V cached"; return 0; }
+    prom_cached "$PROMTOOL_V" && { log "promtool + prometheus $PROMTOOL_V cached"; return 0; }
   fi
   for c in "$CACHE"/promtool-*/promtool; do
-    [ -x "$c" ] && { PROMTOOL_V=$(basename "$(dirname "$c")"); PROMTOOL_V=${PROMTOOL_V#promtool-}; log "promtool $PROMTOOL_V cached"; return 0; }
+    v=$(basename "$(dirname "$c")"); v=${v#promtool-}
+    prom_cached "$v" && { PROMTOOL_V=$v; log "promtool + prometheus $PROMTOOL_V cached"; return 0; }
   done
-  log "fetching promtool from Debian's prometheus package"
-  run_timed promtool promtool_fetch || die "promtool: apt-get download prometheus failed"
+  # nothing cached, or an older cache holding promtool only: one download brings both
+  log "fetching promtool + prometheus from Debian's prometheus package"
+  run_timed promtool promtool_fetch || die "promtool/prometheus: apt-get download prometheus failed"
   PROMTOOL_V=$(cat "$CACHE/.promtool-version")
+  prom_cached "$PROMTOOL_V" || die "promtool/prometheus $PROMTOOL_V missing after the download"
 }
 
 # ---------------------------------------------------------------- main
@@ -234,6 +243,7 @@ ENVF="$CACHE/env.sh"
   echo "export HELM='$CACHE/helm-$HELM_V/helm'"
   echo "export KUBECONFORM='$CACHE/kubeconform-$KUBECONFORM_VERSION/kubeconform'"
   echo "export PROMTOOL='$CACHE/promtool-$PROMTOOL_V/promtool'"
+  echo "export PROMETHEUS='$CACHE/prometheus-$PROMTOOL_V/prometheus'"
   echo "export DRIFTD_K8S_VERSION='$K8S_V'"
 } >"$ENVF.tmp"
 mv "$ENVF.tmp" "$ENVF"
@@ -241,7 +251,7 @@ mv "$ENVF.tmp" "$ENVF"
 log "done in $(( $(date +%s) - T0 ))s; env file: $ENVF"
 # shellcheck disable=SC1090
 . "$ENVF"
-for b in "$KUBE_APISERVER" "$KUBECTL" "$ETCD" "$HELM" "$KUBECONFORM" "$PROMTOOL"; do
+for b in "$KUBE_APISERVER" "$KUBECTL" "$ETCD" "$HELM" "$KUBECONFORM" "$PROMTOOL" "$PROMETHEUS"; do
   [ -x "$b" ] || die "missing $b"
   echo "$b"
 done
