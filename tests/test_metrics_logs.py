@@ -44,14 +44,17 @@ def drift_three(host_root: Path) -> None:
 
 class TestMetricsInProcess:
     def test_label_values_exist_before_anything_happened(self, baselines_dir, make_runtime):
-        """Every action/result series and the per-target gauges exist at 0 before the first scan."""
+        """Every action/result series the host can have and the per-target gauges exist at 0 before the first scan;
+        actions the host never takes (a pod's evict, a container's recreate) have no series."""
         reg = CollectorRegistry()
         make_runtime(baselines_dir({"b.yaml": FOUR_FILES}), registry=reg)
         g = reg.get_sample_value
         assert g("driftd_remediations_total", {"target": "host", "action": "chmod", "result": "failed"}) == 0.0
+        host_actions = {"write_file", "chmod", "chown", "remove", "mkdir", "write_sysctl", "retire_node"}
         for action in ACTIONS:
             for result in RESULTS:
-                assert g("driftd_remediations_total", {"target": "host", "action": action, "result": result}) == 0.0
+                value = g("driftd_remediations_total", {"target": "host", "action": action, "result": result})
+                assert value == (0.0 if action in host_actions else None), (action, result)
         for result in ("clean", "drift", "error"):
             assert g("driftd_scans_total", {"target": "host", "result": result}) == 0.0
         assert g("driftd_time_to_remediate_seconds_count", H) == 0.0
@@ -66,8 +69,23 @@ class TestMetricsInProcess:
         """Metrics() alone pre-creates label values for every default target."""
         m = Metrics(CollectorRegistry())
         assert m.registry.get_sample_value(
-            "driftd_remediations_total", {"target": "host", "action": "write_sysctl", "result": "blocked"}
+            "driftd_remediations_total", {"target": "host", "action": "write_sysctl", "result": "skipped"}
         ) == 0.0
+        assert m.registry.get_sample_value(
+            "driftd_remediations_total", {"target": "host", "action": "evict", "result": "skipped"}
+        ) is None
+
+    def test_each_target_gets_only_its_own_actions(self):
+        """Docker recreates and retires, Kubernetes evicts: the label values follow each target's kind handlers."""
+        m = Metrics(CollectorRegistry(), targets=["host", "docker", "kubernetes"])
+        present = {
+            (s.labels["target"], s.labels["action"])
+            for fam in m.registry.collect() if fam.name == "driftd_remediations"
+            for s in fam.samples
+        }
+        assert {a for t, a in present if t == "docker"} == {"recreate", "retire"}
+        assert {a for t, a in present if t == "kubernetes"} == {"evict"}
+        assert "evict" not in {a for t, a in present if t == "host"}
         assert m.registry.get_sample_value("driftd_resources_observed", H) == 0.0
 
     def test_counters_after_a_pass_that_reverts_three_drifts(self, host_root, baselines_dir, make_runtime):

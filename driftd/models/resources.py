@@ -160,8 +160,7 @@ class RemediationResult(StrEnum):
 
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-    SKIPPED = "skipped"
-    BLOCKED = "blocked"
+    SKIPPED = "skipped"  # planned, not carried out (dry-run, warn)
 
 
 class ReportResult(StrEnum):

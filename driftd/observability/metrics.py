@@ -8,13 +8,14 @@ persistent failures) are computed from the state store at scrape time by
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from driftd.core.kinds import actions_of
 from driftd.models.resources import Action, RemediationResult
 
 ACTIONS = tuple(a.value for a in Action)
@@ -24,13 +25,22 @@ TARGETS = ("host",)
 INOTIFY_DEGRADED_REASONS = ("unavailable", "watch_limit", "watch_failed", "queue_overflow", "error")
 # what the retention policy prunes (driftd_state_pruned_total{kind})
 PRUNED_KINDS = ("drift", "action", "snapshot", "outcome")
+# no ``*_created`` series: they double every counter's and histogram's series for a value nobody alerts on
+disable_created_metrics()
 TTR_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, 7200)
 
 
 class Metrics:
-    """Every driftd metric, label values pre-created so series exist from the start."""
+    """Every driftd metric, label values pre-created so series exist from the start.
 
-    def __init__(self, registry: CollectorRegistry | None = None, targets: Iterable[str] = TARGETS) -> None:
+    Remediation series are pre-created only for the actions a target can take (``actions``,
+    by default its kind handlers' steps, :func:`driftd.core.kinds.actions_of`): no
+    ``evict`` series for the host, no ``write_file`` for Docker.  The catalogue of every
+    metric, its labels and unit is ``docs/metrics.md`` (``tests/test_metrics_catalogue.py``).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, targets: Iterable[str] = TARGETS,
+                 actions: Mapping[str, Iterable[str]] | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.scans = Counter("driftd_scans_total", "Full scans by target and result.", ["target", "result"], registry=r)
@@ -123,7 +133,7 @@ class Metrics:
             self.snapshots.labels(t)
             self.target_up.labels(t)
             self.events.labels(t)
-            for a in ACTIONS:
+            for a in sorted(actions[t] if actions is not None and t in actions else actions_of(t)):
                 for res in RESULTS:
                     self.remediations.labels(t, a, res)
 

@@ -15,10 +15,14 @@ from typing import Any
 from driftd.core.kinds.base import Handler, PlanOnly
 from driftd.models.baseline import Rule
 from driftd.models.errors import TargetError
+from driftd.models.resources import Action
 
 REGISTRY: dict[tuple[str, str], Handler[Any]] = {}
 _BY_RULE: dict[type[Rule], Handler[Any]] = {}
 _NOT_KINDS = frozenset({"base", "ports"})
+# steps the engine carries out itself, not a handler: a host resource that cannot be restored (or a
+# kernel out of patch) retires the node through the configured retirer
+ENGINE_STEPS: dict[str, frozenset[Action]] = {"host": frozenset({Action.RETIRE_NODE})}
 
 
 def register(handler: Handler[Any], *, target: str | None = None, kind: str | None = None) -> None:
@@ -50,6 +54,12 @@ def handler_for(target: str, kind: str) -> Handler[Any]:
     if h is None:
         raise TargetError(f"no handler for a {kind!r} resource of the {target} target", transient=False)
     return h
+
+
+def actions_of(target: str) -> frozenset[Action]:
+    """Every action driftd can take on a target: its handlers' steps plus the engine's (metric label values)."""
+    steps = {a for (t, _), h in REGISTRY.items() if t == target for a in h.steps}
+    return frozenset(steps | ENGINE_STEPS.get(target, frozenset()))
 
 
 def rule_handler(rule: Rule) -> Handler[Any]:
