@@ -26,7 +26,7 @@ INOTIFY_DEGRADED_REASONS = ("unavailable", "watch_limit", "watch_failed", "queue
 # what the retention policy prunes (driftd_state_pruned_total{kind})
 PRUNED_KINDS = ("drift", "action", "snapshot", "outcome")
 # no ``*_created`` series: they double every counter's and histogram's series for a value nobody alerts on
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 TTR_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, 7200)
 
 
