@@ -295,7 +295,7 @@ def test_optional_objects() -> None:
                                     "DriftdBaselineRejected", "DriftdTargetDown", "DriftdAgentDown",
                                     "DriftdCircuitBreakerOpen", "DriftdHeldPastDeadline", "DriftdResourceFlapping",
                                     "DriftdWindowBreached", "DriftdBreakGlassActive", "DriftdAuditWriteFailing",
-                                    "DriftdInotifyDegraded"])
+                                    "DriftdInotifyDegraded", "DriftdScansStale", "DriftdRetirementsAboveNormal"])
     spec = one(docs, "DaemonSet")["spec"]["template"]["spec"]
     assert spec["priorityClassName"] == "system-node-critical"
     assert spec["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "x", "effect": "NoSchedule"}]
@@ -568,7 +568,7 @@ def test_prometheus_rules_check_and_unit_tests(tmp_path: Path) -> None:
     rules = tmp_path / "driftd-rules.yaml"
     rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False, width=10_000))
     r = run(promtool, "check", "rules", str(rules))
-    assert "SUCCESS: 13 rules found" in r.stdout, r.stdout
+    assert "SUCCESS: 15 rules found" in r.stdout, r.stdout
     shutil.copy(ALERT_TESTS, tmp_path / ALERT_TESTS.name)
     r = run(promtool, "test", "rules", str(tmp_path / ALERT_TESTS.name), check=False)
     assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
@@ -596,6 +596,53 @@ def test_prometheus_rules_follow_values() -> None:
     r = helm("template", "driftd", str(CHART), values={"prometheusRule": {"enabled": True, "breakGlassActiveFor": "4 hours"}},
              check=False)
     assert r.returncode != 0 and "breakGlassActiveFor" in r.stderr
+
+
+def test_every_alert_says_what_where_and_links_its_runbook() -> None:
+    """Summary, description naming the node, a severity, and a runbook_url whose page exists in docs/runbooks/."""
+    rule = one(render({"prometheusRule": {"enabled": True}}), "PrometheusRule")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    expected = {
+        "DriftdDriftPastDeadline", "DriftdDriftNearDeadline", "DriftdRemediationFailing", "DriftdHeldPastDeadline",
+        "DriftdScansStale", "DriftdTargetDown", "DriftdCircuitBreakerOpen", "DriftdBreakGlassActive",
+        "DriftdResourceFlapping", "DriftdRetirementsAboveNormal", "DriftdBaselineRejected", "DriftdAgentDown",
+        "DriftdWindowBreached", "DriftdAuditWriteFailing", "DriftdInotifyDegraded",
+    }
+    assert {a["alert"] for a in alerts} == expected
+    runbooks = REPO / "docs" / "runbooks"
+    for a in alerts:
+        ann = a["annotations"]
+        assert a["labels"]["severity"] in ("warning", "critical"), a["alert"]
+        assert ann["summary"] and ann["description"], a["alert"]
+        if a["alert"] != "DriftdRetirementsAboveNormal":  # a fleet-wide count: no single node to name
+            assert "node" in ann["summary"] + ann["description"], a["alert"]
+        assert ann["runbook_url"] == f"https://github.com/driftd/driftd/blob/main/docs/runbooks/{a['alert']}.md"
+        page = runbooks / f"{a['alert']}.md"
+        assert page.is_file(), f"runbook {page} is missing"
+        text = page.read_text()
+        assert text.startswith(f"# {a['alert']}\n"), page
+        assert f"Severity: **{a['labels']['severity']}**" in text, page
+        for section in ("## Meaning", "## Impact", "## Diagnosis", "## Mitigation"):
+            assert section in text, (page, section)
+    assert {p.stem for p in runbooks.glob("*.md")} - {"README"} == expected, "a runbook for an alert that does not exist"
+    rule = one(render({"prometheusRule": {"enabled": True, "runbookBaseUrl": "https://wiki.example/driftd/"}}),
+               "PrometheusRule")
+    assert {r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]} == {
+        f"https://wiki.example/driftd/{name}.md" for name in expected}
+
+
+def test_scans_stale_and_retirement_alerts_follow_values() -> None:
+    rule = one(render({"prometheusRule": {"enabled": True, "scansStaleSeconds": 3600, "scansStaleFor": "15m",
+                                          "retirementsPerHour": 10, "retirementsAboveNormalFactor": 2}}), "PrometheusRule")
+    by_name = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    stale = by_name["DriftdScansStale"]
+    assert stale["expr"] == 'time() - driftd_last_scan_timestamp_seconds{job="driftd",namespace="driftd"} > 3600'
+    assert stale["for"] == "15m"
+    retire = by_name["DriftdRetirementsAboveNormal"]["expr"]
+    assert retire.endswith("/ 168, 10)") and "clamp_min(2 *" in retire and 'action=~"retire|retire_node"' in retire
+    r = helm("template", "driftd", str(CHART), values={"prometheusRule": {"enabled": True, "scansStaleFor": "soon"}},
+             check=False)
+    assert r.returncode != 0 and "scansStaleFor" in r.stderr
 
 
 # ============================================================================ against the real API server
