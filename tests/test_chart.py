@@ -47,6 +47,7 @@ ALL_ON: dict[str, Any] = {
     "sysctl": {"enabled": True},
     "serviceMonitor": {"enabled": True},
     "prometheusRule": {"enabled": True},
+    "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Compliance"}},
     "priorityClassName": "system-node-critical",
     "hostPaths": {"extra": [{"path": "/root"}, {"path": "/usr/local/etc", "readOnly": True}]},
     "extraBaselines": {"extra-motd.yaml": (
