@@ -157,8 +157,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _show_plan(args: argparse.Namespace, plan: dict[str, Any], *, down: bool) -> int:
     from driftd.engine import preview
 
-    if args.output == "json":
-        print(json.dumps(plan, indent=2, default=str))
+    if args.output in ("json", "yaml"):
+        from driftd.presentation.render import emit
+
+        emit(plan, args.output)
     elif args.output == "markdown":
         print(preview.render_markdown(plan, max_rows=args.max_rows), end="")
     else:
@@ -328,6 +330,20 @@ def _cmd_run(args: argparse.Namespace, *, gc_was_enabled: bool) -> int:
     return _daemon(rt, loaded_from)
 
 
+def api_drifts(rt: Runtime) -> list[dict[str, Any]]:
+    """``GET /api/v1/drifts``: the items of ``driftd status -o json`` (live → desired, status words)."""
+    from driftd.presentation.documents import dump, record_item
+
+    out = []
+    desired = rt.engine.desired
+    now = rt.engine.clock.time()
+    for r in sorted(rt.state.active().values(), key=lambda r: r.first_seen):
+        d = desired.get(r.key)
+        shown = d.shown_snapshots(r.snapshots) if d is not None else ["<redacted>"] * len(r.snapshots)
+        out.append(dump(record_item(r, now, shown_snapshots=shown)))
+    return out
+
+
 def _daemon(rt: Runtime, loaded_from: str | None = None) -> int:
     from driftd.engine.daemon import BaselineManager, Daemon
     from driftd.runtime import build_api_server
@@ -337,17 +353,7 @@ def _daemon(rt: Runtime, loaded_from: str | None = None) -> int:
     manager.prime(loaded_from)
 
     def drifts() -> list[dict[str, Any]]:
-        """``GET /api/v1/drifts``: the items of ``driftd status -o json`` (live → desired, status words)."""
-        from driftd.presentation.documents import dump, record_item
-
-        out = []
-        desired = rt.engine.desired
-        now = rt.engine.clock.time()
-        for r in sorted(rt.state.active().values(), key=lambda r: r.first_seen):
-            d = desired.get(r.key)
-            shown = d.shown_snapshots(r.snapshots) if d is not None else ["<redacted>"] * len(r.snapshots)
-            out.append(dump(record_item(r, now, shown_snapshots=shown)))
-        return out
+        return api_drifts(rt)
 
     daemon: Daemon | None = None
     try:
@@ -381,17 +387,11 @@ def cmd_lint(args: argparse.Namespace) -> int:
     if isinstance(loaded, ExitCode):
         return loaded
     bset, problems = loaded
-    if args.output == "json":
-        print(
-            json.dumps(
-                {
-                    "valid": bset is not None,
-                    "version": bset.version if bset else None,
-                    "problems": [p.__dict__ for p in problems],
-                },
-                indent=2,
-            )
-        )
+    if args.output in ("json", "yaml"):
+        from driftd.presentation.render import emit
+
+        emit({"valid": bset is not None, "version": bset.version if bset else None,
+              "problems": [p.__dict__ for p in problems]}, args.output)
     else:
         for p in problems:
             print(str(p))
@@ -507,8 +507,10 @@ def cmd_baseline_diff(args: argparse.Namespace) -> int:
                 return ExitCode.ERROR
             sets.append(bset)
     result = diff_sets(sets[0], sets[1])
-    if args.output == "json":
-        print(json.dumps(result.to_dict(args.old, args.new), indent=2))
+    if args.output in ("json", "yaml"):
+        from driftd.presentation.render import emit
+
+        emit(result.to_dict(args.old, args.new), args.output)
     else:
         sys.stdout.write(render_text(result, args.old, args.new))
     return ExitCode.DRIFT_REMAINED if result.changed else ExitCode.CLEAN
@@ -948,7 +950,7 @@ def parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="what a baseline set would do here: every stage and gate of run, acting on nothing")
     _common(pl)
     _targets(pl, docker="plan for this host's Docker containers too", kubernetes="plan for the pods on this node too")
-    pl.add_argument("-o", "--output", choices=["text", "json", "markdown"], default="text",
+    pl.add_argument("-o", "--output", choices=["text", "json", "yaml", "markdown"], default="text",
                     help="markdown: a pull-request comment, at most --max-rows rows")
     pl.add_argument("--max-rows", type=int, default=50, help="rows of the markdown table before 'and N more'")
     pl.add_argument("--state", action="append", metavar="FILE",
@@ -968,7 +970,7 @@ def parser() -> argparse.ArgumentParser:
     blsub = bl.add_subparsers(dest="baseline_command", required=True)
     lint = blsub.add_parser("lint", help="validate a baselines directory (FILE:LINE: field: reason)")
     lint.add_argument("directory")
-    lint.add_argument("--output", choices=["text", "json"], default="text")
+    lint.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
     lint.add_argument("--config", help="settings file whose guardrails.extra_* extend the deny-lists (also $DRIFTD_CONFIG)")
     lint.add_argument("--allowed-signers", metavar="FILE",
                       help="also verify the set's signature against this OpenSSH allowed_signers file")
@@ -995,7 +997,7 @@ def parser() -> argparse.ArgumentParser:
                            help="a baselines directory, or REV:PATH of a git revision (e.g. HEAD~1:baselines, "
                                 "origin/main:baselines); an existing directory wins over a revision spelling")
     bdiff.add_argument("--repo", metavar="DIR", help="git repository where REV:PATH is resolved (default: the current directory)")
-    bdiff.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    bdiff.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
     bdiff.add_argument("--config", help="settings file whose guardrails.extra_* apply (also $DRIFTD_CONFIG)")
     bdiff.set_defaults(func=cmd_baseline_diff)
     schema = blsub.add_parser("schema", help="print the JSON Schema of baselines")

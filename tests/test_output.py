@@ -257,6 +257,23 @@ class TestStatusOutput:
         assert out.splitlines()[0] == "no active drift" and code == 0
 
 
+class TestEveryCommandSpeaksYaml:
+    def test_plan_lint_and_baseline_diff_print_the_same_document_as_json_or_yaml(
+            self, tmp_path: Path, host_root: Path, baselines_dir) -> None:
+        bdir = baselines_dir({"m.yaml": MOTD})
+        new = baselines_dir({"m.yaml": MOTD.replace('mode: "0644"', 'mode: "0640"')})
+        _drift(host_root)
+        for argv in (["plan", "--host-root", str(host_root), "--baselines", str(bdir)],
+                     ["baseline", "lint", str(bdir)], ["baseline", "diff", str(bdir), str(new)]):
+            docs = []
+            for fmt in ("json", "yaml"):
+                r = subprocess.run([str(DRIFTD), *argv, "-o", fmt], capture_output=True, text=True, timeout=60, check=False)
+                assert r.returncode in (0, 3), (argv, fmt, r.stderr)
+                docs.append(json.loads(r.stdout) if fmt == "json" else yaml.safe_load(r.stdout))
+            assert docs[0] == docs[1] and docs[0], argv
+            assert not r.stdout.lstrip().startswith("{"), "the YAML is block style, not JSON"
+
+
 class TestSecretsOnEverySurface:
     def test_planted_secret_reaches_no_output(self, tmp_path: Path, host_root: Path, baselines_dir,
                                               capsys: pytest.CaptureFixture[str]) -> None:
@@ -281,6 +298,71 @@ class TestSecretsOnEverySurface:
 
             digest = hashlib.sha256(secret.encode() + b"\n").hexdigest()
             assert digest[:12] not in everything  # nor any hash of it
+
+
+    def test_planted_secret_reaches_no_event_report_api_metric_audit_log_or_dashboard(
+            self, tmp_path: Path, host_root: Path, baselines_dir, make_runtime) -> None:
+        """Every other surface, in process: Kubernetes Event messages and PolicyReport rows (their real wire format),
+        GET /api/v1/drifts, the /metrics scrape, the audit log, the JSON log stream, plan -o json|yaml|markdown,
+        baseline diff, and the dashboard's queries, for a dry-run pass that leaves the drift and one that reverts it."""
+        import hashlib
+        import io
+
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        from driftd.cli import api_drifts
+        from driftd.engine.once import run_once
+        from driftd.observability.logging import configure_logging
+        from driftd.targets.kubernetes.policyreport import to_row
+
+        class Channel:
+            """A Notifier and Reporter: what the Kubernetes target would send as Events and PolicyReport rows."""
+
+            def __init__(self) -> None:
+                self.sent: list[str] = []
+
+            def notify(self, reason: str, desired, message: str, *, warning: bool = True) -> None:
+                self.sent.append(f"{reason} {desired.address} {message}")
+
+            def publish_report(self, results, *, baseline_set: str = "") -> None:
+                self.sent += [json.dumps(to_row(r)) for r in results]
+
+        bdir = baselines_dir({"m.yaml": MOTD})
+        _drift(host_root)
+        logs = io.StringIO()
+        configure_logging("json", "debug", stream=logs)
+        seen: list[str] = []
+        channel = Channel()
+        state = tmp_path / "state"
+        for dry_run in (True, False):
+            reg = CollectorRegistry()
+            rt = make_runtime(bdir, dry_run=dry_run, state_dir=state, registry=reg)
+            rt.engine.notifiers.append(channel)
+            rt.engine.reporters.append(channel)
+            run_once(rt.engine, rt.queue, attempts=2)
+            seen.append(json.dumps(api_drifts(rt)))
+            seen.append(generate_latest(reg).decode())
+            rt.state.close()
+        assert "DRIFTED-planted-secret" not in (host_root / "etc/token").read_text(), "the second pass reverted it"
+        seen += [*channel.sent, logs.getvalue()]
+        seen += [p.read_text(errors="replace") for p in (state / "audit").iterdir()]
+        seen.append((REPO / "charts/driftd/dashboards/driftd.json").read_text())
+        _drift(host_root)
+        new = baselines_dir({"m.yaml": MOTD.replace("s3cr3t-planted-value", "an0ther-planted-value")})
+        for argv in (["plan", "--host-root", str(host_root), "--baselines", str(bdir), "-o", "json"],
+                     ["plan", "--host-root", str(host_root), "--baselines", str(bdir), "-o", "yaml"],
+                     ["plan", "--host-root", str(host_root), "--baselines", str(bdir), "-o", "markdown"],
+                     ["baseline", "diff", str(bdir), str(new)], ["baseline", "diff", str(bdir), str(new), "-o", "yaml"]):
+            r = subprocess.run([str(DRIFTD), *argv], capture_output=True, text=True, timeout=60, check=False)
+            assert r.returncode in (0, 3), (argv, r.stderr)
+            seen.append(r.stdout + r.stderr)
+        everything = "\n".join(seen)
+        assert "/etc/token" in everything and "DriftDetected /etc/token" in everything
+        assert any('"rule": "host/file"' in s and "/etc/token" in s for s in channel.sent), "the report was published"
+        for secret in ("s3cr3t-planted-value", "DRIFTED-planted-secret", "an0ther-planted-value"):
+            assert secret not in everything
+            digest = hashlib.sha256(secret.encode() + b"\n").hexdigest()
+            assert digest[:12] not in everything, f"a hash of {secret} leaked"
 
 
 class TestSchemaAndVersion:

@@ -12,6 +12,7 @@ describes it.  Values are as redacted as the state holds them: sensitive fields 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
@@ -201,7 +202,7 @@ def dump(doc: BaseModel | Mapping[str, Any] | list[Any]) -> Any:
     """The plain data of a document, in field order, by alias (what ``-o json|yaml`` prints)."""
     if isinstance(doc, BaseModel):
         return doc.model_dump(mode="json", by_alias=True)
-    return doc
+    return json.loads(json.dumps(doc, default=str))  # plain JSON types only, as -o json prints them
 
 
 def schema() -> dict[str, Any]:
