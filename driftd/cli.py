@@ -593,12 +593,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         state = StateStore(settings.state_dir, readonly=True)  # a read-only command creates nothing
         active = sorted(state.active().values(), key=lambda r: r.first_seen)
         in_force = state.meta("baseline_set")
+        scans = state.meta("scans")
         state.close()
     except StateError as e:
         print(f"driftd: {e}", file=sys.stderr)
         return ExitCode.ERROR
     now = time.time()
-    doc = documents.status_document(active, now, in_force=in_force, guards=_guards(settings, now))
+    doc = documents.status_document(active, now, in_force=in_force, guards=_guards(settings, now), scans=scans)
     keep = [i for i in doc.items
             if (not args.baseline or i.baseline in args.baseline) and (not args.target or i.target in args.target)
             and (not args.status or i.status in args.status)]

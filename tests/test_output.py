@@ -234,6 +234,8 @@ class TestStatusOutput:
         assert rows["/etc/motd"].endswith("mode: 0600 → 0644")
         assert lines[0].index("STATUS") == rows["/etc/issue"].index("reported")  # aligned columns
         assert "open drifts: 3 reported" in out and "baseline set " in out
+        scan_line = next(ln for ln in out.splitlines() if "last scan" in ln)
+        assert scan_line.startswith("node node-a: last scan host ") and scan_line.endswith(" ago (drift, 3 resources)")
 
         _, wide, _ = _run(capsys, "status", "--state-dir", state, "-o", "wide", "--color", "never")
         assert "ATTEMPTS" in wide.splitlines()[0] and "host:file:/etc/motd" in wide
@@ -242,11 +244,14 @@ class TestStatusOutput:
         doc = json.loads(out)
         assert (doc["apiVersion"], doc["kind"]) == ("driftd.io/v1", "DriftList")
         assert list(doc["counts"]) == list(documents.RECORD_WORDS) and doc["counts"]["reported"] == 3
+        assert doc["node"] == "node-a" and [(sc["target"], sc["result"], sc["resources"]) for sc in doc["scans"]] == [
+            ("host", "drift", 3)] and doc["scans"][0]["at"].endswith("Z")
         assert doc["counts"]["failed"] == 0
         token = next(i for i in doc["items"] if i["resource"] == "/etc/token")
         assert token["drift"][0]["live"] == token["drift"][0]["desired"] == REDACTED
         assert yaml.safe_load(_run(capsys, "status", "--state-dir", state, "-o", "yaml")[1]) == {
-            **doc, "items": [{**i, "ageSeconds": pytest.approx(i["ageSeconds"], abs=5),
+            **doc, "scans": [{**sc, "ageSeconds": pytest.approx(sc["ageSeconds"], abs=5)} for sc in doc["scans"]],
+            "items": [{**i, "ageSeconds": pytest.approx(i["ageSeconds"], abs=5),
                               "deadlineInSeconds": pytest.approx(i["deadlineInSeconds"], abs=5)} for i in doc["items"]]}
 
         code, out, _ = _run(capsys, "status", "--state-dir", state, "-o", "json", "--baseline", "issue")

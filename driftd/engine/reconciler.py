@@ -201,6 +201,7 @@ class Engine:
         self.dry_run = dry_run
         self.escalate_after = escalate_after
         self.clock = clock or SystemClock()
+        self._scans: dict[str, dict[str, Any]] = {}  # target → its last full scan (one entry per target)
         self.notifiers: list[Notifier] = [t for t in targets.values() if isinstance(t, Notifier)]
         self.reporters: list[Reporter] = [t for t in targets.values() if isinstance(t, Reporter)]
         self._report_rows: dict[str, ResourceResult] = {}
@@ -471,6 +472,11 @@ class Engine:
             self.metrics.resources.labels(name).set(n)
             self.metrics.target_up.labels(name).set(0 if name in down or (errors and errors == n) else 1)
             self.metrics.last_scan.labels(name).set(self.clock.time())
+            self._scans[name] = {"at": self.clock.time(), "result": result, "resources": n}
+        try:  # what `driftd status` shows as each target's last scan (DriftdScansStale's runbook points there)
+            self.state.set_meta("scans", {"node": self.node.name, "targets": dict(sorted(self._scans.items()))})
+        except StateError as e:
+            self.log.warning(Event.STATE_FAILED, error=f"scan time not recorded: {e}")
         self.log.info(
             Event.SCAN_FINISHED,
             resources=report.resources,

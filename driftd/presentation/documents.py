@@ -123,12 +123,24 @@ class Guard(_Doc):
     expires_in_seconds: float | None = Field(default=None, alias="expiresInSeconds")
 
 
+class ScanInfo(_Doc):
+    """A target's last full scan, as the agent recorded it."""
+
+    target: str
+    at: str | None = None
+    age_seconds: float = Field(alias="ageSeconds")
+    result: str = Field(description="clean, drift or error")
+    resources: int = 0
+
+
 class StatusDocument(_Doc):
     """``driftd status -o json|yaml``."""
 
     api_version: Literal["driftd.io/v1"] = Field(default=API_VERSION, alias="apiVersion")
     kind: Literal["DriftList"] = "DriftList"
+    node: str | None = Field(default=None, description="The node the agent runs on (null before its first scan).")
     baseline_set: BaselineSetInfo | None = Field(alias="baselineSet")
+    scans: list[ScanInfo] = Field(default_factory=list, description="Each target's last full scan.")
     counts: dict[str, int] = Field(description="Open drifts by status word; every word present, zero or not.")
     items: list[DriftRecordItem]
     guards: list[Guard] = Field(default_factory=list)
@@ -186,7 +198,7 @@ def record_item(r: DriftRecord, now: float, *, shown_snapshots: list[str] | None
 
 
 def status_document(records: Iterable[DriftRecord], now: float, *, in_force: Mapping[str, Any] | None,
-                    guards: Iterable[Guard] = ()) -> StatusDocument:
+                    guards: Iterable[Guard] = (), scans: Mapping[str, Any] | None = None) -> StatusDocument:
     items = [record_item(r, now) for r in records]
     counts = dict.fromkeys(RECORD_WORDS, 0)
     for i in items:
@@ -195,7 +207,11 @@ def status_document(records: Iterable[DriftRecord], now: float, *, in_force: Map
     if in_force:
         info = BaselineSetInfo(version=in_force.get("version"), since=iso(float(in_force.get("since") or 0)),
                                baselines=len(in_force.get("hashes") or {}), signed_by=in_force.get("signed_by"))
-    return StatusDocument(baseline_set=info, counts=counts, items=items, guards=list(guards))
+    scanned = [ScanInfo(target=t, at=iso(float(v["at"])), age_seconds=round(max(0.0, now - float(v["at"])), 1),
+                        result=str(v.get("result", "")), resources=int(v.get("resources", 0)))
+               for t, v in sorted(((scans or {}).get("targets") or {}).items())]
+    return StatusDocument(node=(scans or {}).get("node"), baseline_set=info, scans=scanned, counts=counts, items=items,
+                          guards=list(guards))
 
 
 def dump(doc: BaseModel | Mapping[str, Any] | list[Any]) -> Any:

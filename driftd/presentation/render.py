@@ -150,6 +150,10 @@ def status_text(doc: StatusDocument, *, wide: bool = False, painter: Painter | N
         lines.append(f"baseline set {b.version} in force since {b.since} ({b.baselines} baselines{signed})")
     else:
         lines.append("baseline set: none recorded (driftd has not run with this state directory)")
+    if doc.scans:
+        where = f"node {doc.node}: " if doc.node else ""
+        lines.append(where + "last scan " + "; ".join(
+            f"{sc.target} {_age(sc.age_seconds)} ago ({sc.result}, {sc.resources} resources)" for sc in doc.scans))
     for g in doc.guards:
         left = f" for {_age(g.expires_in_seconds)} more" if g.expires_in_seconds is not None else ""
         lines.append({"override": f"override {g.scope} paused{left}: {g.reason}",
