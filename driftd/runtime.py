@@ -43,7 +43,7 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, met
 
     clock = clock or SystemClock()
     state = StateStore(settings.state_dir)
-    snapshots = SnapshotStore(Path(settings.state_dir) / "snapshots", max_bytes=settings.snapshot_max_bytes)
+    snapshots = SnapshotStore(Path(settings.state_dir) / "snapshots", max_bytes=settings.snapshot_max_bytes, clock=clock.time)
     targets: dict[str, Any] = {"host": HostTarget(settings.host_root, snapshots)}
     if settings.docker.enabled:
         from driftd.targets.docker import DockerTarget  # the docker SDK only when enabled
@@ -128,12 +128,14 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, met
         audit=audit,
         plan_only=plan_only,
     )
+    engine.snapshots = snapshots  # retention prunes it (Engine.prune, the daemon's prune job)
     if metrics_enabled:
         from driftd.observability.metrics import StateCollector
 
         esc = settings.retry.escalate_after
         margin = settings.safety.deadline_margin_seconds
-        metrics.registry.register(StateCollector(lambda: state.summary(clock.time(), esc, margin), targets=list(targets)))
+        metrics.registry.register(StateCollector(
+            lambda: {**state.summary(clock.time(), esc, margin), "snapshot_store": snapshots.usage()}, targets=list(targets)))
     queue = KeyedQueue(clock=clock, backoff=Backoff(settings.retry.base_seconds, settings.retry.max_seconds))
     return Runtime(settings=settings, engine=engine, queue=queue, state=state, metrics=metrics)
 

@@ -196,6 +196,30 @@ class RetireSettings(_Section):
     dry_run: bool = Field(False, description="Report retirements only, while reverts are enforced.")
 
 
+DAY = 86400.0
+
+
+class RetentionSettings(_Section):
+    """How long driftd keeps history (state rows, snapshots, in-memory outcomes); ``Engine.prune`` applies it."""
+
+    enabled: bool = Field(True, description="Prune history on the daemon's prune job (off: keep everything).")
+    interval_seconds: float = Field(600.0, gt=0, description="How often the daemon prunes (seconds).")
+    resolved_drift_max_age_seconds: float = Field(
+        7 * DAY, ge=60, description="Resolved drift records older than this are deleted (seconds); open ones never.")
+    actions_max_age_seconds: float = Field(
+        7 * DAY, ge=60, description="Action rows older than this are deleted (seconds), except those of open drifts; "
+        "at least the budget interval and the flap window, which count them.")
+    snapshots_max_age_seconds: float = Field(
+        7 * DAY, ge=60, description="Snapshots older than this are deleted (seconds) unless an open drift or a key's "
+        "latest action names them.")
+    snapshots_max_bytes: int = Field(
+        256 * 1024 * 1024, ge=0, description="Total size of the snapshot store (bytes); above it the oldest snapshots no "
+        "open drift or latest action names are deleted first.")
+    outcomes_max: int = Field(
+        50_000, ge=100, description="Most per-resource outcomes the daemon keeps in memory (entries); keys a full scan "
+        "no longer sees are dropped first.")
+
+
 class SafetySettings(_Section):
     deadline_margin_seconds: float = Field(
         300.0, ge=0, description="A drift this close to its deadline counts in driftd_drifts_near_deadline."
@@ -260,9 +284,19 @@ class Settings(BaseModel):
     safety: SafetySettings = Field(default_factory=SafetySettings)
     guardrails: GuardrailSettings = Field(default_factory=GuardrailSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     retire_hook: list[str] | None = Field(
         None, description="On a plain server: command run to retire this machine (argv list); gets DRIFTD_NODE and DRIFTD_REASON."
     )
+
+    @model_validator(mode="after")
+    def _v_retention(self) -> Settings:
+        need = max(self.safety.budget.interval_seconds, self.safety.flap.window_seconds)
+        if self.retention.actions_max_age_seconds < need:
+            raise ValueError(
+                f"retention.actions_max_age_seconds ({self.retention.actions_max_age_seconds:g}) must be at least "
+                f"{need:g}: the budget interval and the flap window count action rows that far back")
+        return self
 
     @model_validator(mode="after")
     def _v_signature(self) -> Settings:

@@ -239,6 +239,13 @@ class Daemon:
                 # hold the drift details of every resource that ever drifted (10,000 files: megabytes, for its life)
                 self.engine.outcomes.pop(key, None)
 
+    def prune(self) -> None:
+        """The retention job: history bounded by age and size (never fatal: a failure is logged, retried next time)."""
+        try:
+            self.engine.prune(self.settings.retention)
+        except Exception as e:  # a locked database or a full disk must not stop the scheduler
+            self.log.warning(Event.STATE_FAILED, error=f"retention prune failed: {e}")
+
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
@@ -270,6 +277,10 @@ class Daemon:
         sched.add_job(
             self.reload, IntervalTrigger(seconds=self.settings.reload_interval_seconds), id="reload", name="baseline reload"
         )
+        retention = getattr(self.settings, "retention", None)
+        if retention is not None and retention.enabled:
+            sched.add_job(self.prune, IntervalTrigger(seconds=retention.interval_seconds), id="prune",
+                          name="retention prune")
         sched.start()
         self._scheduler = sched
         if self.settings.scan.inotify:  # a changed set is loaded within a second; the reload job stays the fallback

@@ -58,7 +58,8 @@ from driftd.safety.chain import default_chain
 from driftd.safety.dryrun import DryRunGate
 from driftd.safety.flap import scope as flap_scope
 from driftd.safety.gates import RETIREMENT, REVERT, Gate, GateInput, Verdict, action_class, run_chain
-from driftd.settings import SafetySettings
+from driftd.safety.snapshots import SnapshotStore
+from driftd.settings import RetentionSettings, SafetySettings
 from driftd.targets.base import (
     EventSource,
     NodeInfo,
@@ -217,6 +218,8 @@ class Engine:
         self.outcomes: dict[str, Outcome] = {}
         self._last_full = -float("inf")
         self._clean_at: dict[str, float] = {}  # when each key was last seen clean (a change after it can be dated)
+        self._forgotten = 0  # outcomes dropped since the last prune (counted in driftd_state_pruned_total{kind="outcome"})
+        self.snapshots: SnapshotStore | None = None  # the snapshot store retention prunes (set by the runtime)
         self._watching_since: dict[str, float] = {}  # target -> when the current baselines began governing it
         self.safety = safety or SafetySettings()
         self.overrides = overrides
@@ -460,6 +463,7 @@ class Engine:
         for key in active.keys() - keys:
             if self.target_name(key) not in down:
                 queue.add(key)  # gone or no longer governed: the reconciler closes the record
+        self._forget(keys | active.keys(), down)
         report.duration = time.perf_counter() - started
         if self.reporters:
             with self._swap:
@@ -935,6 +939,46 @@ class Engine:
             seconds_open=round(now - rec.first_seen, 3),
             snapshots=d.shown_snapshots(rec.snapshots),
         )
+
+    # ------------------------------------------------------------------ retention
+    def _forget(self, keep: frozenset[str] | set[str], down: dict[str, str]) -> int:
+        """Drop what the engine remembers of keys a scan no longer sees (a container or pod gone, a rule removed)
+        and that have no open record; keys of a target that is down are kept.  Returns outcomes dropped."""
+        dropped = 0
+        for key in list(self.outcomes):
+            if key not in keep and self.target_name(key) not in down:
+                dropped += self.outcomes.pop(key, None) is not None
+        for memo in (self._clean_at, self._audited):
+            for key in list(memo):
+                if key not in keep and self.target_name(key) not in down:
+                    memo.pop(key, None)
+        self._forgotten += dropped
+        return dropped
+
+    def prune(self, retention: RetentionSettings) -> dict[str, int]:
+        """Apply the retention policy (the daemon's prune job): old resolved records and action rows, old or
+        excess snapshots no open drift or latest action names, outcomes over the cap.  Counts per kind."""
+        now = self.clock.time()
+        counts = self.state.prune(resolved_before=now - retention.resolved_drift_max_age_seconds,
+                                  actions_before=now - retention.actions_max_age_seconds)
+        counts["snapshot"] = 0
+        if self.snapshots is not None:
+            counts["snapshot"] = self.snapshots.prune(keep=self.state.protected_snapshots(),
+                                                      older_than=now - retention.snapshots_max_age_seconds,
+                                                      max_total_bytes=retention.snapshots_max_bytes)
+        over = len(self.outcomes) - retention.outcomes_max
+        if over > 0:
+            active = self.state.active()
+            for key in [k for k in list(self.outcomes) if k not in active][:over]:  # oldest first (insertion order)
+                self.outcomes.pop(key, None)
+                self._clean_at.pop(key, None)
+                self._forgotten += 1
+        counts["outcome"], self._forgotten = self._forgotten, 0
+        for kind, n in counts.items():
+            if n:
+                self.metrics.pruned.labels(kind).inc(n)
+        self.log.info(Event.STATE_PRUNED, **counts)
+        return counts
 
     def _unmanaged(self, key: str, why: str = "no longer governed") -> Outcome:
         """The key has no desired state any more (baseline removed, container gone): close its record."""

@@ -616,3 +616,32 @@ class StateStore:
         except ValueError:
             return None
         return value if isinstance(value, dict) else None
+
+    # ------------------------------------------------------------------ retention (Engine.prune)
+    def prune(self, *, resolved_before: float, actions_before: float) -> dict[str, int]:
+        """Delete resolved drift records resolved before ``resolved_before`` and action rows older than
+        ``actions_before`` (never those of an open drift: its history is its evidence); counts per kind."""
+        with self._tx("prune old records") as c:
+            drifts = c.execute("DELETE FROM drift WHERE resolved_at IS NOT NULL AND resolved_at < ?",
+                               (resolved_before,)).rowcount
+            actions = c.execute("DELETE FROM actions WHERE at < ? AND drift_id NOT IN "
+                                "(SELECT id FROM drift WHERE resolved_at IS NULL)", (actions_before,)).rowcount
+        return {"drift": max(0, drifts), "action": max(0, actions)}
+
+    def protected_snapshots(self) -> set[str]:
+        """Snapshot ids retention must keep: those of open drifts (and their actions) and of each key's latest action."""
+        keep: set[str] = set()
+        rows = self._read(
+            "SELECT snapshots FROM drift WHERE resolved_at IS NULL AND snapshots != '[]' "
+            "UNION ALL SELECT a.snapshots FROM actions a JOIN drift d ON a.drift_id = d.id "
+            "WHERE d.resolved_at IS NULL AND a.snapshots != '[]' "
+            "UNION ALL SELECT snapshots FROM actions WHERE id IN (SELECT MAX(id) FROM actions GROUP BY key) "
+            "AND snapshots != '[]'")
+        for (raw,) in rows:
+            with contextlib.suppress(ValueError, TypeError):
+                keep.update(str(s) for s in json.loads(raw))
+        return keep
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table (the retention soak test and `driftd state` checks)."""
+        return {t: int(self._read(f"SELECT COUNT(*) FROM {t}")[0][0]) for t in ("drift", "actions", "guards")}  # noqa: S608

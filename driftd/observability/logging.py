@@ -38,6 +38,7 @@ class Event(StrEnum):
     OVERRIDE_ENDED = "override.ended"
     OVERRIDE_REFUSED = "override.refused"
     STATE_FAILED = "state.failed"
+    STATE_PRUNED = "state.pruned"
     SNAPSHOT_SAVED = "snapshot.saved"
     BASELINE_LOADED = "baseline.loaded"
     BASELINE_REJECTED = "baseline.rejected"

@@ -24,7 +24,9 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from driftd.safety.durable import read_all, write_all
@@ -71,10 +73,16 @@ def secure_dir(parent_fd: int, name: str, *, create: bool = True) -> int:
 
 
 class SnapshotStore:
-    def __init__(self, root: str | os.PathLike[str], *, max_bytes: int = 64 * 1024 * 1024) -> None:
+    """The store under ``root``; ``clock`` dates each snapshot (its mtime) for retention (:meth:`prune`)."""
+
+    def __init__(self, root: str | os.PathLike[str], *, max_bytes: int = 64 * 1024 * 1024,
+                 clock: Callable[[], float] | None = None) -> None:
         self.root = Path(root)
         self.max_bytes = max_bytes
         self.count = 0
+        self._clock = clock or time.time
+        self._lock = threading.Lock()
+        self._usage: list[int] | None = None  # [bytes, snapshots], from one walk, then kept by put and prune
 
     @contextlib.contextmanager
     def _bucket(self, hexdigest: str, *, create: bool) -> Iterator[int]:
@@ -105,6 +113,7 @@ class SnapshotStore:
         try:
             with self._bucket(digest, create=True) as bfd:
                 if self._intact(bfd, digest):
+                    self._touch(bfd, digest)  # kept again now: retention counts its age from here
                     return sid
                 tmp = f".{digest}.{secrets.token_hex(4)}"
                 fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=bfd)
@@ -118,8 +127,11 @@ class SnapshotStore:
                             raise OSError(errno.EIO, "snapshot read back does not match its digest")
                     finally:
                         os.close(fd)
+                    replaced = self._size(bfd, digest)
                     os.rename(tmp, digest, src_dir_fd=bfd, dst_dir_fd=bfd)  # replaces a corrupt entry too
                     os.fsync(bfd)
+                    self._touch(bfd, digest)
+                    self._account(len(data) - (replaced or 0), 0 if replaced is not None else 1)
                 except BaseException:
                     with contextlib.suppress(OSError):
                         os.unlink(tmp, dir_fd=bfd)
@@ -131,6 +143,72 @@ class SnapshotStore:
             raise SnapshotError(f"cannot save snapshot in {self.root}: {e.strerror or e}", transient=full) from e
         self.count += 1
         return sid
+
+    def _touch(self, bfd: int, digest: str) -> None:
+        now = self._clock()
+        with contextlib.suppress(OSError):
+            os.utime(digest, (now, now), dir_fd=bfd, follow_symlinks=False)
+
+    @staticmethod
+    def _size(bfd: int, digest: str) -> int | None:
+        try:
+            return os.stat(digest, dir_fd=bfd, follow_symlinks=False).st_size
+        except OSError:
+            return None
+
+    def _account(self, nbytes: int, count: int) -> None:
+        with self._lock:
+            if self._usage is not None:
+                self._usage[0] += nbytes
+                self._usage[1] += count
+
+    def _entries(self) -> list[tuple[float, int, str, Path]]:
+        """(mtime, size, id, bucket) of every snapshot file, links and strays never followed."""
+        out: list[tuple[float, int, str, Path]] = []
+        top = self.root / "sha256"
+        try:
+            buckets = [b for b in os.scandir(top) if b.is_dir(follow_symlinks=False) and len(b.name) == 2]
+        except (FileNotFoundError, NotADirectoryError):
+            return out
+        for b in buckets:
+            try:
+                files = list(os.scandir(b.path))
+            except OSError:
+                continue
+            for f in files:
+                if len(f.name) == 64 and _HEX.fullmatch(f.name) and f.is_file(follow_symlinks=False):
+                    st = f.stat(follow_symlinks=False)
+                    out.append((st.st_mtime, st.st_size, f"sha256:{f.name}", Path(b.path)))
+        return out
+
+    def usage(self) -> dict[str, int]:
+        """``{"bytes", "count"}`` of the store: one walk on first use, then running totals (cheap per scrape)."""
+        with self._lock:
+            if self._usage is None:
+                entries = self._entries()
+                self._usage = [sum(e[1] for e in entries), len(entries)]
+            return {"bytes": self._usage[0], "count": self._usage[1]}
+
+    def prune(self, *, keep: set[str], older_than: float, max_total_bytes: int) -> int:
+        """Delete snapshots not in ``keep`` dated before ``older_than``, then the oldest others not in ``keep``
+        until the store holds at most ``max_total_bytes``; returns how many were deleted."""
+        entries = sorted(self._entries())
+        total = sum(e[1] for e in entries)
+        removed = 0
+        for mtime, size, sid, bucket in entries:
+            if sid in keep or (mtime >= older_than and total <= max_total_bytes):
+                continue
+            try:
+                os.unlink(bucket / sid.partition(":")[2])
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            total -= size
+            removed += 1
+        with self._lock:
+            self._usage = [total, len(entries) - removed]
+        return removed
 
     def _intact(self, bfd: int, digest: str) -> bool:
         """Whether the entry named ``digest`` exists as a regular file holding exactly those bytes."""
