@@ -174,6 +174,7 @@ class _ActionWindow:
         self.by_kind_baseline: dict[tuple[str, str], list[float]] = {}
         self.by_key: dict[str, list[float]] = {}
         self._inserts = 0
+        self._pruned_at = -float("inf")
 
     def add(self, at: float, key: str, action: str, result: str, kind: str, baseline: str) -> None:
         if self.seeded_from is None:
@@ -184,7 +185,8 @@ class _ActionWindow:
         if result == "succeeded" and action != "none":
             bisect.insort(self.by_key.setdefault(key, []), at)
         self._inserts += 1
-        if self._inserts % 4096 == 0:
+        if self._inserts % 4096 == 0 or at - self._pruned_at > 3600:  # by count and by time: keys come and go
+            self._pruned_at = at
             self._prune(at - self.HORIZON)
 
     def _prune(self, cutoff: float) -> None:
@@ -626,6 +628,8 @@ class StateStore:
                                (resolved_before,)).rowcount
             actions = c.execute("DELETE FROM actions WHERE at < ? AND drift_id NOT IN "
                                 "(SELECT id FROM drift WHERE resolved_at IS NULL)", (actions_before,)).rowcount
+            if self._window.seeded_from is not None:  # the in-memory counts forget what the table forgot
+                self._window._prune(actions_before)
         return {"drift": max(0, drifts), "action": max(0, actions)}
 
     def protected_snapshots(self) -> set[str]:
