@@ -220,3 +220,40 @@ def test_without_retention_the_same_soak_grows(tmp_path: Path) -> None:
     assert last["drift"] > 120 and last["actions"] > 120 and last["snapshots"] > 120, last  # beyond the bound of 80
     assert samples[-1]["drift"] > samples[2]["drift"] * 1.5
     assert os.path.isdir(tmp_path / "state" / "snapshots")
+
+
+# ---------------------------------------------------------------------------- the daemon's job
+def test_the_daemon_prunes_on_its_schedule(tmp_path: Path, host_root: Path, baselines_dir: Any, make_runtime: Any) -> None:
+    """A real Daemon (APScheduler) runs the prune job every retention.interval_seconds: an old resolved record goes,
+    counted in driftd_state_pruned_total{kind="drift"}; with retention off there is no such job."""
+    import time
+
+    from conftest import host_baseline
+
+    from driftd.engine.daemon import BaselineManager, Daemon
+    from driftd.engine.queue import KeyedQueue
+
+    bdir = baselines_dir({"m.yaml": host_baseline(spec="""
+        files:
+          - {path: /etc/motd, content: "hello\\n"}
+    """)})
+    for enabled in (True, False):
+        reg = CollectorRegistry()
+        rt = make_runtime(bdir, registry=reg, state_dir=tmp_path / f"state-{enabled}",
+                          retention={"enabled": enabled, "interval_seconds": 0.2})
+        open_and_resolve(rt.state, "host:file:/etc/old", rt.engine.clock.time() - 30 * DAY)
+        manager = BaselineManager(rt.settings, rt.engine, rt.metrics, rt.engine.clock)
+        manager.prime()
+        daemon = Daemon(settings=rt.settings, engine=rt.engine, queue=KeyedQueue(), metrics=rt.metrics, manager=manager)
+        daemon.start()
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not reg.get_sample_value("driftd_state_pruned_total", {"kind": "drift"}):
+                time.sleep(0.05)
+            if not enabled:
+                time.sleep(1.0)  # five intervals: a job would have run
+        finally:
+            daemon.stop()
+        pruned = reg.get_sample_value("driftd_state_pruned_total", {"kind": "drift"})
+        assert pruned == (1.0 if enabled else 0.0), (enabled, pruned)
+        assert ("host:file:/etc/old" in {r.key for r in rt.state.recent(100)}) is not enabled
