@@ -260,6 +260,9 @@ class DockerTarget:
         out = []
         summaries = self.listing()
         names_now = {c.name for c in summaries}
+        stale = time.time() - 600  # gone for a while: its destroy event was missed (a reconnect); not one just created
+        for gone in [n for n, t in list(self._event_times.items()) if n not in names_now and t < stale]:
+            self._event_times.pop(gone, None)
         # interrupted recreates first: a recovered original is governed in this very pass
         for c in sorted((c for c in summaries if OLD_SUFFIX in c.name), key=lambda c: c.name):
             if self.dry_run:
