@@ -1,38 +1,76 @@
-# driftd agent image: small, pinned, non-root by default (the DaemonSet grants what the
-# host target needs explicitly). Build: docker build -t driftd:0.1.0 .
-# Pin the base by digest in production:
-#   docker build --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest> -t driftd:0.1.0 .
+# driftd agent image. Two stages: `build` installs the locked dependencies and driftd into a virtualenv;
+# the final stage is the base image plus that virtualenv, nothing else (no pip, no compilers, no tests).
+#
+# Build (scripts/image-build.sh does this, on a Debian base it makes itself when no registry is reachable):
+#   docker build -t driftd:0.1.0 .
+#   docker build --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest> -t driftd:0.1.0 .   # pinned base
+# The base must provide python3 3.11 with the venv module, and be the same in both stages (the virtualenv
+# links to its interpreter).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md requirements.lock requirements-build.lock ./
+COPY wheelhouse ./wheelhouse
 COPY driftd ./driftd
 COPY baselines ./baselines
+# PIP_OFFLINE=1: install only from ./wheelhouse (scripts/image-build.sh fills it on the host; no
+# network in the build); otherwise PyPI, with ./wheelhouse consulted first. Hashes are checked either way.
+ARG PIP_OFFLINE=
 # Every dependency and the build backend are installed by hash (scripts/lock.sh writes both lock
 # files); driftd itself is built without build isolation, so no unpinned package is fetched.
-RUN python -m venv /opt/build \
- && /opt/build/bin/pip install --no-cache-dir --disable-pip-version-check --require-hashes -r requirements-build.lock \
- && /opt/build/bin/python -m pip wheel --no-cache-dir --disable-pip-version-check --no-deps --no-build-isolation \
-      -w /wheels . \
- && python -m venv /opt/driftd \
- && /opt/driftd/bin/pip install --no-cache-dir --disable-pip-version-check --require-hashes -r requirements.lock \
- && /opt/driftd/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps /wheels/*.whl \
+# Byte-code is compiled here: the root filesystem is read-only at run time, and compiling on every
+# start costs ~0.6 s CPU (bench/results/host.md). pip and setuptools leave the runtime virtualenv, and so do
+# the Kubernetes client's asyncio half (kubernetes.aio, ~70 MB) and the aiohttp stack only it uses: driftd
+# uses the synchronous client (tests/test_image.py imports every driftd module inside the image).
+ARG ASYNC_ONLY="aiohttp aiohttp-retry aiohappyeyeballs aiosignal attrs frozenlist multidict propcache yarl"
+RUN python3 -m venv /opt/build \
+ && export PIP_FIND_LINKS=/src/wheelhouse PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+ && /opt/build/bin/pip install ${PIP_OFFLINE:+--no-index} --require-hashes -r requirements-build.lock \
+ && /opt/build/bin/python -m pip wheel --no-index --no-deps --no-build-isolation -w /wheels . \
+ && python3 -m venv /opt/driftd \
+ && /opt/driftd/bin/pip install ${PIP_OFFLINE:+--no-index} --require-hashes -r requirements.lock \
+ && /opt/driftd/bin/pip install --no-index --no-deps /wheels/*.whl \
+ && /opt/driftd/bin/pip uninstall -y -q $ASYNC_ONLY \
+ && rm -rf /opt/driftd/lib/python3.11/site-packages/kubernetes/aio \
+ && /opt/driftd/bin/pip uninstall -y -q pip setuptools \
+ && find /opt/driftd -depth -type d \( -name tests -o -name test \) -path '*/site-packages/*' -exec rm -rf {} + \
+ && rm -f /opt/driftd/bin/activate* /opt/driftd/bin/Activate.ps1 \
  && /opt/driftd/bin/python -m compileall -q -j 0 /opt/driftd
-# Byte-code is compiled at build time: the root filesystem is read-only at run time, and
-# compiling on every start costs ~0.6 s CPU (bench/results/host.md).
 
 FROM ${PYTHON_IMAGE}
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG SOURCE=https://github.com/driftd/driftd
+LABEL org.opencontainers.image.title="driftd" \
+      org.opencontainers.image.description="Configuration drift enforcement agent: hosts, containers and pods held to hardened baselines" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/driftd /opt/driftd
 ENV PATH=/opt/driftd/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
     DRIFTD_HOST_ROOT=/host \
     DRIFTD_BASELINES=/etc/driftd/baselines \
-    DRIFTD_STATE_DIR=/var/lib/driftd
-# Non-root by default: outside the chart the image grants nothing. The chart runs it with
-# runAsUser: 0 on purpose (restoring root-owned files with their exact owner and mode needs root;
-# charts/driftd/README.md "Security model", docs/security.md "Supply chain").
-USER 65532:65532
+    DRIFTD_STATE_DIR=/var/lib/driftd \
+    DRIFTD_HTTP__ADDRESS=0.0.0.0:9808
+# The user and capabilities the chart runs it with: root (uid 0) with every capability dropped but
+# CHOWN, DAC_OVERRIDE, FOWNER and FSETID (restoring root-owned files with their exact owner and mode
+# needs them), no privilege escalation, a read-only root filesystem with /tmp and the state directory
+# writable. On a Docker host, the same:
+#   docker run -d --name driftd --read-only --tmpfs /tmp --cap-drop ALL \
+#     --cap-add CHOWN --cap-add DAC_OVERRIDE --cap-add FOWNER --cap-add FSETID \
+#     --security-opt no-new-privileges -v /etc:/host/etc -v /var/run/docker.sock:/var/run/docker.sock \
+#     -v driftd-state:/var/lib/driftd -v "$PWD/baselines:/etc/driftd/baselines:ro" -p 127.0.0.1:9808:9808 \
+#     -e DRIFTD_DOCKER__ENABLED=true driftd:0.1.0
+# (charts/driftd/README.md "Security model", docs/security.md "Supply chain").
+# Probes, on the metrics listener (DRIFTD_HTTP__ADDRESS, port 9808): GET /healthz (liveness: the
+# scheduler and workers run) and GET /readyz (readiness: baselines loaded, the first scan done).
+# SIGTERM stops it cleanly within the chart's 30 s grace period.
+USER 0:0
 EXPOSE 9808
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["driftd"]
 CMD ["run"]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up and run every check driftd has: the real components the tests use (Docker Engine with
-# local test images, kube-apiserver/etcd/kubectl/helm/kubeconform/promtool), then lint, types,
+# local test images, the driftd image built from the Dockerfile, kube-apiserver/etcd/kubectl/helm/
+# kubeconform/promtool/prometheus), then lint, types,
 # layer contracts, baseline lint and pytest.
 #
 # Usage: bash scripts/test.sh [pytest args]   (CI runs this same command via .ci/run)
@@ -17,6 +18,8 @@ fi
 if [ "${DRIFTD_TEST_SETUP:-1}" = 1 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== docker engine";  bash scripts/docker-env.sh
+    # the driftd image from the Dockerfile, on a Debian base made with mmdebstrap (cached by recipe)
+    echo "== driftd image";   bash scripts/image-build.sh
   else
     echo "== docker engine: not root, not starting dockerd (Docker tests skip locally)"
   fi

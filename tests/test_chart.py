@@ -1303,3 +1303,24 @@ def test_admission_policies_leave_other_users_alone(installed: Installed) -> Non
     installed.admin.patch(f"/api/v1/nodes/{installed.node_b}", {"metadata": {"labels": {"example.com/role": "x"}}})
     installed.cluster.make_pod("victim", installed.node_b)
     installed.admin.post(f"/api/v1/namespaces/{installed.ns}/pods/victim/eviction", eviction("victim", installed.ns))
+
+
+def test_the_default_image_is_the_one_the_dockerfile_build_tags() -> None:
+    """driftd:<version> everywhere: pyproject, Chart.yaml appVersion, scripts/image-build.sh and the DaemonSet;
+    the registry is the first image setting and prefixes the repository."""
+    import tomllib
+
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"] == version
+    assert 'IMAGE=${IMAGE:-driftd:$version}' in (REPO / "scripts/image-build.sh").read_text()
+
+    def image(values: dict[str, Any] | None = None) -> str:
+        return str(one(render(values), "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["image"])
+
+    assert image() == f"driftd:{version}"
+    assert image({"image": {"registry": "registry.example.com/platform"}}) == f"registry.example.com/platform/driftd:{version}"
+    digest = "sha256:" + "ab" * 32
+    assert image({"image": {"registry": "r.example.com:5000/", "digest": digest}}) == f"r.example.com:5000/driftd@{digest}"
+    assert list(yaml.safe_load((CHART / "values.yaml").read_text())["image"])[0] == "registry"
+    r = helm("template", "driftd", str(CHART), values={"image": {"registry": "bad registry"}}, check=False)
+    assert r.returncode != 0 and "registry" in r.stderr

@@ -61,10 +61,26 @@ def test_the_dockerfile_installs_by_hash_from_a_pinnable_base():
     for line in installs:  # every install is hashed, or installs driftd's own wheel without dependencies
         assert "--require-hashes" in line or ("--no-deps" in line and "/wheels/" in line), line
     assert "--no-build-isolation" in DOCKERFILE  # the backend comes from the hashed build lock, not fetched
+    # the user and capabilities the chart runs it with, documented where the image is built
     user = re.search(r"^USER (\d+):(\d+)$", DOCKERFILE, re.M)
-    assert user and user.group(1) != "0"
-    readme = (REPO / "charts/driftd/README.md").read_text()
-    assert "runAsUser: 0" in readme and "root" in readme  # the chart's difference is documented with its reason
+    daemonset = (REPO / "charts/driftd/templates/daemonset.yaml").read_text()
+    assert user and f"runAsUser: {user.group(1)}" in daemonset and f"runAsGroup: {user.group(2)}" in daemonset
+    import yaml
+
+    caps = yaml.safe_load((REPO / "charts/driftd/values.yaml").read_text())["capabilities"]
+    assert caps and all(f"--cap-add {c}" in DOCKERFILE for c in caps) and "--cap-drop ALL" in DOCKERFILE
+    for label in ("version", "revision", "source"):
+        assert f"org.opencontainers.image.{label}=" in DOCKERFILE, label
+    assert re.search(r'^ENTRYPOINT \["driftd"\]$', DOCKERFILE, re.M) and "/healthz" in DOCKERFILE and "/readyz" in DOCKERFILE
+
+
+def test_the_build_context_keeps_tests_caches_and_git_out():
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    assert ignore[[ln.strip() for ln in ignore].index("*")] == "*", "an allow-list: everything is excluded first"
+    allowed = {ln[1:].rstrip("/") for ln in ignore if ln.startswith("!")}
+    assert allowed == {"pyproject.toml", "README.md", "requirements.lock", "requirements-build.lock", "driftd", "baselines"}
+    copied = set(re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE, re.M))
+    assert {p for c in copied for p in c.split()} <= allowed
 
 
 @pytest.mark.real
