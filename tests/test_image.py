@@ -176,3 +176,22 @@ def test_the_image_holds_every_driftd_module_and_nothing_of_the_build(docker_cli
     assert labels["org.opencontainers.image.version"] == VERSION and labels["org.opencontainers.image.source"]
     assert len(labels["org.opencontainers.image.revision"]) >= 40, labels
     assert image.attrs["Config"]["Entrypoint"] == ["driftd"] and image.attrs["Config"]["User"] == "0:0"
+
+
+def test_the_image_is_built_on_the_base_its_recipe_makes(docker_client: docker.DockerClient) -> None:
+    """The base is tagged with the sha256 of scripts/image-base.sh (reused while the recipe holds, rebuilt when it
+    changes), and the driftd image's first layer is that base's filesystem."""
+    import hashlib
+
+    image = image_or_fail(docker_client)
+    recipe = hashlib.sha256((REPO / "scripts/image-base.sh").read_bytes()).hexdigest()[:12]
+    try:
+        base = docker_client.images.get(f"driftd-base/debian-python:12-{recipe}")
+    except docker.errors.ImageNotFound:
+        need(False, "the base of this recipe is not built: run `bash scripts/image-build.sh`")
+    assert image.attrs["RootFS"]["Layers"][0] == base.attrs["RootFS"]["Layers"][0]
+    assert base.labels["io.driftd.base.recipe"] == recipe
+    out = docker_client.containers.run(base.id, entrypoint=["python3", "-c", "import sys, ssl, sqlite3; "
+                                                            "print(sys.version_info[:2])"], network_mode="none",
+                                       remove=True, labels={LABEL: "1"})
+    assert out.decode().strip() == "(3, 11)"
