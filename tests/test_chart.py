@@ -1321,6 +1321,6 @@ def test_the_default_image_is_the_one_the_dockerfile_build_tags() -> None:
     assert image({"image": {"registry": "registry.example.com/platform"}}) == f"registry.example.com/platform/driftd:{version}"
     digest = "sha256:" + "ab" * 32
     assert image({"image": {"registry": "r.example.com:5000/", "digest": digest}}) == f"r.example.com:5000/driftd@{digest}"
-    assert list(yaml.safe_load((CHART / "values.yaml").read_text())["image"])[0] == "registry"
+    assert next(iter(yaml.safe_load((CHART / "values.yaml").read_text())["image"])) == "registry"
     r = helm("template", "driftd", str(CHART), values={"image": {"registry": "bad registry"}}, check=False)
     assert r.returncode != 0 and "registry" in r.stderr
