@@ -22,7 +22,9 @@ ARG PIP_OFFLINE=
 # Byte-code is compiled here: the root filesystem is read-only at run time, and compiling on every
 # start costs ~0.6 s CPU (bench/results/host.md). pip and setuptools leave the runtime virtualenv, and so do
 # the Kubernetes client's asyncio half (kubernetes.aio, ~70 MB) and the aiohttp stack only it uses: driftd
-# uses the synchronous client (tests/test_image.py imports every driftd module inside the image).
+# uses the synchronous client (tests/test_image.py imports every driftd module inside the image). The
+# client's generated API and model classes (~57 MB as source plus byte-code) are kept as byte-code only,
+# without docstrings (-OO): ~12 MB; their tracebacks show no source lines.
 ARG ASYNC_ONLY="aiohttp aiohttp-retry aiohappyeyeballs aiosignal attrs frozenlist multidict propcache yarl"
 RUN python3 -m venv /opt/build \
  && export PIP_FIND_LINKS=/src/wheelhouse PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -33,6 +35,10 @@ RUN python3 -m venv /opt/build \
  && /opt/driftd/bin/pip install --no-index --no-deps /wheels/*.whl \
  && /opt/driftd/bin/pip uninstall -y -q $ASYNC_ONLY \
  && rm -rf /opt/driftd/lib/python3.11/site-packages/kubernetes/aio \
+ && K=/opt/driftd/lib/python3.11/site-packages/kubernetes/client \
+ && /opt/driftd/bin/python -OO -m compileall -q -b -j 0 "$K/api" "$K/models" \
+ && find "$K/api" "$K/models" -name '*.py' -delete \
+ && find "$K/api" "$K/models" -name __pycache__ -prune -exec rm -rf {} + \
  && /opt/driftd/bin/pip uninstall -y -q pip setuptools \
  && find /opt/driftd -depth -type d \( -name tests -o -name test \) -path '*/site-packages/*' -exec rm -rf {} + \
  && rm -f /opt/driftd/bin/activate* /opt/driftd/bin/Activate.ps1 \

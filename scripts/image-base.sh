@@ -37,12 +37,14 @@ if [ ! -s "$tarball" ]; then
   }
   log "building the rootfs with mmdebstrap ($SUITE: $PACKAGES)"
   # essential + Python only: no apt, no compilers; docs, man pages and locales never unpacked;
-  # merged /usr without the usrmerge package (which would pull in perl).
+  # merged /usr without the usrmerge package (which would pull in perl); no glibc iconv modules (gconv, 9 MB:
+# Python has its own codecs).
   mmdebstrap --variant=essential --format=tar --include="$PACKAGES" \
     --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
     --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+    --dpkgopt='path-exclude=/usr/lib/x86_64-linux-gnu/gconv/*' \
     --customize-hook='rm -rf "$1"/var/cache/* "$1"/var/log/* "$1"/var/lib/apt/lists/*' \
     "$SUITE" "$tarball.tmp" \
     "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" "deb $SECURITY $SUITE-security main" >&2
