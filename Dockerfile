@@ -25,7 +25,8 @@ ARG PIP_OFFLINE=
 # uses the synchronous client (tests/test_image.py imports every driftd module inside the image). The
 # client's generated API and model classes (~57 MB as source plus byte-code) are kept as byte-code only,
 # without docstrings (-OO): ~12 MB; their tracebacks show no source lines.
-ARG ASYNC_ONLY="aiohttp aiohttp-retry aiohappyeyeballs aiosignal attrs frozenlist multidict propcache yarl"
+# pygments too: rich needs it only for syntax highlighting, which driftd's tables and colours never use.
+ARG UNUSED_DEPS="aiohttp aiohttp-retry aiohappyeyeballs aiosignal attrs frozenlist multidict propcache yarl pygments"
 RUN python3 -m venv /opt/build \
  && export PIP_FIND_LINKS=/src/wheelhouse PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
  && /opt/build/bin/pip install ${PIP_OFFLINE:+--no-index} --require-hashes -r requirements-build.lock \
@@ -33,7 +34,7 @@ RUN python3 -m venv /opt/build \
  && python3 -m venv /opt/driftd \
  && /opt/driftd/bin/pip install ${PIP_OFFLINE:+--no-index} --require-hashes -r requirements.lock \
  && /opt/driftd/bin/pip install --no-index --no-deps /wheels/*.whl \
- && /opt/driftd/bin/pip uninstall -y -q $ASYNC_ONLY \
+ && /opt/driftd/bin/pip uninstall -y -q $UNUSED_DEPS \
  && rm -rf /opt/driftd/lib/python3.11/site-packages/kubernetes/aio \
  && K=/opt/driftd/lib/python3.11/site-packages/kubernetes/client \
  && /opt/driftd/bin/python -OO -m compileall -q -b -j 0 "$K/api" "$K/models" \

@@ -110,7 +110,7 @@ def main() -> int:
     md += [f"| {h['size']} | `{h['created_by'][:110].replace('|', '/')}` |" for h in result["layers"]]
     (out / "image.md").write_text("\n".join(md) + "\n")
     print("\n".join(md[:6]))
-    return 1 if found or result["test_dirs_in_venv"] else 0
+    return 1 if found or result["test_dirs_in_venv"] or info["Size"] >= 150e6 else 0
 
 
 if __name__ == "__main__":
