@@ -153,6 +153,21 @@ class KeyedQueue:
             self.add(key, max(0.0, dirty_at - self._clock.monotonic()))
         return delay
 
+    def forget(self, keep: frozenset[str] | set[str], *, spare: Callable[[str], bool] | None = None) -> int:
+        """Drop the failure counts and urgency of keys that are neither queued nor in flight nor in ``keep``
+        (the keys the last scan saw or that have open records) nor ``spare``d (a target that is down):
+        retention, so rotating names do not grow the queue.  Returns how many keys were forgotten."""
+        with self._cv:
+            live = set(keep)
+            live.update(self._ready_at, self._processing, self._dirty)
+            if spare is not None:
+                live.update(k for k in (*self._failures, *self._urgent) if spare(k))
+            gone = [k for k in self._failures if k not in live]
+            for k in gone:
+                del self._failures[k]
+            self._urgent &= live
+            return len(gone)
+
     def close(self) -> None:
         with self._cv:
             self._closed = True

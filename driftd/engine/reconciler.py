@@ -464,6 +464,7 @@ class Engine:
             if self.target_name(key) not in down:
                 queue.add(key)  # gone or no longer governed: the reconciler closes the record
         self._forget(keys | active.keys(), down)
+        queue.forget(keys | active.keys(), spare=lambda k: self.target_name(k) in down)
         report.duration = time.perf_counter() - started
         if self.reporters:
             with self._swap:
@@ -959,8 +960,11 @@ class Engine:
         """Apply the retention policy (the daemon's prune job): old resolved records and action rows, old or
         excess snapshots no open drift or latest action names, outcomes over the cap.  Counts per kind."""
         now = self.clock.time()
+        # never the action rows the budget and flap gates still count (settings refuse a shorter age; clamped here too)
+        keep_actions = max(retention.actions_max_age_seconds, self.safety.budget.interval_seconds,
+                           self.safety.flap.window_seconds)
         counts = self.state.prune(resolved_before=now - retention.resolved_drift_max_age_seconds,
-                                  actions_before=now - retention.actions_max_age_seconds)
+                                  actions_before=now - keep_actions)
         counts["snapshot"] = 0
         if self.snapshots is not None:
             counts["snapshot"] = self.snapshots.prune(keep=self.state.protected_snapshots(),
@@ -972,6 +976,7 @@ class Engine:
             for key in [k for k in list(self.outcomes) if k not in active][:over]:  # oldest first (insertion order)
                 self.outcomes.pop(key, None)
                 self._clean_at.pop(key, None)
+                self._audited.pop(key, None)
                 self._forgotten += 1
         counts["outcome"], self._forgotten = self._forgotten, 0
         for kind, n in counts.items():

@@ -163,6 +163,8 @@ class PodAdapter:
             pod = self.api("GET", pod_path(ns, name))
         except KubeError as e:
             if e.status == 404:
+                self._pods.pop(key, None)  # gone: nothing of it is kept until the next listing
+                self._glass.pop(key, None)
                 return None
             raise
         return self._governed(pod)
