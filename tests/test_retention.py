@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import ValidationError
 
@@ -130,6 +132,130 @@ def test_prune_touches_nothing_outside_the_state_directory(tmp_path: Path) -> No
     assert victim.read_text() == "keep me" and store_bytes(store.root)[1] == 1  # only the symlink left in 'ab'
 
 
+@pytest.mark.parametrize(("budget", "kept"), [(3600.0, {"memory:30m"}), (7200.0, {"memory:30m", "memory:90m"})])
+def test_engine_prune_clamps_action_rows_to_the_gate_windows(tmp_path: Path, budget: float, kept: set[str]) -> None:
+    """Settings refuse an actions_max_age_seconds below the budget interval and the flap window; Engine.prune also
+    clamps to them, so a RetentionSettings built alone (60 s) never deletes a row the budget gate still counts."""
+    from driftd.settings import SafetySettings
+    from driftd.testing import capture_logs
+
+    pipe = build_engine(MemoryTarget(name="memory"), state_dir=tmp_path / "state", clock=FakeClock())
+    pipe.engine.safety = SafetySettings(budget={"interval_seconds": budget})
+    now = pipe.clock.time()
+    for key, age in (("memory:30m", 1800.0), ("memory:90m", 5400.0), ("memory:3h", 3 * HOUR)):
+        open_and_resolve(pipe.state, key, now - age)
+    assert pipe.state.count_actions("revert", now - budget) == len(kept)
+    with capture_logs() as logs:
+        counts = pipe.engine.prune(RetentionSettings(actions_max_age_seconds=60, resolved_drift_max_age_seconds=30 * DAY))
+    assert counts == {"drift": 0, "action": 3 - len(kept), "snapshot": 0, "outcome": 0}
+    left = {r[0] for r in pipe.state._read("SELECT key FROM actions")}
+    assert left == kept
+    assert pipe.state.count_actions("revert", now - budget) == len(kept), "the budget still counts what it counted"
+    assert StateStore(tmp_path / "state").count_actions("revert", now - budget) == len(kept)  # by SQL, a fresh store
+    assert [e for e in logs if e["event"] == "state.pruned"] == [
+        {"event": "state.pruned", "log_level": "info", **counts}], logs
+    assert pipe.metrics.registry.get_sample_value("driftd_state_pruned_total", {"kind": "action"}) == 3 - len(kept)
+
+
+def test_the_runtime_feeds_the_snapshot_store_gauges_from_running_totals(tmp_path: Path, baselines_dir: Any,
+                                                                         make_runtime: Any) -> None:
+    """build_runtime's StateCollector: driftd_snapshot_store_bytes/_snapshots in a real scrape equal the bytes on disk
+    after saves and after a prune, without walking the store per scrape."""
+    from conftest import host_baseline
+
+    bdir = baselines_dir({"m.yaml": host_baseline(spec="""
+        files:
+          - {path: /etc/motd, content: "hello\\n"}
+    """)})
+    reg = CollectorRegistry()
+    rt = make_runtime(bdir, registry=reg)
+    store = rt.engine.snapshots
+    assert store is not None and store.root == tmp_path / "state" / "snapshots"
+
+    def scraped() -> tuple[float, float]:
+        text = generate_latest(reg).decode()
+        values = {ln.split()[0]: float(ln.split()[1]) for ln in text.splitlines() if ln.startswith("driftd_snapshot_store_")}
+        return values["driftd_snapshot_store_bytes"], values["driftd_snapshot_store_snapshots"]
+
+    assert scraped() == (0.0, 0.0)
+    for i in range(3):
+        store.put(bytes([65 + i]) * 1000)
+        rt.engine.clock.advance(60)
+    on_disk = store_bytes(store.root)
+    assert on_disk == (3000, 3) and scraped() == (3000.0, 3.0)
+    walks = []
+    store._entries = lambda: walks.append(1) or []  # type: ignore[method-assign]
+    assert scraped() == (3000.0, 3.0) and not walks, "a scrape reads the running totals, it does not walk the store"
+    del store._entries
+    counts = rt.engine.prune(RetentionSettings(snapshots_max_bytes=1500))
+    assert counts["snapshot"] == 2
+    assert store_bytes(store.root) == (1000, 1) and scraped() == (1000.0, 1.0)
+    assert reg.get_sample_value("driftd_state_pruned_total", {"kind": "snapshot"}) == 2.0
+
+
+def test_the_queue_forgets_failure_counts_of_keys_gone() -> None:
+    from driftd.engine.queue import KeyedQueue
+
+    q = KeyedQueue(clock=FakeClock())
+    for key in ("memory:gone", "memory:live", "down:x", "memory:queued"):
+        q.add(key, urgent=True)
+        assert q.get(timeout=0) == key
+        q.done(key, failed=True, retry=key == "memory:queued")
+    assert all(q.failures(k) == 1 for k in ("memory:gone", "memory:live", "down:x", "memory:queued"))
+    assert q.forget({"memory:live"}, spare=lambda k: k.startswith("down:")) == 1
+    assert q.failures("memory:gone") == 0, "gone, not queued, not spared: forgotten"
+    assert q.failures("memory:live") == q.failures("down:x") == q.failures("memory:queued") == 1
+    assert "memory:gone" not in q._urgent and len(q) == 1
+
+
+def test_a_pod_gone_on_resolve_is_forgotten_by_the_pod_adapter(tmp_path: Path) -> None:
+    """The pod adapter keeps nothing of a pod the apiserver no longer has (the listing's copy, its break-glass)."""
+    from driftd.targets.kubernetes.client import KubeError
+    from driftd.targets.kubernetes.pods import MemoryGuards, PodAdapter
+
+    def api(method: str, path: str, **kw: Any) -> Any:
+        raise KubeError(404, "not found")
+
+    pods = PodAdapter(api, SnapshotStore(tmp_path / "snapshots"), None, node_name="node-a", target="kubernetes",  # type: ignore[arg-type]
+                      exclude_namespaces=(), template_guard_seconds=60, clock=lambda: 0.0, guards=MemoryGuards(),
+                      log=None)
+    pods._pods["pod:ns/web-1"] = {"metadata": {"name": "web-1"}}
+    pods._glass["pod:ns/web-1"] = None  # type: ignore[assignment]
+    assert pods.resolve("pod:ns/web-1") is None
+    assert pods._pods == {} and pods._glass == {}
+
+
+def test_prune_in_dry_run_touches_only_the_state_directory(tmp_path: Path, host_root: Path, baselines_dir: Any,
+                                                           make_runtime: Any) -> None:
+    """A dry-run daemon's prune job deletes its own old records and snapshots and nothing else: the host tree and a
+    directory beside the state directory are byte-for-byte (and mtime-for-mtime) as before."""
+    from conftest import host_baseline, tree_digest
+
+    from driftd.engine.once import run_once
+
+    (host_root / "etc/motd").write_text("drifted\n")
+    bdir = baselines_dir({"m.yaml": host_baseline(spec="""
+        files:
+          - {path: /etc/motd, content: "hello\\n"}
+    """)})
+    beside = tmp_path / "beside"
+    beside.mkdir()
+    (beside / "old.txt").write_text("keep\n")
+    os.utime(beside / "old.txt", (1.0, 1.0))
+    rt = make_runtime(bdir, dry_run=True)
+    old_sid = rt.engine.snapshots.put(b"an old snapshot\n")
+    open_and_resolve(rt.state, "host:file:/etc/old", rt.engine.clock.time())
+    rt.engine.clock.advance(30 * DAY)
+    run_once(rt.engine, rt.queue, attempts=1)
+    assert (host_root / "etc/motd").read_text() == "drifted\n" and "host:file:/etc/motd" in rt.state.active()
+    before = tree_digest(host_root), tree_digest(beside), tree_digest(bdir)
+    counts = rt.engine.prune(rt.settings.retention)
+    assert counts["drift"] == 1 and counts["snapshot"] == 1, counts
+    assert not (rt.engine.snapshots.root / "sha256" / old_sid[7:9] / old_sid[7:]).exists()
+    assert (tree_digest(host_root), tree_digest(beside), tree_digest(bdir)) == before
+    assert "host:file:/etc/motd" in rt.state.active(), "an open drift is never pruned"
+
+
 # ---------------------------------------------------------------------------- the 24-hour soak
 class SnapshottingTarget(MemoryTarget):
     """Containers in memory whose reverts snapshot the drifted fields in a real snapshot store first."""
@@ -178,6 +304,9 @@ def soak(tmp_path: Path, hours: float, *, retention: RetentionSettings | None, m
     serial = 0
     live: list[str] = []
     samples: list[dict[str, Any]] = []
+    # log lines leave the process (stderr); pytest would hold them in memory, so the soak drops them instead
+    logging_config = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
     tracemalloc.start()
     try:
         for step in range(int(hours * 12)):
@@ -215,6 +344,7 @@ def soak(tmp_path: Path, hours: float, *, retention: RetentionSettings | None, m
                 })
     finally:
         tracemalloc.stop()
+        structlog.configure(**logging_config)
         pipe.state.close()
     return samples
 

@@ -85,8 +85,9 @@ class SnapshotStore:
         self._usage: list[int] | None = None  # [bytes, snapshots], from one walk, then kept by put and prune
 
     @contextlib.contextmanager
-    def _bucket(self, hexdigest: str, *, create: bool) -> Iterator[int]:
-        """Descriptor of ``<root>/sha256/<first two hex>``, reached without following links."""
+    def _bucket(self, hexdigest: str, *, create: bool, depth: int = 3) -> Iterator[int]:
+        """Descriptor of ``<root>/sha256/<first two hex>`` (``depth`` 2: of ``<root>/sha256``), reached without
+        following links."""
         opened: list[int] = []
         try:
             parent = self.root.parent
@@ -94,7 +95,7 @@ class SnapshotStore:
                 parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             opened.append(fd)
-            for name in (self.root.name, "sha256", hexdigest[:2]):
+            for name in (self.root.name, "sha256", hexdigest[:2])[:depth]:
                 fd = secure_dir(fd, name, create=create)
                 opened.append(fd)
             yield fd
@@ -162,23 +163,28 @@ class SnapshotStore:
                 self._usage[0] += nbytes
                 self._usage[1] += count
 
-    def _entries(self) -> list[tuple[float, int, str, Path]]:
-        """(mtime, size, id, bucket) of every snapshot file, links and strays never followed."""
-        out: list[tuple[float, int, str, Path]] = []
-        top = self.root / "sha256"
+    def _entries(self) -> list[tuple[float, int, str]]:
+        """(mtime, size, id) of every snapshot file, walked by descriptor: links and strays never followed."""
+        out: list[tuple[float, int, str]] = []
         try:
-            buckets = [b for b in os.scandir(top) if b.is_dir(follow_symlinks=False) and len(b.name) == 2]
-        except (FileNotFoundError, NotADirectoryError):
+            with self._bucket("", create=False, depth=2) as top:
+                with os.scandir(top) as it:
+                    buckets = [b.name for b in it if len(b.name) == 2 and b.is_dir(follow_symlinks=False)]
+                for name in buckets:
+                    try:
+                        bfd = secure_dir(top, name, create=False)
+                    except (OSError, SnapshotError):
+                        continue  # replaced by a link or gone meanwhile: not ours to walk
+                    try:
+                        with os.scandir(bfd) as files:
+                            for f in files:
+                                if len(f.name) == 64 and _HEX.fullmatch(f.name) and f.is_file(follow_symlinks=False):
+                                    st = f.stat(follow_symlinks=False)
+                                    out.append((st.st_mtime, st.st_size, f"sha256:{f.name}"))
+                    finally:
+                        os.close(bfd)
+        except (FileNotFoundError, NotADirectoryError, SnapshotError):
             return out
-        for b in buckets:
-            try:
-                files = list(os.scandir(b.path))
-            except OSError:
-                continue
-            for f in files:
-                if len(f.name) == 64 and _HEX.fullmatch(f.name) and f.is_file(follow_symlinks=False):
-                    st = f.stat(follow_symlinks=False)
-                    out.append((st.st_mtime, st.st_size, f"sha256:{f.name}", Path(b.path)))
         return out
 
     def usage(self) -> dict[str, int]:
@@ -191,18 +197,21 @@ class SnapshotStore:
 
     def prune(self, *, keep: set[str], older_than: float, max_total_bytes: int) -> int:
         """Delete snapshots not in ``keep`` dated before ``older_than``, then the oldest others not in ``keep``
-        until the store holds at most ``max_total_bytes``; returns how many were deleted."""
+        until the store holds at most ``max_total_bytes``; returns how many were deleted.  Each file is unlinked
+        relative to its bucket's descriptor, reached without following links: nothing outside the store is touched."""
         entries = sorted(self._entries())
         total = sum(e[1] for e in entries)
         removed = 0
-        for mtime, size, sid, bucket in entries:
+        for mtime, size, sid in entries:
             if sid in keep or (mtime >= older_than and total <= max_total_bytes):
                 continue
+            digest = sid.partition(":")[2]
             try:
-                os.unlink(bucket / sid.partition(":")[2])
+                with self._bucket(digest, create=False) as bfd:
+                    os.unlink(digest, dir_fd=bfd)
             except FileNotFoundError:
                 pass
-            except OSError:
+            except (OSError, SnapshotError):
                 continue
             total -= size
             removed += 1
