@@ -57,6 +57,16 @@ def test_action_rows_the_gates_count_cannot_be_pruned_by_configuration() -> None
     assert load_settings(retention={"actions_max_age_seconds": 3600}).retention.actions_max_age_seconds == 3600
 
 
+def test_retention_settings_come_from_the_environment_the_chart_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIFTD_RETENTION__SNAPSHOTS_MAX_BYTES", "1048576")
+    monkeypatch.setenv("DRIFTD_RETENTION__INTERVAL_SECONDS", "30")
+    r = load_settings().retention
+    assert (r.snapshots_max_bytes, r.interval_seconds, r.outcomes_max) == (1048576, 30.0, 50_000)
+    monkeypatch.setenv("DRIFTD_RETENTION__ACTIONS_MAX_AGE_SECONDS", "60")
+    with pytest.raises(ValidationError, match="must be at least 3600"):
+        load_settings()
+
+
 # ---------------------------------------------------------------------------- the state store
 def test_prune_removes_old_resolved_records_and_keeps_open_and_recent_ones(tmp_path: Path) -> None:
     state = StateStore(tmp_path)
