@@ -843,6 +843,26 @@ def cmd_capture_host(args: argparse.Namespace) -> int:
                                       f"under host root {args.host_root}."])
 
 
+def cmd_capture_packages(args: argparse.Namespace) -> int:
+    """``driftd baseline capture packages NAME...``: a packages rule holding a known-good host's versions as minimums."""
+    from driftd.baselines.capture import CaptureError, packages_capture
+    from driftd.targets.capture_io import CaptureIOError, read_packages
+
+    if not args.packages and not args.all and not args.absent:
+        print("driftd: capture: name packages to hold, --all, or --absent PACKAGE", file=sys.stderr)
+        return ExitCode.USAGE
+    try:
+        db = read_packages(args.host_root)
+        cap = packages_capture(args.name, db.format, db.database, db.versions, args.packages, absent=args.absent or (),
+                               all_installed=args.all, severity=args.severity, action=args.action,
+                               enforcement=args.enforcement, problem=db.problem)
+    except (CaptureError, CaptureIOError) as e:
+        print(f"driftd: capture: {e}", file=sys.stderr)
+        return ExitCode.ERROR
+    return _capture_write(args, cap, [f"Captured by `driftd baseline capture packages` from the package database "
+                                      f"under host root {args.host_root}."])
+
+
 def cmd_capture_container(args: argparse.Namespace) -> int:
     """``driftd baseline capture container NAME_OR_ID``: a ContainerBaseline of a running container as it is."""
     from driftd.baselines.capture import CaptureError, container_capture
@@ -1031,6 +1051,16 @@ def parser() -> argparse.ArgumentParser:
                           help="keep rules the guardrails deny, with this allowDangerous reason (else left out)")
     _capture_common(cap_host)
     cap_host.set_defaults(func=cmd_capture_host)
+    cap_pkg = capsub.add_parser("packages", help="installed package versions as minimums (and packages that must be absent)")
+    cap_pkg.add_argument("packages", nargs="*", metavar="PACKAGE", help="packages to hold at their installed version")
+    cap_pkg.add_argument("--all", action="store_true", help="every installed package")
+    cap_pkg.add_argument("--absent", action="append", metavar="PACKAGE", help="a package that must not be installed")
+    cap_pkg.add_argument("--host-root", default="/", help="where the host filesystem is mounted (default /)")
+    cap_pkg.add_argument("--severity", choices=["critical", "high", "medium", "low", "info"], default="medium")
+    cap_pkg.add_argument("--action", choices=["report", "retire", "hook"], default="report",
+                         help="what an out-of-patch package makes driftd do (default report)")
+    _capture_common(cap_pkg)
+    cap_pkg.set_defaults(func=cmd_capture_packages)
     cap_ctr = capsub.add_parser("container", help="a Docker container's runtime configuration as it runs")
     cap_ctr.add_argument("container", metavar="NAME_OR_ID")
     cap_ctr.add_argument("--docker-url", default="unix:///var/run/docker.sock", help="Docker Engine endpoint")

@@ -84,6 +84,12 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, met
         from driftd.targets.hook import HookRetirer
 
         retirer = HookRetirer(settings.retire_hook, node_name)
+    patcher = None
+    if settings.patch_hook:
+        from driftd.targets.hook import HookPatcher
+
+        patcher = HookPatcher(settings.patch_hook, node_name, str(settings.host_root),
+                              timeout=settings.patch_hook_timeout_seconds)
     metrics: Any
     if metrics_enabled:
         from driftd.observability.metrics import Metrics
@@ -123,6 +129,7 @@ def build_runtime(settings: Any, *, registry: Any = None, clock: Any = None, met
         escalate_after=settings.retry.escalate_after,
         clock=clock,
         retirer=retirer,
+        patcher=patcher,
         safety=settings.safety,
         overrides=OverrideStore(settings.state_dir, max_ttl=settings.safety.break_glass.max_ttl_seconds),
         audit=audit,

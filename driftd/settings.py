@@ -288,6 +288,12 @@ class Settings(BaseModel):
     retire_hook: list[str] | None = Field(
         None, description="On a plain server: command run to retire this machine (argv list); gets DRIFTD_NODE and DRIFTD_REASON."
     )
+    patch_hook: list[str] | None = Field(
+        None, description="On a plain server: command run for a package rule with action 'hook' (argv list, e.g. "
+        "['unattended-upgrade']); gets DRIFTD_NODE, DRIFTD_REASON, DRIFTD_PACKAGE, DRIFTD_INSTALLED, DRIFTD_REQUIRED "
+        "and DRIFTD_HOST_ROOT; its output goes to the audit log.",
+    )
+    patch_hook_timeout_seconds: float = Field(1800.0, gt=0, description="How long the patch hook may run before it counts as failed.")
 
     @model_validator(mode="after")
     def _v_retention(self) -> Settings:

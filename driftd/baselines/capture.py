@@ -216,6 +216,53 @@ def host_capture(
     return cap
 
 
+def packages_capture(
+    name: str, fmt: str | None, database: str | None, versions: Mapping[str, str], packages: Iterable[str], *,
+    absent: Iterable[str] = (), all_installed: bool = False, severity: str = "medium", action: str = "report",
+    enforcement: str = "warn", problem: str | None = None,
+) -> Capture:
+    """A HostBaseline holding ``packages`` (or every installed one) at least at the version installed now.
+
+    ``versions`` is the known-good host's installed set (``targets.capture_io.read_packages``);
+    ``absent`` names packages that must not be installed (refused if this host has them).  A
+    package installed in several versions (multiarch, RPM) is held at the lowest.
+    """
+    if fmt is None:
+        raise CaptureError(problem or "no package database under the host root")
+    import functools
+
+    from driftd.core.matchers import INSTALLED_SEP
+    from driftd.core.versions import compare
+
+    cap = Capture(name=name, doc={})
+    wanted = sorted(versions) if all_installed else list(dict.fromkeys(packages))
+    rules: list[dict[str, Any]] = []
+    for pkg in wanted:
+        have = versions.get(pkg)
+        if have is None:
+            cap.skipped.append((pkg, f"not installed on this host ({database})"))
+            continue
+        def order(a: str, b: str, f: str = fmt) -> int:
+            return compare(f, a, b)
+
+        installed = sorted(have.split(INSTALLED_SEP), key=functools.cmp_to_key(order))
+        if len(installed) > 1:
+            cap.notes.append(f"{pkg}: installed as {have}; held at the lowest, {installed[0]}")
+        rules.append({"name": pkg, "minimum": installed[0], "severity": severity, "action": action})
+    for pkg in dict.fromkeys(absent):
+        if pkg in versions:
+            raise CaptureError(f"{pkg} must be absent but this host has it installed ({versions[pkg]}): "
+                               "capture from a host without it")
+        rules.append({"name": pkg, "absent": True, "severity": severity, "action": action})
+    if not rules:
+        raise CaptureError("nothing to capture: " + ("; ".join(f"{p}: {r}" for p, r in cap.skipped) or "no packages named"))
+    cap.notes.append(f"versions read from {database} ({fmt}); each is the minimum a node must have")
+    spec: dict[str, Any] = {"enforcement": enforcement, "window": "30m", "packages": rules}
+    cap.doc = {"apiVersion": API_VERSION, "kind": "HostBaseline", "metadata": {"name": name}, "spec": spec}
+    _validate(HostBaseline, cap.doc)
+    return cap
+
+
 # ------------------------------------------------------------------ containers and images
 
 

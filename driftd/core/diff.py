@@ -43,7 +43,7 @@ def diff(desired: DesiredResource, observed: ObservedResource) -> tuple[FieldDri
     for name, want in expected.items():
         have = actual.get(name)
         if is_matcher(want):
-            ok, changes = check(want, have)
+            ok, changes = check(want, have, actual)
             if not ok:
                 out.append(FieldDrift(field=name, expected=want, actual=have, changes=changes))
             continue

@@ -66,6 +66,7 @@ from driftd.targets.base import (
     NodeRetirer,
     Notifier,
     OverrideSource,
+    Patcher,
     Reporter,
     ResourceGoneError,
     Target,
@@ -187,6 +188,7 @@ class Engine:
         escalate_after: int = 3,
         clock: Clock | None = None,
         retirer: NodeRetirer | None = None,
+        patcher: Patcher | None = None,
         safety: SafetySettings | None = None,
         overrides: OverrideStore | None = None,
         audit: AuditLog | None = None,
@@ -208,6 +210,7 @@ class Engine:
         self._report_rows: dict[str, ResourceResult] = {}
         self._report_dirty = False
         self.retirer: NodeRetirer | None = retirer or next((t for t in targets.values() if isinstance(t, NodeRetirer)), None)
+        self.patcher = patcher
         # a key's prefix names its target, unless the target declares another (pods: "pod:<ns>/<name>")
         self._by_prefix: dict[str, str] = {str(getattr(t, "key_prefix", name)): name for name, t in targets.items()}
         self.log = get_logger()
@@ -255,7 +258,7 @@ class Engine:
 
     def _audit(self, d: DesiredResource, action: str, result: str, reason: str = "", *,
                fields: list[dict[str, Any]] | None = None, restored: bool = False, snapshots: list[str] | tuple[str, ...] = (),
-               once: tuple[float, str] | None = None) -> None:
+               once: tuple[float, str] | None = None, output: str | None = None) -> None:
         """One audit record (``observability/audit.py``) for an outcome that acted or chose not to act.
 
         ``once`` = (the drift's first seen, why) records a non-action only when it changes: a drift
@@ -273,7 +276,7 @@ class Engine:
         before, after = drift_digests(fields or (), restored=restored)
         self.audit.record(time=self.clock.time(), key=d.key, target=d.target, baseline=d.baseline,
                           set_version=self.baselines.version, action=action, result=result, reason=reason,
-                          before=before, after=after, snapshots=d.shown_snapshots(tuple(snapshots)))
+                          before=before, after=after, snapshots=d.shown_snapshots(tuple(snapshots)), output=output)
 
     # ------------------------------------------------------------------ safety
     def _load_overrides(self, *, force: bool = False) -> None:
@@ -414,6 +417,8 @@ class Engine:
         seen_at = self.clock.time()
         per_baseline: dict[str, list[int]] = {}  # baseline -> [resources, drifting, drifting to a retirement]
         bad_baselines: set[str] = set()  # of a target down or a resource that could not be observed
+        node_retiring: set[str] = set()  # baselines with a rule that would retire this node
+        packages: dict[tuple[str, str], int] = {}  # (baseline, severity) -> packages out of patch
         for key, d in _scan_order(static, discovered):
             if d.target in down:
                 bad_baselines.add(d.baseline)
@@ -437,14 +442,24 @@ class Engine:
                     rows[key] = self._row(d, ReportResult.ERROR, f"cannot observe: {e}")
                 continue
             drift = diff(d, observed)
+            if d.kind == "package" and isinstance(d.payload, HostPayload):
+                pkey = (d.baseline, d.payload.severity or "medium")
+                packages[pkey] = packages.get(pkey, 0) + (1 if drift and observed.actual.get("format") else 0)
             pb = per_baseline.setdefault(d.baseline, [0, 0, 0])
             pb[0] += 1
             if drift:
                 report.drifted += 1
                 counts[1] += 1
                 pb[1] += 1
-                if action_class(make_plan(d, observed, drift)) == RETIREMENT:
-                    pb[2] += 1  # the retirement breaker counts what would be retired
+                p = make_plan(d, observed, drift)
+                if action_class(p) == RETIREMENT:
+                    # the retirement breaker counts what would be retired: this node once, however many of the
+                    # baseline's rules (packages) ask for its retirement
+                    node = any(a.action is Action.RETIRE_NODE for a in p.actions)
+                    if not node or d.baseline not in node_retiring:
+                        pb[2] += 1
+                    if node:
+                        node_retiring.add(d.baseline)
                 to_enqueue.append(key)
             else:
                 self._clean_at[key] = seen_at
@@ -453,6 +468,10 @@ class Engine:
             if self.reporters:
                 rows[key] = self._row(d, ReportResult.FAIL if drift else ReportResult.PASS,
                                       ("drifted: " + drifts_text(reportable(d, drift))) if drift else "compliant")
+        if packages or "host" not in down:
+            self.metrics.packages_out_of_patch.clear()
+            for (b, sev), n in packages.items():
+                self.metrics.packages_out_of_patch.labels(b, sev).set(n)
         self._evaluate_breakers({REVERT: {b: (c[0], c[1]) for b, c in per_baseline.items()},
                                  RETIREMENT: {b: (c[0], c[2]) for b, c in per_baseline.items()}},
                                 set(per_baseline) - bad_baselines)
@@ -567,9 +586,16 @@ class Engine:
         if not p.actions:  # report-only rules
             return self._skipped(d, rec, p, out, now, log, "report", dry_run=False)
         action_names = "+".join(a.action.value for a in p.actions)
-        if action_names == Action.RETIRE_NODE.value and rec.last_action == action_names and rec.last_result == "succeeded":
-            out.status = OutcomeStatus.RETIRED
-            return out  # already retired for this drift: nothing more to do
+        if action_names == Action.RETIRE_NODE.value:
+            if rec.last_action == action_names and rec.last_result == "succeeded":
+                out.status = OutcomeStatus.RETIRED
+                return out  # already retired for this drift: nothing more to do
+            if (by := self._node_retired_for(key)) is not None:
+                # one node, one retirement: a second package (or rule) out of patch adds no second drain or budget use
+                out.status, out.error = OutcomeStatus.RETIRED, f"node already retired for {by}"
+                self._audit(d, action_names, "skipped", f"node already retired for {by}", fields=fields,
+                            once=(rec.first_seen, "already-retired"))
+                return out
         verdict = self._gate(d, p, rec, now)
         if not verdict.allowed:
             return self._held(d, rec, p, out, verdict, now, log)
@@ -807,7 +833,7 @@ class Engine:
         # (a container's sensitive env is no reason to hide the ids of its snapshot)
         shown = d.shown_snapshots(result.snapshots)
         self._audit(d, action_names, "succeeded", "", fields=fields, restored=Action.RETIRE_NODE not in result.applied,
-                    snapshots=result.snapshots)
+                    snapshots=result.snapshots, output=result.output if Action.PATCH_HOOK in result.applied else None)
         for sid in shown:
             self.metrics.snapshots.labels(d.target).inc()
             log.info(Event.SNAPSHOT_SAVED, snapshot=sid, address=d.address)
@@ -853,6 +879,7 @@ class Engine:
             message=message,
             at=self.clock.time(),
             subject=d.payload if isinstance(d.payload, PodPayload) else None,
+            severity=d.payload.severity if isinstance(d.payload, HostPayload) else None,
         )
 
     def _update_row(self, d: DesiredResource, result: ReportResult, message: str) -> None:
@@ -880,7 +907,21 @@ class Engine:
         if any(a.action is Action.RETIRE_NODE for a in p.actions):
             self._retire_node(d, "; ".join(a.reason for a in p.actions))
             return ActResult(key=d.key, applied=(Action.RETIRE_NODE,))
+        hook = next((a for a in p.actions if a.action is Action.PATCH_HOOK), None)
+        if hook is not None:
+            if self.patcher is None:
+                raise TargetError("a package rule asks for the patch hook but none is configured (set patch_hook)",
+                                  transient=False)
+            output = self.patcher.patch(f"{d.baseline}: {hook.reason}", hook.params)
+            return ActResult(key=d.key, applied=(Action.PATCH_HOOK,), output=output)
         return target.apply(d, observed, p)
+
+    def _node_retired_for(self, key: str) -> str | None:
+        """The key of an open drift this node was retired for (None: the node is not retired)."""
+        for k, r in self.state.active().items():
+            if k != key and r.last_action == Action.RETIRE_NODE.value and r.last_result == "succeeded":
+                return k
+        return None
 
     def _retire_node(self, d: DesiredResource, reason: str) -> None:
         if self.retirer is None:
@@ -892,6 +933,8 @@ class Engine:
 
     def _retire_node_on_failure(self, d: DesiredResource, rec: DriftRecord, error: str, now: float, log: Any) -> None:
         """Retire the node for a resource that cannot be restored: through the same gates as any retirement."""
+        if self._node_retired_for(d.key) is not None:
+            return  # the node is out of service already
         p = Plan(key=d.key, mode=d.enforcement, drift=(), actions=(
             PlannedAction(action=Action.RETIRE_NODE, reason=f"cannot be restored: {error}"),))
         v = self._gate(d, p, rec, now)

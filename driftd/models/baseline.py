@@ -239,6 +239,85 @@ class KernelRule(Rule):
         return v
 
 
+_PKG_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]{0,127}$")
+_PKG_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+~:_^-]{0,127}$")
+_PKG_RANGE_RE = re.compile(r"^(?:(?:>=|<=|!=|>|<|=)?[A-Za-z0-9][A-Za-z0-9.+~:_^-]{0,127})(?:\|(?:>=|<=|!=|>|<|=)?[A-Za-z0-9][A-Za-z0-9.+~:_^-]{0,127})*$")
+
+
+class Severity(StrEnum):
+    """How bad an out-of-patch package is (the PolicyReport's severities; a metric label)."""
+
+    CRITICAL = "critical"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+    INFO = "info"
+
+
+class PackageRule(Rule):
+    """An installed package held to a version: at least ``minimum``, inside ``versions``, or ``absent``.
+
+    Read from the host's own package database under --host-root (dpkg, apk or RPM sqlite) and
+    compared with that distribution's version rules.  A package that is not installed satisfies
+    ``minimum`` and ``versions`` (nothing installed is nothing out of patch).
+    """
+
+    name: str = Field(description="Package name as the package database spells it (e.g. openssl, openssh-server).")
+    minimum: str | None = Field(default=None, description="Lowest acceptable version in the distribution's syntax, "
+                                "e.g. '3.0.15-1~deb12u1' (dpkg), '1:3.0.7-27.el9' (rpm), '3.1.4-r5' (apk).")
+    versions: str | None = Field(default=None, description="Allowed versions as a vers constraint list "
+                                 "(https://github.com/package-url/vers-spec), e.g. '>=1.9.13p3-1|<1.9.16'.")
+    absent: bool = Field(default=False, description="The package must not be installed.")
+    severity: Severity = Field(default=Severity.MEDIUM, description="critical, high, medium, low or info.")
+    reason: str | None = Field(default=None, description="Why: an advisory id (DSA-5764-1, CVE-2024-6387) or a policy.")
+    action: Literal["report", "retire", "hook"] = Field(
+        "report", description="What an out-of-patch package makes driftd do: report it, retire the node (after "
+        "safety.retire.after_seconds, under the retirement budgets and the cluster cap), or run the operator's "
+        "patch_hook (plain servers).",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _v_name(cls, v: str) -> str:
+        if not _PKG_NAME_RE.match(v):
+            raise ValueError(f"invalid package name {v!r}")
+        return v
+
+    @field_validator("minimum")
+    @classmethod
+    def _v_minimum(cls, v: str | None) -> str | None:
+        if v is not None and not _PKG_VERSION_RE.match(v):
+            raise ValueError(f"invalid version {v!r}: a version has no spaces and starts with a letter or digit")
+        return v
+
+    @field_validator("versions")
+    @classmethod
+    def _v_versions(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.removeprefix("vers:").split("/", 1)[-1] if v.startswith("vers:") else v
+        v = "".join(v.split())
+        if not _PKG_RANGE_RE.match(v):
+            raise ValueError(f"invalid versions {v!r}: use vers constraints joined by '|', e.g. '>=1.2-1|<2.0'")
+        return v
+
+    @field_validator("reason")
+    @classmethod
+    def _v_reason(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or len(v) > 200 or "\n" in v):
+            raise ValueError("reason must be one line of at most 200 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _one_requirement(self) -> PackageRule:
+        given = [f for f, v in (("minimum", self.minimum), ("versions", self.versions)) if v is not None]
+        if self.absent and given:
+            raise ValueError(f"an absent package cannot also set {' or '.join(given)}")
+        if not self.absent and len(given) != 1:
+            raise ValueError("set exactly one of minimum, versions or absent: true")
+        return self
+
+
 class Timing(Strict):
     """What every baseline kind's spec starts with: its mode, its window and its grace."""
 
@@ -280,6 +359,7 @@ class HostSpec(Timing):
     directories: list[ManagedDirectory] = Field(default_factory=list)
     sysctls: list[Sysctl] = Field(default_factory=list)
     kernel: KernelRule | None = None
+    packages: list[PackageRule] = Field(default_factory=list, description="Installed packages held to versions.")
     retire_on_failure: bool = Field(
         False,
         alias="retireOnFailure",

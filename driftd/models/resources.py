@@ -28,6 +28,8 @@ class HostPayload(Frozen):
     kind: Literal["host"] = "host"
     retire_on_failure: bool = False
     kernel_action: str | None = Field(default=None, description="A kernel rule's action: 'retire' or 'report'.")
+    package_action: str | None = Field(default=None, description="A packages rule's action: 'report', 'retire' or 'hook'.")
+    severity: str | None = Field(default=None, description="A packages rule's severity (reports, metrics).")
 
 
 class ContainerPayload(Frozen):
@@ -138,6 +140,7 @@ class Action(StrEnum):
     RETIRE = "retire"
     EVICT = "evict"
     RETIRE_NODE = "retire_node"
+    PATCH_HOOK = "patch_hook"
 
 
 class OutcomeStatus(StrEnum):
@@ -190,6 +193,7 @@ class ResourceResult(Frozen):
     message: str
     at: float = Field(description="Wall-clock time of the observation (seconds).")
     subject: PodPayload | None = Field(default=None, description="The pod, for pod resources.")
+    severity: str | None = Field(default=None, description="The rule's own severity (packages rules), for a failing result.")
 
 
 class PlannedAction(Frozen):
@@ -218,3 +222,4 @@ class ActResult(Frozen):
     key: str
     applied: tuple[Action, ...] = ()
     snapshots: tuple[str, ...] = ()
+    output: str = Field(default="", description="What an operator's command printed (the patch hook), for the audit log.")

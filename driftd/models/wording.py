@@ -106,7 +106,16 @@ def _matcher_text(op: str, arg: Any) -> str:
         "$all_match": f"each matching [{items}]",
         "$contains": "including " + (json.dumps(arg, sort_keys=True, separators=(", ", ": ")) if isinstance(arg, dict) else items),
         "$version_at_least": f"version {arg} or later",
-    }.get(op, f"{op} {items}")
+    }.get(op) or (package_requirement_text(arg) if op == "$package" else f"{op} {items}")
+
+
+def package_requirement_text(req: Any) -> str:
+    """A packages rule's requirement: ``3.0.15-1~deb12u1 or later (DSA-5764-1)``, ``within >=1|<2``, ``absent``."""
+    if not isinstance(req, dict):
+        return str(req)
+    text = ("absent" if req.get("absent") else
+            f"{req['minimum']} or later" if req.get("minimum") is not None else f"within {req.get('versions')}")
+    return f"{text} ({req['reason']})" if req.get("reason") else text
 
 
 # deepdiff report types (core/diff.py) and matcher violations (core/matchers.py), in words
@@ -135,6 +144,9 @@ def change_text(change: str) -> str:
     return {
         "not_in": f"{rest} is not an allowed value",
         "below": f"older than {rest}",
+        "outside": f"outside {rest}",
+        "absent": "must not be installed",
+        "unreadable": rest,
         "missing": f"{rest} missing",
         "forbidden": f"{rest} is forbidden",
         "not_allowed": f"{rest} is not allowed",
@@ -174,5 +186,17 @@ def live_desired(d: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["ARROW", "MEANINGS", "STATUS_WORDS", "WORDS", "change_text", "drift_text", "drifts_text", "live_desired",
-           "record_word", "status_word", "value_text"]
+__all__ = [
+    "ARROW",
+    "MEANINGS",
+    "STATUS_WORDS",
+    "WORDS",
+    "change_text",
+    "drift_text",
+    "drifts_text",
+    "live_desired",
+    "package_requirement_text",
+    "record_word",
+    "status_word",
+    "value_text",
+]

@@ -93,6 +93,7 @@ AUDIT_ACTION = "audit"  # the action of the log's own records (started, rotated,
 REDACTED = "<redacted>"  # as driftd.models.resources.REDACTED
 _TAIL = 1 << 20  # how much of the newest file a restart reads to find the last record
 _MAX_REASON = 2048
+_MAX_OUTPUT = 8192
 _MAX_VERBATIM = 128
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -224,13 +225,18 @@ class AuditLog:
 
     def record(self, *, time: float, key: str, target: str, baseline: str, set_version: str, action: str, result: str,
                reason: str = "", before: dict[str, Any] | None = None, after: dict[str, Any] | None = None,
-               snapshots: Sequence[str] = ()) -> bool:
-        """Append one record (fsynced); False when it could not be written (kept in memory, logged, counted)."""
+               snapshots: Sequence[str] = (), output: str | None = None) -> bool:
+        """Append one record (fsynced); False when it could not be written (kept in memory, logged, counted).
+
+        ``output`` is what an operator's command printed (the patch hook), kept only in its record.
+        """
         rec: dict[str, Any] = {
             "time": _iso(time), "node": self.node, "key": key, "target": target, "baseline": baseline,
             "set_version": set_version, "action": action, "result": result, "reason": reason[:_MAX_REASON],
             "before": before, "after": after, "snapshots": list(snapshots),
         }
+        if output is not None:
+            rec["output"] = output[:_MAX_OUTPUT]
         with self._lock:
             if len(self._backlog) >= self.backlog_max:
                 self._backlog.popleft()

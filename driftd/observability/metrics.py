@@ -114,6 +114,13 @@ class Metrics:
             "Audit log writes that failed (disk full, I/O error); acting is held until the log is writable again.",
             registry=r,
         )
+        self.packages_out_of_patch = Gauge(
+            "driftd_packages_out_of_patch",
+            "Installed packages the last scan found outside their packages rule (below the minimum, outside the "
+            "range, or present when they must be absent), by baseline and severity.",
+            ["baseline", "severity"],
+            registry=r,
+        )
         self.pruned = Counter(
             "driftd_state_pruned_total",
             "Records the retention policy removed, by kind (resolved drift rows, action rows, snapshots, outcomes).",

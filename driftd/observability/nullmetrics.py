@@ -63,6 +63,7 @@ class NullMetrics:
     inotify_degraded = _SERIES
     audit_write_errors = _SERIES
     pruned = _SERIES
+    packages_out_of_patch = _SERIES
 
     def set_baselines(self, version: str, baselines: Iterable[tuple[str, str, str]], when: float) -> None:
         pass

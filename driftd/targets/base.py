@@ -82,6 +82,12 @@ class NodeRetirer(Protocol):
     def retire_node(self, reason: str) -> dict[str, Any]: ...
 
 
+class Patcher(Protocol):
+    """Runs the operator's patch command for a package out of patch (``patch_hook``); returns its output."""
+
+    def patch(self, reason: str, params: dict[str, Any]) -> str: ...
+
+
 @runtime_checkable
 class WriteTracker(Protocol):
     """A target that can tell, after ``apply``, whether another writer changed the resource since its write."""

@@ -24,9 +24,12 @@ from pathlib import Path
 from driftd.baselines.capture import Capture, ObservedPath
 from driftd.baselines.guardrails import DEFAULT, Guardrails
 from driftd.baselines.loader import DEFAULT_MAX_FILE_BYTES, load_set
+from driftd.core.kinds.ports import InstalledPackages
 from driftd.models.baseline import HostBaseline, check_managed_path
 from driftd.safety.durable import read_all, write_all
+from driftd.targets.base import TargetError
 from driftd.targets.host import parse_id_db
+from driftd.targets.packages import PackageDatabases
 from driftd.targets.safefs import ParentMissingError, SafeRoot, UnsafePathError
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -147,6 +150,17 @@ class WriteResult:
     written: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+
+def read_packages(host_root: str | os.PathLike[str]) -> InstalledPackages:
+    """The installed packages of a known-good host tree, from its own package database."""
+    root = SafeRoot(host_root)
+    if not os.path.isdir(root.root):
+        raise CaptureIOError(f"host root {root.root} is not a directory")
+    try:
+        return PackageDatabases(root).installed()
+    except (OSError, TargetError) as e:
+        raise CaptureIOError(f"cannot read the package database: {e}") from None
 
 
 def _write(path: Path, data: bytes, mode: int, *, force: bool) -> None:

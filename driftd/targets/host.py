@@ -1,4 +1,4 @@
-"""Host target: files, directories and sysctls under ``--host-root`` (observe + act).
+"""Host target: files, directories, sysctls, the kernel and packages under ``--host-root`` (observe + act).
 
 Pipeline position: the effectful ends of the pipeline for ``kind: HostBaseline``.
 ``desired`` compiles the baselines and resolves user and group names against
@@ -19,11 +19,12 @@ from collections.abc import Callable, Iterator
 from driftd.baselines.loader import BaselineSet
 from driftd.core import kinds
 from driftd.core.compile import iter_host, with_ids
-from driftd.core.kinds.ports import StatLike
+from driftd.core.kinds.ports import InstalledPackages, StatLike
 from driftd.models.keys import sysctl_path
 from driftd.models.resources import Action, ActResult, DesiredResource, ObservedResource, Plan
 from driftd.safety.snapshots import SnapshotError, SnapshotStore
 from driftd.targets.base import NodeInfo, TargetError
+from driftd.targets.packages import PackageDatabases
 from driftd.targets.safefs import NO_SPACE_ERRNOS, ParentMissingError, SafeRoot, UnsafePathError
 
 
@@ -53,6 +54,12 @@ class HostIO(SafeRoot):
         # path -> the stat key packed (40 bytes) + the raw sha256 (32): one bytes object of ~105 B per file, where
         # a tuple of five ints and the "sha256:..." string took ~370 B (10,000 files: 1.0 instead of 3.5 MiB)
         self.hash_cache: dict[str, bytes] = {}
+        self._packages: PackageDatabases | None = None  # made on the first packages rule observed
+
+    def packages(self) -> InstalledPackages:
+        if self._packages is None:
+            self._packages = PackageDatabases(self)
+        return self._packages.installed()
 
     def digest(self, path: str, st: StatLike) -> str:
         """sha256 of the file, re-hashed only when (dev, ino, size, mtime, ctime) changed."""

@@ -21,8 +21,9 @@ REGISTRY: dict[tuple[str, str], Handler[Any]] = {}
 _BY_RULE: dict[type[Rule], Handler[Any]] = {}
 _NOT_KINDS = frozenset({"base", "ports"})
 # steps the engine carries out itself, not a handler: a host resource that cannot be restored (or a
-# kernel out of patch) retires the node through the configured retirer
-ENGINE_STEPS: dict[str, frozenset[Action]] = {"host": frozenset({Action.RETIRE_NODE})}
+# kernel or package out of patch) retires the node through the configured retirer; a package out of
+# patch with action ``hook`` runs the operator's patch command (``patch_hook``)
+ENGINE_STEPS: dict[str, frozenset[Action]] = {"host": frozenset({Action.RETIRE_NODE, Action.PATCH_HOOK})}
 
 
 def register(handler: Handler[Any], *, target: str | None = None, kind: str | None = None) -> None:

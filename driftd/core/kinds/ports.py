@@ -7,6 +7,8 @@ container runtime's target to one container; ``PodPort`` is the Kubernetes pods 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from driftd.models.pod import PodBaseline
@@ -28,6 +30,21 @@ class StatLike(Protocol):
     def st_ctime(self) -> float: ...
 
 
+@dataclass(frozen=True)
+class InstalledPackages:
+    """A host's installed packages as its package database lists them.
+
+    ``format`` is the version syntax (``deb``, ``rpm``, ``apk``), None when the host has no database
+    driftd reads (``problem`` says why); ``versions`` maps a name to its version, several installed
+    instances (multiarch, RPM) joined by ``core.matchers.INSTALLED_SEP``.
+    """
+
+    format: str | None
+    database: str | None
+    versions: Mapping[str, str] = field(default_factory=dict)
+    problem: str | None = None
+
+
 class HostPort(Protocol):
     """Root-confined, symlink-refusing file operations under the host root (raise OSError/TargetError)."""
 
@@ -43,6 +60,8 @@ class HostPort(Protocol):
     def chown(self, path: str, uid: int | None, gid: int | None, *, is_dir: bool = False,
               mode: int | None = None) -> None: ...
     def mkdir(self, path: str, mode: int | None, uid: int | None, gid: int | None) -> None: ...
+    def packages(self) -> InstalledPackages:
+        """The installed packages, from the host's own package database (re-read only when it changed)."""
 
 
 class ContainerPort(Protocol):

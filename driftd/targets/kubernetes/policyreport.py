@@ -45,7 +45,7 @@ def to_row(r: ResourceResult) -> dict[str, Any]:
         "policy": r.baseline,
         "rule": f"{r.target}/{r.kind}",
         "result": r.result.value,
-        "severity": "high" if r.result is ReportResult.FAIL else "info",
+        "severity": (r.severity or "high") if r.result is ReportResult.FAIL else "info",
         "scored": True,
         "message": f"{r.address}: {r.message}"[:500],
         "timestamp": {"seconds": int(r.at), "nanos": 0},
