@@ -3,10 +3,11 @@
 Pipeline position: used by ``diff`` (the ``$package`` matcher of ``core/matchers.py``) to judge
 an installed version against a ``packages`` rule.  dpkg versions (epochs, ``~``, revisions)
 compare with python-debian's ``Version``; RPM ``epoch:version-release`` with univers'
-``RpmVersion`` (rpmvercmp); Alpine with univers' ``AlpineLinuxVersion`` (apk's rules).
-Allowed ranges are vers constraint lists (``>=1.2-1|<2.0``) read by univers' range classes
-of the same scheme.  Nothing here is a hand-written comparison; the libraries are imported
-on first use (a host without package rules never loads them).
+``RpmVersion`` (rpmvercmp); Alpine by apk-tools' own algorithm (univers' Gentoo-based
+``AlpineLinuxVersion`` refuses real Alpine versions, see below).
+Allowed ranges are vers constraint lists (``>=1.2-1|<2.0``) read and evaluated by univers' range
+classes of the same scheme (for dpkg with python-debian's ordering inside).  The libraries are imported on first use (a host without package rules never
+loads them).
 """
 
 from __future__ import annotations
@@ -36,11 +37,7 @@ def _key(fmt: str, version: str) -> Any:
 
             return RpmVersion(version)
         if fmt == "apk":
-            from univers.versions import AlpineLinuxVersion
-
-            v = AlpineLinuxVersion(version)
-            v < v  # noqa: B015 - apk versions are parsed lazily, on the first comparison
-            return v
+            return _apk_version_class()(version)
     except Exception as e:  # the libraries raise ValueError, InvalidVersion, TypeError, ...
         raise VersionError(f"{version!r} is not a valid {fmt} version: {e}") from None
     raise VersionError(f"unknown package format {fmt!r}")
@@ -55,15 +52,212 @@ def compare(fmt: str, a: str, b: str) -> int:
         raise VersionError(f"cannot compare {fmt} versions {a!r} and {b!r}: {e}") from None
 
 
+# ------------------------------------------------------------------ apk
+# univers' AlpineLinuxVersion applies Gentoo's rules, which refuse what every Alpine host has installed
+# (gcc 13.2.1_git20240309-r0: apk's post-release suffixes _cvs, _svn, _git, _hg; leading zeros such as 006),
+# so apk versions are ordered by a transcription of apk-tools' own comparison (src/version.c, 2.x), held
+# to apk-tools' whole test/version.data in tests/fixtures/versions/apk.txt.  Ranges still go through univers.
+_DIGIT_OR_ZERO, _DIGIT, _LETTER, _SUFFIX, _SUFFIX_NO, _REVISION_NO, _END, _INVALID = 0, 1, 2, 3, 4, 5, 6, -1
+_PRE_SUFFIXES = ("alpha", "beta", "pre", "rc")
+_POST_SUFFIXES = ("cvs", "svn", "git", "hg", "p")
+
+
+def _apk_next(t: int, s: str, i: int) -> tuple[int, int]:
+    """apk-tools' next_token: the type of the token starting at ``s[i]`` (separators consumed)."""
+    n = _INVALID
+    if i >= len(s):
+        n = _END
+    elif t in (_DIGIT, _DIGIT_OR_ZERO) and s[i].islower():
+        n = _LETTER
+    elif t == _LETTER and s[i].isdigit():
+        n = _DIGIT
+    elif t == _SUFFIX and s[i].isdigit():
+        n = _SUFFIX_NO
+    else:
+        c = s[i]
+        if c == ".":
+            n = _DIGIT_OR_ZERO
+        elif c == "_":
+            n = _SUFFIX
+        elif c == "-" and s[i + 1:i + 2] == "r":
+            n = _REVISION_NO
+            i += 1
+        i += 1
+    if n < t and not ((n == _DIGIT_OR_ZERO and t == _DIGIT) or (n == _SUFFIX and t == _SUFFIX_NO)
+                      or (n == _DIGIT and t == _LETTER)):
+        n = _INVALID
+    return n, i
+
+
+def _apk_token(t: int, s: str, i: int) -> tuple[int, int, int]:
+    """apk-tools' get_token: (value, next type, next index)."""
+    if i >= len(s):
+        return 0, _END, i
+    v, j, nt = 0, i, _INVALID
+    if t == _DIGIT_OR_ZERO and s[j] == "0":  # leading zeros count against the component
+        while j < len(s) and s[j] == "0":
+            j += 1
+        v, nt = -(j - i), _DIGIT
+    elif t in (_DIGIT_OR_ZERO, _DIGIT, _SUFFIX_NO, _REVISION_NO):
+        while j < len(s) and s[j].isdigit():
+            v = v * 10 + int(s[j])
+            j += 1
+    elif t == _LETTER:
+        v, j = ord(s[j]), j + 1
+    elif t == _SUFFIX:
+        for k, suf in enumerate(_PRE_SUFFIXES):
+            if s.startswith(suf, j):
+                return k - len(_PRE_SUFFIXES), *_apk_after(_SUFFIX_NO, s, j + len(suf))
+        for k, suf in enumerate(_POST_SUFFIXES):
+            if s.startswith(suf, j):
+                return k, *_apk_after(_SUFFIX_NO, s, j + len(suf))
+        return -1, _INVALID, j
+    else:
+        return -1, _INVALID, j
+    return v, *_apk_after(nt, s, j, t)
+
+
+def _apk_after(nt: int, s: str, j: int, t: int = _SUFFIX) -> tuple[int, int]:
+    """The type after a token.  Before a suffix (``0_pre1``, ``_alpha_pre2``) no empty number token comes between:
+    the suffix decides at once, as the current apk-tools does (version.data's ``6.0_pre1 < 6.0``)."""
+    if j >= len(s):
+        return _END, j
+    if nt != _INVALID and s[j] != "_":
+        return nt, j
+    return _apk_next(t if nt == _INVALID else nt, s, j)
+
+
+def apk_compare(a: str, b: str) -> int:
+    """-1, 0, 1: apk-tools' apk_version_compare (without its fuzzy mode)."""
+    at = bt = _DIGIT
+    av = bv = 0
+    i = j = 0
+    while at == bt and at not in (_END, _INVALID) and av == bv:
+        av, at, i = _apk_token(at, a, i)
+        bv, bt, j = _apk_token(bt, b, j)
+    if av != bv:
+        return -1 if av < bv else 1
+    if at == bt:
+        return 0
+    if at == _SUFFIX and _apk_token(at, a, i)[0] < 0:
+        return -1
+    if bt == _SUFFIX and _apk_token(bt, b, j)[0] < 0:
+        return 1
+    if at > bt:
+        return -1
+    if bt > at:
+        return 1
+    return 0
+
+
+def apk_valid(v: str) -> bool:
+    """apk-tools' apk_version_validate: the tokens run to the end without an invalid one."""
+    t, i = _DIGIT, 0
+    while t not in (_END, _INVALID):
+        _, t, i = _apk_token(t, v, i)
+    return t == _END and bool(v)
+
+
+class _ApkKey:
+    """A comparable apk version (apk_compare), the value inside univers' range machinery."""
+
+    __slots__ = ("v",)
+
+    def __init__(self, v: str) -> None:
+        if not apk_valid(v):
+            raise ValueError(f"invalid apk version {v!r}")
+        self.v = v
+
+    def __lt__(self, o: _ApkKey) -> bool:
+        return apk_compare(self.v, o.v) < 0
+
+    def __gt__(self, o: _ApkKey) -> bool:
+        return apk_compare(self.v, o.v) > 0
+
+    def __le__(self, o: _ApkKey) -> bool:
+        return apk_compare(self.v, o.v) <= 0
+
+    def __ge__(self, o: _ApkKey) -> bool:
+        return apk_compare(self.v, o.v) >= 0
+
+    def __eq__(self, o: object) -> bool:
+        return isinstance(o, _ApkKey) and apk_compare(self.v, o.v) == 0
+
+    def __hash__(self) -> int:
+        return 0  # equal spellings (1.06 / 1.6 are not, 1.0 / 1.0 are) must hash alike
+
+
+@lru_cache(maxsize=1)
+def _apk_version_class() -> Any:
+    from univers.versions import Version
+
+    class ApkVersion(Version):  # type: ignore[misc]
+        @classmethod
+        def build_value(cls, string: str) -> Any:
+            return _ApkKey(string)
+
+        @classmethod
+        def is_valid(cls, string: str) -> bool:
+            return apk_valid(string)
+
+    return ApkVersion
+
+
+@lru_cache(maxsize=1)
+def _apk_range_class() -> Any:
+    from univers.version_range import AlpineLinuxVersionRange
+
+    class ApkVersionRange(AlpineLinuxVersionRange):  # type: ignore[misc]
+        version_class = _apk_version_class()
+
+    return ApkVersionRange
+
+
+# ------------------------------------------------------------------ dpkg ranges
+@lru_cache(maxsize=1)
+def _dpkg_range_class() -> Any:
+    """univers' deb range, its versions ordered by python-debian (dpkg's own rules, which univers' DebianVersion
+    gets wrong for colons in the upstream version and for equal spellings such as 1.09 = 1.9)."""
+    from debian.debian_support import Version as Dpkg
+    from univers.version_range import DebianVersionRange
+    from univers.versions import Version
+
+    class DpkgVersion(Version):  # type: ignore[misc]
+        @classmethod
+        def build_value(cls, string: str) -> Any:
+            return Dpkg(string)
+
+        @classmethod
+        def is_valid(cls, string: str) -> bool:
+            try:
+                Dpkg(string)
+            except ValueError:
+                return False
+            return True
+
+    class DpkgVersionRange(DebianVersionRange):  # type: ignore[misc]
+        version_class = DpkgVersion
+
+    return DpkgVersionRange
+
+
 @lru_cache(maxsize=1024)
 def _range(fmt: str, constraints: str) -> Any:
     from univers.version_range import RANGE_CLASS_BY_SCHEMES
 
-    cls = RANGE_CLASS_BY_SCHEMES.get(_SCHEME.get(fmt, ""))
+    from univers.version_constraint import VersionConstraint
+
+    own = {"deb": _dpkg_range_class, "apk": _apk_range_class}.get(fmt)
+    cls = own() if own is not None else RANGE_CLASS_BY_SCHEMES.get(_SCHEME.get(fmt, ""))
     if cls is None:
         raise VersionError(f"unknown package format {fmt!r}")
     try:
-        return cls.from_string(f"vers:{_SCHEME[fmt]}/{constraints}")  # type: ignore[no-untyped-call]
+        if own is None:
+            return cls.from_string(f"vers:{_SCHEME[fmt]}/{constraints}")  # type: ignore[no-untyped-call]
+        # from_string looks the version class up by scheme name; build the constraints as it does, with ours
+        parsed = sorted(VersionConstraint.from_string(string=c, version_class=cls.version_class)
+                        for c in constraints.strip("|").split("|"))
+        return cls(parsed)
     except Exception as e:
         raise VersionError(f"{constraints!r} is not a valid {fmt} version range: {e}") from None
 
@@ -86,4 +280,4 @@ def check_range(fmt: str, constraints: str) -> None:
     _range(fmt, constraints)
 
 
-__all__ = ["FORMATS", "Format", "VersionError", "check_range", "check_version", "compare", "in_range"]
+__all__ = ["FORMATS", "Format", "VersionError", "apk_compare", "apk_valid", "check_range", "check_version", "compare", "in_range"]
