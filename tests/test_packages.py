@@ -176,7 +176,7 @@ class TestDatabases:
                                                                       "rpmdb.sqlite-wal"} & {p.name for p in db.parent.iterdir()})
 
     def test_a_truncated_rpm_header_is_an_error(self):
-        with pytest.raises(ValueError, match="overruns|shorter"):
+        with pytest.raises(ValueError, match=r"overruns|shorter"):
             parse_rpm_header(b"\x00\x00\x00\x05\x00\x00\x01\x00")
 
     def test_no_database_and_an_unreadable_rpm_database_say_so(self, tmp_path):

@@ -191,7 +191,7 @@ class _ApkKey:
 def _apk_version_class() -> Any:
     from univers.versions import Version
 
-    class ApkVersion(Version):  # type: ignore[misc]
+    class ApkVersion(Version):
         @classmethod
         def build_value(cls, string: str) -> Any:
             return _ApkKey(string)
@@ -207,7 +207,7 @@ def _apk_version_class() -> Any:
 def _apk_range_class() -> Any:
     from univers.version_range import AlpineLinuxVersionRange
 
-    class ApkVersionRange(AlpineLinuxVersionRange):  # type: ignore[misc]
+    class ApkVersionRange(AlpineLinuxVersionRange):
         version_class = _apk_version_class()
 
     return ApkVersionRange
@@ -222,7 +222,7 @@ def _dpkg_range_class() -> Any:
     from univers.version_range import DebianVersionRange
     from univers.versions import Version
 
-    class DpkgVersion(Version):  # type: ignore[misc]
+    class DpkgVersion(Version):
         @classmethod
         def build_value(cls, string: str) -> Any:
             return Dpkg(string)
@@ -235,17 +235,16 @@ def _dpkg_range_class() -> Any:
                 return False
             return True
 
-    class DpkgVersionRange(DebianVersionRange):  # type: ignore[misc]
-        version_class = DpkgVersion
+    class DpkgVersionRange(DebianVersionRange):
+        version_class = DpkgVersion  # type: ignore[assignment]
 
     return DpkgVersionRange
 
 
 @lru_cache(maxsize=1024)
 def _range(fmt: str, constraints: str) -> Any:
-    from univers.version_range import RANGE_CLASS_BY_SCHEMES
-
     from univers.version_constraint import VersionConstraint
+    from univers.version_range import RANGE_CLASS_BY_SCHEMES
 
     own = {"deb": _dpkg_range_class, "apk": _apk_range_class}.get(fmt)
     cls = own() if own is not None else RANGE_CLASS_BY_SCHEMES.get(_SCHEME.get(fmt, ""))
@@ -253,11 +252,11 @@ def _range(fmt: str, constraints: str) -> Any:
         raise VersionError(f"unknown package format {fmt!r}")
     try:
         if own is None:
-            return cls.from_string(f"vers:{_SCHEME[fmt]}/{constraints}")  # type: ignore[no-untyped-call]
+            return cls.from_string(f"vers:{_SCHEME[fmt]}/{constraints}")
         # from_string looks the version class up by scheme name; build the constraints as it does, with ours
-        parsed = sorted(VersionConstraint.from_string(string=c, version_class=cls.version_class)
+        parsed = sorted(VersionConstraint.from_string(string=c, version_class=cls.version_class)  # type: ignore[no-untyped-call]
                         for c in constraints.strip("|").split("|"))
-        return cls(parsed)
+        return cls(tuple(parsed))
     except Exception as e:
         raise VersionError(f"{constraints!r} is not a valid {fmt} version range: {e}") from None
 
