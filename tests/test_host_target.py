@@ -640,7 +640,7 @@ def test_a_kind_without_an_observer_is_an_error_not_a_silent_lstat(host_root):
 
     (host_root / "etc/pkg").write_text("x\n")
     t = HostTarget(host_root, SnapshotStore(host_root.parent / "snaps"))
-    d = DesiredResource(key="host:package:/etc/pkg", target="host", kind="package", address="/etc/pkg", baseline="b",
+    d = DesiredResource(key="host:service:/etc/pkg", target="host", kind="service", address="/etc/pkg", baseline="b",
                         expected={"present": True})
-    with pytest.raises(TargetError, match="cannot observe a 'package' resource"):
+    with pytest.raises(TargetError, match="cannot observe a 'service' resource"):
         t.observe(d)

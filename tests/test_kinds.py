@@ -68,9 +68,9 @@ def test_compiled_resources_carry_the_key_of_the_handler_that_made_them(baseline
 
 
 def test_an_unknown_kind_is_an_error_everywhere_never_a_default(tmp_path):
-    with pytest.raises(TargetError, match="no handler for a 'package' resource of the host target"):
-        kinds.handler_for("host", "package")
-    d = DesiredResource(key="host:package:x", target="host", kind="package", address="x", baseline="b", expected={"v": 1})
+    with pytest.raises(TargetError, match="no handler for a 'service' resource of the host target"):
+        kinds.handler_for("host", "service")
+    d = DesiredResource(key="host:service:x", target="host", kind="service", address="x", baseline="b", expected={"v": 1})
     p = plan(d, ObservedResource(key=d.key, actual={"v": 2}), (FieldDrift(field="v", expected=1, actual=2),))
     assert p.blocked == "no planner for host/package" and not p.applies
 

@@ -25,6 +25,7 @@ HOST_RULES = {
     "directories": "directories:\n  - {path: /etc/ssh, mode: \"0755\"}",
     "sysctls": "sysctls:\n  - {key: net.ipv4.ip_forward, value: \"0\"}",
     "kernel": "kernel: {minimumRelease: \"5.10\"}",
+    "packages": "packages:\n  - {name: openssl, minimum: \"3.0.15-1\"}",
 }
 NOT_RULES = {"enforcement", "window", "grace", "selector", "retire_on_failure"}
 SELECTORS = {
@@ -49,7 +50,7 @@ class TestClaimedTwice:
     def test_host_rule_claimed_by_two_baselines_is_a_problem_not_a_crash(self, tmp_path, kind, sel_a, sel_b, same_value):
         """Two HostBaselines claiming the same rule with overlapping selectors: a duplicate/conflict problem."""
         rule_b = HOST_RULES[kind] if same_value else HOST_RULES[kind].replace('"0"', '"1"').replace("5.10", "6.1").replace(
-            '"x\\n"', '"y\\n"').replace('"0755"', '"0700"')
+            '"x\\n"', '"y\\n"').replace('"0755"', '"0700"').replace("3.0.15-1", "3.0.16-1")
         bdir = tmp_path / "b"
         bdir.mkdir()
         (bdir / "a.yaml").write_text(host_baseline("a", SELECTORS[sel_a] + "\n" + HOST_RULES[kind]))

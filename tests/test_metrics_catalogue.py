@@ -29,7 +29,7 @@ from driftd.settings import load_settings
 ROOT = Path(__file__).resolve().parents[1]
 CATALOGUE = ROOT / "docs" / "metrics.md"
 # label names a bounded series may carry: fixed vocabularies, or one value per baseline of the set
-BOUNDED_LABELS = {"target", "action", "result", "gate", "kind", "reason", "baseline", "name", "hash", "version"}
+BOUNDED_LABELS = {"target", "action", "result", "gate", "kind", "reason", "baseline", "name", "hash", "version", "severity"}
 
 
 def catalogue() -> dict[str, tuple[str, frozenset[str]]]:
@@ -131,6 +131,7 @@ def test_a_scrape_with_every_gauge_populated_matches_the_catalogue() -> None:
     m.window_breaches.labels("host", "b").inc()
     m.last_scan.labels("host").set(1)
     m.time_to_detect.labels("host").observe(1)
+    m.packages_out_of_patch.labels("b", "critical").set(1)
     cat = catalogue()
     from prometheus_client import generate_latest
 

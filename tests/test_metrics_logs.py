@@ -50,7 +50,7 @@ class TestMetricsInProcess:
         make_runtime(baselines_dir({"b.yaml": FOUR_FILES}), registry=reg)
         g = reg.get_sample_value
         assert g("driftd_remediations_total", {"target": "host", "action": "chmod", "result": "failed"}) == 0.0
-        host_actions = {"write_file", "chmod", "chown", "remove", "mkdir", "write_sysctl", "retire_node"}
+        host_actions = {"write_file", "chmod", "chown", "remove", "mkdir", "write_sysctl", "retire_node", "patch_hook"}
         for action in ACTIONS:
             for result in RESULTS:
                 value = g("driftd_remediations_total", {"target": "host", "action": action, "result": result})
