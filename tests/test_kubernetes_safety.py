@@ -8,6 +8,7 @@ Uses the ``setup`` fixture of tests/test_kubernetes_target.py (one Node object, 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from datetime import UTC, datetime
 from typing import Any
 
@@ -193,3 +194,59 @@ class TestClusterRetirementCap:
         cordoned = [n for n in nodes if c.node(n)["spec"].get("unschedulable")]
         assert sorted(cordoned) == sorted(n for r in retired for n in r)
         assert not any(rt.state.get_active("host:kernel:release").consecutive_failures for rt in rts)  # never "failed"
+
+
+class TestPackagesOutOfPatch:
+    def test_out_of_patch_packages_retire_exactly_one_node_under_the_cluster_cap(self, setup, host_root, fake_kubelet):
+        """Three nodes with openssl and openssh-server out of patch (action retire), one retirement an hour allowed:
+        exactly one node is cordoned, once (one ledger start, not one per package); the others are held by the cap;
+        the PolicyReport names each package with its rule's severity."""
+        import json
+
+        from packages_support import write_dpkg
+        from test_kubernetes_target import report_of, target_of
+
+        from driftd.targets.kubernetes.retirement import LEDGER_ANNOTATION
+
+        c = setup.cluster
+        write_dpkg(host_root, {"openssl": "3.0.11-1~deb12u2", "openssh-server": "1:9.2p1-2+deb12u2", "bash": "5.2.15-2+b7"})
+        nodes = [setup.node] + [c.make_node(f"pkg-{i}") for i in range(1, 3)]
+        fake_kubelet(*nodes)
+        clock = FakeClock(start=time.time())
+        kube = {"max_concurrent_retirements": 3, "max_retirements_per_hour": 1, "retirement_cooldown_seconds": 60}
+        rules = ('packages:\n'
+                 '  - {name: openssl, minimum: "3.0.15-1~deb12u1", action: retire, severity: critical, reason: DSA-5764-1}\n'
+                 '  - {name: openssh-server, minimum: "1:9.2p1-2+deb12u3", action: retire, severity: high}\n'
+                 '  - {name: bash, minimum: "5.2.15-2"}')
+        rts = [setup.runtime({"host.yaml": host_baseline("patch", rules)}, node_name=n, clock=clock, kubernetes=kube)
+               for n in nodes]
+        for rt in rts:
+            target_of(rt).ledger_clock = clock.time
+        outs = {n: run_once(rt.engine, rt.queue, attempts=1).outcomes for n, rt in zip(nodes, rts, strict=True)}
+        retired = [n for n, os_ in outs.items() if all(o.status == "retired" for o in os_)]
+        held = [n for n, os_ in outs.items() if all(o.status == "held" for o in os_)]
+        assert len(retired) == 1 and len(held) == 2, {n: [(o.key, o.status, o.error) for o in os_] for n, os_ in outs.items()}
+        assert all("retirement-cap" in (o.error or "") for n in held for o in outs[n])
+        assert [n for n in nodes if c.node(n)["spec"].get("unschedulable")] == retired
+        ledger = c.rest.get(f"/apis/coordination.k8s.io/v1/namespaces/{setup.ns}/leases/driftd-node-retirement-ledger")
+        starts = json.loads(ledger["metadata"]["annotations"][LEDGER_ANNOTATION])
+        assert [s[0] for s in starts] == retired  # one retirement of that node, not one per package
+        audit = [json.loads(line) for f in sorted((Path(rts[nodes.index(retired[0])].settings.state_dir) / "audit")
+                                                  .glob("audit*.jsonl")) for line in f.read_text().splitlines()]
+        done = [(r["key"], r["result"]) for r in audit if r["action"] == "retire_node"]
+        # the second package found the node retired: no second cordon and drain, recorded as skipped
+        assert sorted(res for _, res in done) == ["skipped", "succeeded"], done
+        reason = c.node(retired[0])["metadata"]["annotations"]["driftd.io/retired-reason"]
+        assert "is out of patch" in reason and "patch:" in reason
+        # a second pass on the retired node retires nothing again
+        again = run_once(rts[nodes.index(retired[0])].engine, rts[nodes.index(retired[0])].queue, attempts=1).outcomes
+        assert {o.status for o in again} == {"retired"}
+        starts2 = json.loads(c.rest.get(f"/apis/coordination.k8s.io/v1/namespaces/{setup.ns}/leases/"
+                                        "driftd-node-retirement-ledger")["metadata"]["annotations"][LEDGER_ANNOTATION])
+        assert starts2 == starts
+        rows = {r["properties"]["key"]: r for r in report_of(c, retired[0])["results"]}
+        assert rows["host:package:openssl"]["severity"] == "critical" and rows["host:package:openssl"]["result"] == "fail"
+        assert "3.0.11-1~deb12u2" in rows["host:package:openssl"]["message"]
+        assert "DSA-5764-1" in rows["host:package:openssl"]["message"]
+        assert rows["host:package:openssh-server"]["severity"] == "high"
+        assert rows["host:package:bash"]["result"] == "pass"
