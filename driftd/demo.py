@@ -51,6 +51,7 @@ class DemoTree:
         os.chmod(p, mode)
 
     def append(self, path: str, data: bytes) -> None:
+        self._p(path).parent.mkdir(parents=True, exist_ok=True)
         with self._p(path).open("ab") as fh:
             fh.write(data)
 

@@ -72,7 +72,7 @@ def test_an_unknown_kind_is_an_error_everywhere_never_a_default(tmp_path):
         kinds.handler_for("host", "service")
     d = DesiredResource(key="host:service:x", target="host", kind="service", address="x", baseline="b", expected={"v": 1})
     p = plan(d, ObservedResource(key=d.key, actual={"v": 2}), (FieldDrift(field="v", expected=1, actual=2),))
-    assert p.blocked == "no planner for host/package" and not p.applies
+    assert p.blocked == "no planner for host/service" and not p.applies
 
 
 def test_registering_a_second_handler_for_a_kind_is_refused():

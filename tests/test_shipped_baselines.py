@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "baselines"
 # node-agents is part of the shipped set (node-agents.yaml); a copy that disables it (.disabled) is accepted too.
 NODE_AGENTS_NAMES = ("node-agents.yaml", "node-agents.yaml.disabled")
-CIS_FILES = ("sshd.yaml", "sysctl.yaml", "system-files.yaml")
-RULE_LISTS = ("files", "directories", "sysctls")
+CIS_FILES = ("sshd.yaml", "sysctl.yaml", "system-files.yaml", "debian12-packages.yaml")
+RULE_LISTS = ("files", "directories", "sysctls", "packages")
 RULE_ID = re.compile(r"#\s*(CIS Debian 12 \d+(\.\d+)*\b|Beyond CIS \()")
 DIGEST = "sha256:" + "e" * 64
 
@@ -65,7 +65,8 @@ class TestTheDirectory:
         assert bset is not None, problems
         assert list(problems) == [] and list(bset.warnings) == []
         assert {b.metadata.name for b in bset.baselines} == {
-            "cis-sshd", "cis-sysctl", "cis-system-files", "hardened-container", "pod-restricted", "node-agents"}
+            "cis-sshd", "cis-sysctl", "cis-system-files", "hardened-container", "pod-restricted", "node-agents",
+            "debian12-packages"}
 
     def test_readme_and_the_disabled_profile_are_not_read(self):
         """Markdown (and a .disabled copy, if an operator keeps one) sit in baselines/ without the loader reading them."""
@@ -80,7 +81,7 @@ class TestTheDirectory:
         """Both pod profiles together: lint exits 0 and reports nothing (no conflict, no warning)."""
         assert full_set["problems"] == []
         assert main(["baseline", "lint", str(full_set["dir"])]) == 0
-        assert "6 baselines valid" in capsys.readouterr().err
+        assert "7 baselines valid" in capsys.readouterr().err
 
     @pytest.mark.parametrize("name", sorted(p.name for p in SHIPPED.iterdir() if p.is_file() and p.suffix != ".md"))
     def test_every_file_opens_with_its_source(self, name):
@@ -94,6 +95,7 @@ class TestTheDirectory:
         ("sshd.yaml", "CIS Debian Linux 12 Benchmark v1.1.0"),
         ("sysctl.yaml", "CIS Debian Linux 12 Benchmark v1.1.0"),
         ("system-files.yaml", "CIS Debian Linux 12 Benchmark v1.1.0"),
+        ("debian12-packages.yaml", "Debian security advisories"),
         ("container-hardened.yaml", "CIS Docker Benchmark v1.3.1"),
         ("pod-restricted.yaml", "Pod Security Standards"),
     ])
@@ -322,3 +324,44 @@ class TestNodeAgentsProfile:
         """The node-agents profile is copied with the rest into the chart."""
         src = node_agents_file()
         assert (REPO / "charts/driftd/baselines" / src.name).read_bytes() == src.read_bytes()
+
+
+# ---------------------------------------------------------------------------- debian12-packages
+class TestDebianPackages:
+    def _run(self, tmp_path: Path, status: bytes) -> Any:
+        from prometheus_client import CollectorRegistry
+
+        from driftd.engine.once import run_once
+        from driftd.runtime import build_runtime
+        from driftd.settings import load_settings
+
+        bdir = tmp_path / "b"
+        bdir.mkdir()
+        shutil.copy(SHIPPED / "debian12-packages.yaml", bdir)
+        root = tmp_path / "host"
+        (root / "var/lib/dpkg").mkdir(parents=True)
+        (root / "var/lib/dpkg/status").write_bytes(status)
+        s = load_settings(host_root=root, baselines=bdir, state_dir=tmp_path / "state", node_name="n", dry_run=True)
+        rt = build_runtime(s, registry=CollectorRegistry())
+        bset, problems = load_set(bdir)
+        assert bset is not None and problems == []
+        rt.engine.set_baselines(bset)
+        return run_once(rt.engine, rt.queue, attempts=1)
+
+    def test_a_patched_debian_12_host_passes(self, tmp_path):
+        """The real Debian 12 status file in tests/fixtures (patched later than every advisory named) is clean."""
+        import gzip
+
+        status = gzip.decompress((REPO / "tests/fixtures/packages/dpkg-status.gz").read_bytes())
+        s = self._run(tmp_path, status)
+        assert s.outcomes == [] and s.counts == {"clean": 11}
+
+    def test_a_host_before_the_advisories_reports_each_with_its_reason(self, tmp_path):
+        from packages_support import dpkg_stanza
+
+        status = (dpkg_stanza("openssh-server", "1:9.2p1-2+deb12u2") + dpkg_stanza("libc6", "2.36-9+deb12u1")
+                  + dpkg_stanza("libssl3", "3.0.15-1~deb12u1") + dpkg_stanza("telnetd", "0.17+2.4-2")).encode()
+        s = self._run(tmp_path, status)
+        got = {o.address: o for o in s.outcomes}
+        assert sorted(got) == ["libc6", "openssh-server", "telnetd"]  # libssl3 is past its floor
+        assert "DSA-5724-1 (CVE-2024-6387)" in str(got["openssh-server"].drift)

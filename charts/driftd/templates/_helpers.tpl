@@ -140,13 +140,15 @@ it over the target in the same directory); a managed directory needs itself. Nes
 into their ancestor. A directory is mounted read-write only when a baseline that enforces (spec.enforcement
 enforce, settings.dryRun false) manages something in it; otherwise read-only: driftd only observes there.
 Owner and group names resolve against /etc/passwd and /etc/group, mounted read-only when /etc is not.
-Output: YAML {mounts: [{path, rw}], passwd: bool, kernel: bool (a kernel rule reads the running release)}.
+Output: YAML {mounts: [{path, rw}], passwd: bool, kernel: bool (a kernel rule reads the running release),
+packages: bool (a packages rule reads the node's package database: hostPaths.packageDatabases, read-only)}.
 */ -}}
 {{- define "driftd.hostMounts" -}}
 {{- $root := . -}}
 {{- $files := include "driftd.baselineFiles" . | fromYaml -}}
 {{- $want := dict -}}
 {{- $kernel := false -}}
+{{- $packages := false -}}
 {{- range $key, $f := $files -}}
 {{- if not (hasPrefix "files." $key) -}}
 {{- range $part := splitList "\n---" $f.content -}}
@@ -159,6 +161,7 @@ Output: YAML {mounts: [{path, rw}], passwd: bool, kernel: bool (a kernel rule re
 {{- $_ := set $want $d (or $rw (get $want $d | default false)) -}}
 {{- end -}}
 {{- if $spec.kernel -}}{{- $kernel = true -}}{{- end -}}
+{{- if $spec.packages -}}{{- $packages = true -}}{{- end -}}
 {{- range $e := default (list) $spec.directories -}}
 {{- $d := clean (toString $e.path) -}}
 {{- $_ := set $want $d (or $rw (get $want $d | default false)) -}}
@@ -183,5 +186,5 @@ Output: YAML {mounts: [{path, rw}], passwd: bool, kernel: bool (a kernel rule re
 {{- end -}}
 {{- $etc := false -}}
 {{- range $m := $mounts -}}{{- if or (eq $m.path "/") (eq $m.path "/etc") -}}{{- $etc = true -}}{{- end -}}{{- end -}}
-{{- toYaml (dict "mounts" $mounts "passwd" (and (gt (len $mounts) 0) (not $etc)) "kernel" $kernel) -}}
+{{- toYaml (dict "mounts" $mounts "passwd" (and (gt (len $mounts) 0) (not $etc)) "kernel" $kernel "packages" $packages) -}}
 {{- end -}}

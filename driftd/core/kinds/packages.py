@@ -84,13 +84,8 @@ class PackageHandler(Handler[HostPort]):
         if req.get("minimum") is not None:
             fs.append(DEMO_DB, _stanza(desired.address, str(req["minimum"])))
 
-    def inject(self, fs: DemoFS, desired: DesiredResource, done: set[str]) -> str | None:
-        req = desired.expected["installed"]["$package"]
-        if "package" in done or req.get("minimum") is None:
-            return None
-        fs.append(DEMO_DB, _stanza(desired.address, "0~demo"))
-        done.add("package")
-        return f"package {desired.address} 0~demo installed beside {req['minimum']} (needs {package_requirement_text(req)})"
+    # no inject: the demo shows drift driftd reverts, and a package is never reverted by driftd (report, retire or
+    # the operator's hook); the seeded status file keeps the demo's packages rules clean
 
 
 def _stanza(name: str, version: str) -> bytes:
