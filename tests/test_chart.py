@@ -240,6 +240,7 @@ def test_default_render() -> None:
     assert host_paths(docs) == {
         "/etc": ("Directory", "/host/etc", True),
         "/root": ("Directory", "/host/root", True),
+        "/var/lib/dpkg": ("Directory", "/host/var/lib/dpkg", True),
         "/var/lib/driftd": ("DirectoryOrCreate", "/var/lib/driftd", False),
     }
     env = env_of(docs)
@@ -520,6 +521,7 @@ def test_host_mounts_are_derived_from_the_baselines_read_only_where_only_observe
     assert host_paths(render(enforcing)) == {  # the shipped set enforcing: /etc and /root (cis-sshd's /root/.rhosts)
         "/etc": ("Directory", "/host/etc", False),
         "/root": ("Directory", "/host/root", False),
+        "/var/lib/dpkg": ("Directory", "/host/var/lib/dpkg", True),  # debian12-packages reads the package database
         "/var/lib/driftd": ("DirectoryOrCreate", "/var/lib/driftd", False),
     }
     extra = {
@@ -527,17 +529,20 @@ def test_host_mounts_are_derived_from_the_baselines_read_only_where_only_observe
                                    "  directories:\n    - {path: /opt/app, mode: \"0755\"}\n"),
         "srv.yaml": _host_baseline("srv", "  files:\n    - {path: /srv/www/index.html, content: hi}\n"),
         "kern.yaml": _host_baseline("kern", "  kernel: {minimumRelease: \"6.1\"}\n"),
+        "pkg.yaml": _host_baseline("pkg", "  packages:\n    - {name: openssl-libs, minimum: \"1:3.0.7-27.el9\"}\n"),
     }
-    docs = render({**enforcing, "baselines": {"shipped": {"enabled": False}}, "extraBaselines": extra})
+    docs = render({**enforcing, "baselines": {"shipped": {"enabled": False}}, "extraBaselines": extra,
+                   "hostPaths": {"packageDatabases": ["/var/lib/rpm"]}})
     assert host_paths(docs) == {
         "/opt/app": ("Directory", "/host/opt/app", True),  # warn: observed only (and /opt/app/conf collapses into it)
         "/srv/www": ("Directory", "/host/srv/www", False),  # enforced: reverted in place
         "/etc/passwd": ("File", "/host/etc/passwd", True),  # owner names, read only
         "/etc/group": ("File", "/host/etc/group", True),
         "/proc/sys/kernel/osrelease": ("File", "/host/proc/sys/kernel/osrelease", True),  # the kernel rule reads it
+        "/var/lib/rpm": ("Directory", "/host/var/lib/rpm", True),  # an RPM node pool's database, read only
         "/var/lib/driftd": ("DirectoryOrCreate", "/var/lib/driftd", False),
     }
-    none = render({"baselines": {"shipped": {"exclude": ["sshd.yaml", "system-files.yaml"]}}})
+    none = render({"baselines": {"shipped": {"exclude": ["sshd.yaml", "system-files.yaml", "debian12-packages.yaml"]}}})
     assert host_paths(none) == {"/var/lib/driftd": ("DirectoryOrCreate", "/var/lib/driftd", False)}
 
 
