@@ -24,9 +24,14 @@ ARG PIP_OFFLINE=
 # the Kubernetes client's asyncio half (kubernetes.aio, ~70 MB) and the aiohttp stack only it uses: driftd
 # uses the synchronous client (tests/test_image.py imports every driftd module inside the image). The
 # client's generated API and model classes (~57 MB as source plus byte-code) are kept as byte-code only,
-# without docstrings (-OO): ~12 MB; their tracebacks show no source lines.
-# pygments too: rich needs it only for syntax highlighting, which driftd's tables and colours never use.
-ARG UNUSED_DEPS="aiohttp aiohttp-retry aiohappyeyeballs aiosignal attrs frozenlist multidict propcache yarl pygments"
+# without docstrings (-OO): ~12 MB; their tracebacks show no source lines. So is univers (package version
+# ranges), whose docstrings are its doctests.
+# pygments too: rich needs it only for syntax highlighting, which driftd's tables and colours never use;
+# markdown-it-py and mdurl (rich.markdown only); tzdata (python-dateutil's fallback: the base has
+# /usr/share/zoneinfo); pydantic's pydantic.v1 compatibility copy (nothing imports it). python-debian keeps
+# debian_support (dpkg version ordering) and drops its file parsers.
+ARG UNUSED_DEPS="aiohttp aiohttp-retry aiohappyeyeballs aiosignal frozenlist multidict propcache yarl pygments \
+markdown-it-py mdurl tzdata"
 RUN python3 -m venv /opt/build \
  && export PIP_FIND_LINKS=/src/wheelhouse PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
  && /opt/build/bin/pip install ${PIP_OFFLINE:+--no-index} --require-hashes -r requirements-build.lock \
@@ -36,10 +41,17 @@ RUN python3 -m venv /opt/build \
  && /opt/driftd/bin/pip install --no-index --no-deps /wheels/*.whl \
  && /opt/driftd/bin/pip uninstall -y -q $UNUSED_DEPS \
  && rm -rf /opt/driftd/lib/python3.11/site-packages/kubernetes/aio \
+ && rm -rf /opt/driftd/lib/python3.11/site-packages/pydantic/v1 \
+ && D=/opt/driftd/lib/python3.11/site-packages/debian \
+ && rm -rf "$D/deb822.py" "$D/_deb822_repro" "$D/debfile.py" "$D/arfile.py" "$D/changelog.py" "$D/copyright.py" \
+      "$D/debtags.py" "$D/doc-debtags" "$D/watch.py" "$D/substvars.py" \
  && K=/opt/driftd/lib/python3.11/site-packages/kubernetes/client \
  && /opt/driftd/bin/python -OO -m compileall -q -b -j 0 "$K/api" "$K/models" \
  && find "$K/api" "$K/models" -name '*.py' -delete \
  && find "$K/api" "$K/models" -name __pycache__ -prune -exec rm -rf {} + \
+ && U=/opt/driftd/lib/python3.11/site-packages/univers \
+ && /opt/driftd/bin/python -OO -m compileall -q -b -j 0 "$U" && find "$U" -name '*.py' -delete \
+ && find "$U" -name __pycache__ -prune -exec rm -rf {} + \
  && /opt/driftd/bin/pip uninstall -y -q pip setuptools \
  && find /opt/driftd -depth -type d \( -name tests -o -name test \) -path '*/site-packages/*' -exec rm -rf {} + \
  && rm -f /opt/driftd/bin/activate* /opt/driftd/bin/Activate.ps1 \
