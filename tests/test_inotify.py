@@ -221,6 +221,24 @@ def test_a_parent_that_does_not_exist_yet_is_watched_from_its_nearest_ancestor(t
     r.keys.wait(fkey("/etc/new/deep/x.conf"), n=n + 1)
 
 
+def test_the_package_manager_writing_its_database_enqueues_every_package_key(tree, start):
+    """dpkg renames status-new over status: each packages rule is reconciled at once, not at the next scan; the
+    databases this host does not have are watched from their nearest existing ancestor, nothing more."""
+    (tree / "var/lib/dpkg").mkdir(parents=True)
+    (tree / "var/lib/dpkg/status").write_text("Package: a\nStatus: install ok installed\nVersion: 1\n\n")
+    r = start([res("package", "openssl"), res("package", "telnetd")])
+    new = tree / "var/lib/dpkg/status-new"
+    new.write_text("Package: telnetd\nStatus: install ok installed\nVersion: 0.17\n\n")
+    new.rename(tree / "var/lib/dpkg/status")
+    assert r.keys.wait("host:package:openssl") < 1.0 and r.keys.wait("host:package:telnetd") < 1.0
+    assert r.keys.count("host:package:openssl") == 1  # status-new itself is nobody's name: one key per change
+    (tree / "var/lib/dpkg/available").write_text("x")  # another file of dpkg's: not a database driftd reads
+    time.sleep(0.3)
+    assert r.keys.count("host:package:openssl") == 1
+    # host root, var, var/lib, var/lib/dpkg; lib and usr are missing here: the root watches for them
+    assert r.w.watches == 4
+
+
 def test_unmanaged_siblings_and_driftds_own_temp_files_enqueue_nothing(tree, start):
     r = start([res("file", "/etc/app/a.conf"), res("file", "/etc/sentinel")])
     (tree / "etc/app/other.conf").write_text("changed\n")

@@ -3,8 +3,9 @@
 Pipeline position: the trigger side, beside the scheduled scan.  :class:`HostWatcher` is an
 ``EventSource``: the daemon runs :meth:`HostWatcher.watch` in its own thread, and all it
 does with a kernel event is ``on_key(key)`` for the managed ``file``/``directory``
-resources the event may have changed (debounced per key); the reconcile re-reads the real
-state.  Sysctls and the kernel release have no inotify and stay on the scan, and so does
+resources the event may have changed (debounced per key), and for every ``package`` resource when
+the package manager writes its database; the reconcile re-reads the real state.  Sysctls and the
+kernel release have no inotify and stay on the scan, and so does
 every path this watcher could not arm: a failure here degrades to the scan, it never stops it.
 
 May touch: ``lstat`` and ``inotify_add_watch`` below the host root (it writes nothing and
@@ -38,6 +39,7 @@ from typing import Any, Protocol
 
 from driftd.models.resources import DesiredResource
 from driftd.observability.logging import Event, get_logger
+from driftd.targets.packages import DATABASES, RPM_SQLITE, RPM_SQLITE_ALT
 from driftd.targets.safefs import TMP_MARK
 
 # inotify(7) event bits (the kernel ABI, <sys/inotify.h>)
@@ -63,6 +65,9 @@ _SELF_GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED
 WATCH_MASK = _CHILD | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK
 
 KINDS = ("file", "directory")  # the host kinds that live in a directory tree
+# a packages rule's key follows every package database file driftd may read (the one the host has is written by
+# its package manager: dpkg renames status-new over status, rpm writes the sqlite WAL)
+PACKAGE_DB_FILES = (*DATABASES, RPM_SQLITE + "-wal", RPM_SQLITE_ALT + "-wal")
 _TICK = 10.0  # longest sleep between looks at ``stop`` when nobody calls close() (which wakes it at once)
 
 
@@ -152,6 +157,9 @@ class HostWatcher:
         for d in desired:
             if d.target == "host" and d.kind in KINDS:
                 wanted[d.address] = _union(wanted.get(d.address, ()), (d.key,))
+            elif d.target == "host" and d.kind == "package":  # the package manager writing its database
+                for path in PACKAGE_DB_FILES:
+                    wanted[path] = _union(wanted.get(path, ()), (d.key,))
         with self._cv:
             self._pending = wanted
             self._requested += 1
