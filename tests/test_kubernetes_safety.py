@@ -8,8 +8,8 @@ Uses the ``setup`` fixture of tests/test_kubernetes_target.py (one Node object, 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
