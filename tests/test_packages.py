@@ -198,6 +198,19 @@ class TestDatabases:
         tmp.rename(status)  # dpkg replaces the file the same way
         assert dbs.installed().versions["openssl"] == "3.0.15-1~deb12u1" and dbs.reads == 2
 
+    def test_a_full_rehash_pass_parses_the_database_again(self, tmp_path):
+        """scan.full_rehash_interval_seconds covers the package database too (a write that kept its stat)."""
+        from driftd.safety.snapshots import SnapshotStore
+        from driftd.targets.host import HostTarget
+
+        write_dpkg(tmp_path / "root", {"openssl": "3.0.11-1~deb12u2"})
+        t = HostTarget(tmp_path / "root", SnapshotStore(tmp_path / "snap"))
+        first = t.fs.packages()
+        t.begin_pass(full=False)
+        assert t.fs.packages() is first
+        t.begin_pass(full=True)
+        assert t.fs.packages() is not first and t.fs.packages().versions == first.versions
+
     def test_a_symlinked_database_is_refused_not_followed(self, tmp_path):
         outside = tmp_path / "outside"
         write_dpkg(outside, {"openssl": "9.9"})

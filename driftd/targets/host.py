@@ -56,6 +56,10 @@ class HostIO(SafeRoot):
         self.hash_cache: dict[str, bytes] = {}
         self._packages: PackageDatabases | None = None  # made on the first packages rule observed
 
+    def forget_packages(self) -> None:
+        """A full re-hash is due: parse the package database again even if its stat did not change."""
+        self._packages = None
+
     def packages(self) -> InstalledPackages:
         if self._packages is None:
             self._packages = PackageDatabases(self)
@@ -134,6 +138,7 @@ class HostTarget:
         self._root_ok = None  # looked at once per pass
         if full:
             self.fs.hash_cache.clear()
+            self.fs.forget_packages()
 
     def observe(self, desired: DesiredResource) -> ObservedResource:
         self._check_root()
