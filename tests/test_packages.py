@@ -475,3 +475,43 @@ def test_the_handler_is_pure_over_an_observation():
     p = plan(d, obs, drift)
     assert [a.action.value for a in p.actions] == ["retire_node"] and "out of patch" in p.actions[0].reason
     assert diff(d, obs.model_copy(update={"actual": {**obs.actual, "installed": "3.0.15-1"}})) == ()
+
+
+class TestDaemon:
+    def test_a_package_installed_below_its_floor_is_patched_by_the_hook_without_waiting_for_the_scan(
+            self, host_root, baselines_dir, make_runtime, tmp_path):
+        """The daemon (hourly scan): dpkg writing an old openssl into its status reaches the packages rule through
+        inotify, the patch hook runs once, the re-read database is compliant, and no second scan ran."""
+        from conftest import poll
+
+        from driftd.engine.daemon import BaselineManager, Daemon
+        from driftd.engine.queue import KeyedQueue
+
+        status = write_dpkg(host_root, {"openssl": "3.0.15-1~deb12u1"})
+        fixed = tmp_path / "fixed"
+        fixed.write_text(dpkg_stanza("openssl", "3.0.15-1~deb12u1"))
+        runs = tmp_path / "runs"
+        argv = hook_script(tmp_path, f'echo "$DRIFTD_PACKAGE" >> {runs}\n'
+                                     f'cp {fixed} "$DRIFTD_HOST_ROOT/{DPKG_STATUS}-new" && '
+                                     f'mv "$DRIFTD_HOST_ROOT/{DPKG_STATUS}-new" "$DRIFTD_HOST_ROOT/{DPKG_STATUS}"\n')
+        rt = make_runtime(baselines_dir({"p.yaml": pkg_baseline(OUT_OF_PATCH.replace("ACTION", "hook"))}),
+                          registry=CollectorRegistry(), patch_hook=argv, state_dir=tmp_path / "state",
+                          scan={"interval_seconds": 3600, "jitter_seconds": 0})
+        manager = BaselineManager(rt.settings, rt.engine, rt.metrics, rt.engine.clock)
+        manager.prime()
+        d = Daemon(settings=rt.settings, engine=rt.engine, queue=KeyedQueue(), metrics=rt.metrics, manager=manager,
+                   api=None)
+        d.start()
+        try:
+            poll(lambda: d.scans_done == 1, "the first scan", 10)
+            assert d.host_watcher is not None and d.host_watcher.wait_armed(10)
+            new = status.with_name("status-new")
+            new.write_text(dpkg_stanza("openssl", "3.0.11-1~deb12u2"))  # a downgrade, as `apt install openssl=...`
+            new.rename(status)
+            poll(lambda: runs.exists() and "3.0.15-1~deb12u1" in status.read_text(), "the patch hook", 10)
+            poll(lambda: rt.state.active() == {}, "the drift to be resolved", 10)
+            assert runs.read_text().split() == ["openssl"] and d.scans_done == 1
+            hooks = [r for r in audit_records(tmp_path / "state") if r["action"] == "patch_hook"]
+            assert [h["result"] for h in hooks] == ["succeeded"]
+        finally:
+            d.stop()
