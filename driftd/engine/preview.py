@@ -31,6 +31,7 @@ from driftd.engine.once import PassSummary
 from driftd.engine.reconciler import Outcome
 from driftd.engine.state import DB_NAME
 from driftd.models.resources import OutcomeStatus
+from driftd.models.wording import ARROW, value_text
 
 SCHEMA = "driftd.io/plan/v1"
 _CELL = 80  # longest Markdown cell before it is cut
@@ -232,16 +233,10 @@ def _category(o: Outcome) -> str:
             OutcomeStatus.ERROR: "error", OutcomeStatus.RETIRED: "retired"}.get(o.status, o.status.value)
 
 
-def _short(v: Any) -> str:
-    text = str(v)
-    if text.startswith("sha256:"):
-        return text[:15]
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _drift_text(drift: list[dict[str, Any]]) -> str:
-    """Live value first, then what the baseline wants: ``mode: 0600 → 0644``."""
-    return ", ".join(f"{d['field']}: {_short(d['live'])} → {_short(d['desired'])}" for d in drift)
+    """Live value first, then what the baseline wants, in the words every surface uses: ``mode: 0600 → 0644``,
+    ``installed: 3.0.11-1~deb12u2 → 3.0.15-1~deb12u1 or later (DSA-5764-1)``."""
+    return ", ".join(f"{d['field']}: {value_text(d['live'])} {ARROW} {value_text(d['desired'])}" for d in drift)
 
 
 def build(summary: PassSummary, *, node: str, baselines: str) -> dict[str, Any]:
