@@ -12,7 +12,8 @@ loads them).
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Callable
+from functools import cache, lru_cache
 from typing import Any, Literal
 
 Format = Literal["deb", "rpm", "apk"]
@@ -37,7 +38,7 @@ def _key(fmt: str, version: str) -> Any:
 
             return RpmVersion(version)
         if fmt == "apk":
-            return _apk_version_class()(version)
+            return _ApkKey(version)
     except Exception as e:  # the libraries raise ValueError, InvalidVersion, TypeError, ...
         raise VersionError(f"{version!r} is not a valid {fmt} version: {e}") from None
     raise VersionError(f"unknown package format {fmt!r}")
@@ -187,71 +188,55 @@ class _ApkKey:
         return 0  # equal spellings (1.06 / 1.6 are not, 1.0 / 1.0 are) must hash alike
 
 
-@lru_cache(maxsize=1)
-def _apk_version_class() -> Any:
+# ------------------------------------------------------------------ ranges
+def _own_range_class(base: Any, value: Callable[[str], Any]) -> Any:
+    """A univers range class of ``base``'s scheme whose versions are ordered by ``value(string)`` (ValueError: not
+    a version): univers' vers logic with the ordering of python-debian (which univers' DebianVersion gets wrong for
+    colons in the upstream version and equal spellings such as 1.09 = 1.9) or of apk-tools."""
     from univers.versions import Version
 
-    class ApkVersion(Version):
+    class OwnVersion(Version):
         @classmethod
         def build_value(cls, string: str) -> Any:
-            return _ApkKey(string)
-
-        @classmethod
-        def is_valid(cls, string: str) -> bool:
-            return apk_valid(string)
-
-    return ApkVersion
-
-
-@lru_cache(maxsize=1)
-def _apk_range_class() -> Any:
-    from univers.version_range import AlpineLinuxVersionRange
-
-    class ApkVersionRange(AlpineLinuxVersionRange):
-        version_class = _apk_version_class()
-
-    return ApkVersionRange
-
-
-# ------------------------------------------------------------------ dpkg ranges
-@lru_cache(maxsize=1)
-def _dpkg_range_class() -> Any:
-    """univers' deb range, its versions ordered by python-debian (dpkg's own rules, which univers' DebianVersion
-    gets wrong for colons in the upstream version and for equal spellings such as 1.09 = 1.9)."""
-    from debian.debian_support import Version as Dpkg
-    from univers.version_range import DebianVersionRange
-    from univers.versions import Version
-
-    class DpkgVersion(Version):
-        @classmethod
-        def build_value(cls, string: str) -> Any:
-            return Dpkg(string)
+            return value(string)
 
         @classmethod
         def is_valid(cls, string: str) -> bool:
             try:
-                Dpkg(string)
+                value(string)
             except ValueError:
                 return False
             return True
 
-    class DpkgVersionRange(DebianVersionRange):
-        version_class = DpkgVersion  # type: ignore[assignment]
+    class OwnRange(base):  # type: ignore[misc]
+        version_class = OwnVersion
 
-    return DpkgVersionRange
+    return OwnRange
+
+
+@cache
+def _range_class(fmt: str) -> tuple[Any, bool]:
+    """(the range class of ``fmt``, whether it is ours: built from constraints, not looked up by scheme name)."""
+    from univers.version_range import RANGE_CLASS_BY_SCHEMES, AlpineLinuxVersionRange, DebianVersionRange
+
+    if fmt == "deb":
+        from debian.debian_support import Version as Dpkg
+
+        return _own_range_class(DebianVersionRange, Dpkg), True
+    if fmt == "apk":
+        return _own_range_class(AlpineLinuxVersionRange, _ApkKey), True
+    return RANGE_CLASS_BY_SCHEMES.get(_SCHEME.get(fmt, "")), False
 
 
 @lru_cache(maxsize=1024)
 def _range(fmt: str, constraints: str) -> Any:
     from univers.version_constraint import VersionConstraint
-    from univers.version_range import RANGE_CLASS_BY_SCHEMES
 
-    own = {"deb": _dpkg_range_class, "apk": _apk_range_class}.get(fmt)
-    cls = own() if own is not None else RANGE_CLASS_BY_SCHEMES.get(_SCHEME.get(fmt, ""))
+    cls, own = _range_class(fmt)
     if cls is None:
         raise VersionError(f"unknown package format {fmt!r}")
     try:
-        if own is None:
+        if not own:
             return cls.from_string(f"vers:{_SCHEME[fmt]}/{constraints}")
         # from_string looks the version class up by scheme name; build the constraints as it does, with ours
         parsed = sorted(VersionConstraint.from_string(string=c, version_class=cls.version_class)  # type: ignore[no-untyped-call]
